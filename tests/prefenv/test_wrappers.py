@@ -152,7 +152,8 @@ def test_check_catches_nondeterminism(point_env_cls, exact_model_cls):
 
         def step(self, action):
             obs, r, te, tr, info = super().step(action)
-            return obs + np.random.normal(size=2).astype(np.float32) * 1e-3, r, te, tr, info
+            noise = np.random.normal(size=2)  # noqa: NPY002 - the unseeded global RNG is the bug
+            return obs + noise.astype(np.float32) * 1e-3, r, te, tr, info
 
     # Gymnasium's check_env may catch it first; either way it is an AssertionError naming it
     with pytest.raises(AssertionError, match="(?i)deterministic"):
