@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Trajectory", "Segment", "Comparison", "VALID_LABELS"]
+__all__ = ["Trajectory", "Segment", "Comparison", "VALID_LABELS", "labelled"]
 
 VALID_LABELS = (0.0, 0.5, 1.0)
 """Labels a comparison may carry: 0 = first segment preferred, 1 = second, 0.5 = equally good."""
@@ -74,7 +74,7 @@ class Trajectory:
 
     def segment(self, start: int, length: int) -> Segment:
         """Cut ``[start, start + length)`` out of this trajectory."""
-        if not 0 <= start or start + length > len(self):
+        if start < 0 or length < 1 or start + length > len(self):
             raise ValueError(
                 f"segment [{start}, {start + length}) does not fit a trajectory of {len(self)} steps"
             )

@@ -1,0 +1,169 @@
+"""Segment sampling and query selection: which pairs the teacher is asked about.
+
+Pairs are cut from recorded trajectories as in B-Pref (Lee et al. 2021): two episodes drawn
+uniformly with replacement, each with an independent uniform start. Active selection draws a pool
+of ``oversample`` times more candidates and keeps the ones a reward ensemble is least sure about:
+
+- ``"uniform"``: the first ``n_queries`` random pairs.
+- ``"disagreement"``: top-k by the std across ensemble members of
+  ``P_k(sigma1 > sigma0) = sigmoid(R1_k - R0_k)``.
+- ``"entropy"``: top-k by the binary entropy of the member-mean probability.
+
+B-Pref uses uniform selection for the first round (no reward model yet); the preference loop
+decides that, not this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from prefenv.records import Segment, Trajectory
+
+__all__ = ["QUERY_METHODS", "sample_segment_pairs", "select_queries"]
+
+QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy")
+"""Names accepted by :func:`select_queries`."""
+
+
+def sample_segment_pairs(
+    trajectories: Sequence[Trajectory],
+    n_pairs: int,
+    segment_length: int = 50,
+    *,
+    rng: np.random.Generator,
+) -> list[tuple[Segment, Segment]]:
+    """Cut random segment pairs out of recorded trajectories.
+
+    Each segment comes from a trajectory drawn uniformly with replacement among those with at least
+    ``segment_length`` steps, starting at a uniform ``start`` in ``[0, T - H]`` (every step can be
+    covered; BPref's ``[0, T - H)`` never shows an episode's last window).
+
+    Args:
+        trajectories: recorded episodes, ``T_i`` steps each.
+        n_pairs: number of pairs ``N``.
+        segment_length: ``H``, steps per segment.
+        rng: the only source of randomness.
+
+    Returns:
+        ``N`` pairs of segments of ``H`` steps each.
+
+    Raises:
+        ValueError: no trajectory has ``H`` steps, or invalid sizes.
+    """
+    if n_pairs < 0:
+        raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}")
+    if len(trajectories) == 0:
+        raise ValueError("no trajectories to sample segments from: record some rollouts first")
+    eligible = [t for t in trajectories if len(t) >= segment_length]
+    if not eligible:
+        longest = max(len(t) for t in trajectories)
+        raise ValueError(
+            f"no trajectory has segment_length={segment_length} steps (the longest of "
+            f"{len(trajectories)} has {longest}): use segment_length <= {longest} or record "
+            "longer episodes"
+        )
+    if n_pairs == 0:
+        return []
+    lengths = np.array([len(t) for t in eligible])
+    # [N, 2] trajectory indices and starts in [0, T - H].
+    index = rng.integers(0, len(eligible), size=(n_pairs, 2))
+    starts = rng.integers(0, lengths[index] - segment_length + 1)
+    segments = [
+        [eligible[i].segment(int(s), segment_length) for i, s in zip(row_i, row_s, strict=True)]
+        for row_i, row_s in zip(index, starts, strict=True)
+    ]
+    return [(pair[0], pair[1]) for pair in segments]
+
+
+def _require_ensemble(reward_model: Any, method: str) -> None:
+    if not callable(getattr(reward_model, "member_segment_returns", None)):
+        raise TypeError(
+            f"method={method!r} needs a reward ensemble with member_segment_returns(segments) -> "
+            f"[K, B], got {type(reward_model).__name__}: pass an ensemble reward model or use "
+            "method='uniform'"
+        )
+
+
+def _member_returns(reward_model: Any, segments: Sequence[Segment], method: str) -> np.ndarray:
+    """``[K, B]`` float64 segment returns per ensemble member, computed without gradients."""
+    with torch.no_grad():
+        returns = reward_model.member_segment_returns(segments)
+    returns = torch.as_tensor(returns).detach().to("cpu", torch.float64).numpy()
+    if returns.ndim != 2 or returns.shape[1] != len(segments):
+        raise ValueError(
+            f"member_segment_returns must return [K, B] = [members, {len(segments)}], got shape "
+            f"{tuple(returns.shape)}"
+        )
+    if method == "disagreement" and returns.shape[0] < 2:
+        raise ValueError(
+            f"method='disagreement' needs at least 2 ensemble members, the reward model has "
+            f"{returns.shape[0]}: use an ensemble or method='entropy'"
+        )
+    return returns
+
+
+def _scores(returns: np.ndarray, n_candidates: int, method: str) -> np.ndarray:
+    """``[M]`` uncertainty of each candidate pair from ``[K, 2M]`` member returns."""
+    diff = returns[:, n_candidates:] - returns[:, :n_candidates]  # R1_k - R0_k, [K, M]
+    prob = np.exp(-np.logaddexp(0.0, -diff))  # sigmoid, [K, M]
+    if method == "disagreement":
+        return prob.std(axis=0)
+    p = prob.mean(axis=0)
+    # Binary entropy in nats; 0 * log 0 = 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = -(p * np.log(p)) - (1.0 - p) * np.log1p(-p)
+    return np.nan_to_num(terms, nan=0.0)
+
+
+def select_queries(
+    trajectories: Sequence[Trajectory],
+    n_queries: int,
+    method: str = "uniform",
+    reward_model: Any = None,
+    segment_length: int = 50,
+    oversample: int = 10,
+    *,
+    rng: np.random.Generator,
+) -> list[tuple[Segment, Segment]]:
+    """Choose the segment pairs to show the teacher.
+
+    Args:
+        trajectories: recorded episodes.
+        n_queries: number of pairs ``k`` to return.
+        method: one of :data:`QUERY_METHODS`.
+        reward_model: for ``"disagreement"`` and ``"entropy"``, an ensemble providing
+            ``member_segment_returns(segments) -> torch.Tensor [K, B]``; ignored for ``"uniform"``.
+        segment_length: ``H``, steps per segment.
+        oversample: candidate pool size as a multiple of ``n_queries`` (B-Pref uses 10).
+        rng: the only source of randomness.
+
+    Returns:
+        ``k`` pairs; for the active methods, most uncertain first.
+
+    Raises:
+        ValueError: unknown method or invalid sizes.
+        TypeError: an active method without an ensemble reward model.
+    """
+    if method not in QUERY_METHODS:
+        raise ValueError(
+            f"unknown query method {method!r}: choose one of {', '.join(QUERY_METHODS)}"
+        )
+    if method == "uniform":
+        return sample_segment_pairs(trajectories, n_queries, segment_length, rng=rng)
+    if oversample < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
+    _require_ensemble(reward_model, method)
+    candidates = sample_segment_pairs(trajectories, n_queries * oversample, segment_length, rng=rng)
+    if not candidates:
+        return []
+    segments = [pair[0] for pair in candidates] + [pair[1] for pair in candidates]
+    returns = _member_returns(reward_model, segments, method)
+    scores = _scores(returns, len(candidates), method)
+    order = np.argsort(-scores, kind="stable")[:n_queries]
+    return [candidates[i] for i in order]
