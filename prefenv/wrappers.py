@@ -133,9 +133,9 @@ class VectorPreferenceReward(VectorWrapper):
         self._resetting = np.zeros(self.num_envs, dtype=bool)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        mask = None if options is None else options.get("reset_mask")  # read first: reset pops it
         obs, info = self.env.reset(seed=seed, options=options)
         flat = self.flat.obs(obs, self.num_envs)
-        mask = None if options is None else options.get("reset_mask")
         if mask is None or self._last_obs is None:
             self._last_obs = flat
             self._resetting[:] = False
@@ -164,6 +164,10 @@ class VectorPreferenceReward(VectorWrapper):
         if "true_reward" in infos:
             reported = np.asarray(infos.get("_true_reward", np.ones(n, dtype=bool)), dtype=bool)
             true_reward[reported] = np.asarray(infos["true_reward"], dtype=np.float64)[reported]
+        final_info = infos.get("final_info", {})
+        if "true_reward" in final_info:  # SAME_STEP: a finished sub-env's step info lives here
+            reported = np.asarray(final_info.get("_true_reward"), dtype=bool)
+            true_reward[reported] = np.asarray(final_info["true_reward"], dtype=np.float64)[reported]
         if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._resetting.any():
             r_hat = r_hat.copy()
             r_hat[self._resetting] = 0.0
