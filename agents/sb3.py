@@ -32,9 +32,11 @@ reward). An ``"episode"`` already set by an inner ``Monitor``/``RecordEpisodeSta
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -511,3 +513,23 @@ class SB3Agent:
         """Actions for a batch (or a single) observation, ``[n_envs, *action_shape]``."""
         actions, _ = self.model.predict(obs, deterministic=deterministic)
         return actions
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model zip atomically (a temp file renamed over ``path``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.zip")
+        self.model.save(tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], name: str, venv: VecEnv) -> SB3Agent:
+        """Load a model saved by :meth:`save` onto ``venv`` (the env it trained on, rebuilt)."""
+        if name not in SB3_ALGOS:
+            raise ValueError(f"unknown SB3 agent {name!r}: choose one of {sorted(SB3_ALGOS)}")
+        if not Path(path).exists():
+            raise FileNotFoundError(
+                f"no SB3 checkpoint at {path}: was the run started with {name}?"
+            )
+        return cls(SB3_ALGOS[name].algo.load(path, env=venv, device="cpu"))

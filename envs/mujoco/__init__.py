@@ -21,6 +21,25 @@ if (
 ):
     os.environ["MUJOCO_GL"] = "egl"
 
+import logging  # noqa: E402
+
+import mujoco  # noqa: E402
+
+_log = logging.getLogger("envs.mujoco")
+
+
+def _mujoco_warning(message: str) -> None:
+    """Route MuJoCo's C-level warnings to Python logging instead of stderr + MUJOCO_LOG.TXT.
+
+    MuJoCo 4 warns that Gymnasium's v5 XML files use the deprecated ``settotalmass`` on every
+    model compile; that one is expected and goes to DEBUG, anything else stays a WARNING.
+    """
+    level = logging.DEBUG if "settotalmass" in message else logging.WARNING
+    _log.log(level, "MuJoCo: %s", message.strip())
+
+
+mujoco.set_mju_user_warning(_mujoco_warning)
+
 from envs.mujoco.render import (  # noqa: E402
     physics_state,
     record_clip,

@@ -1,0 +1,313 @@
+"""The preference loop: collect -> select pairs -> teacher -> store -> refit -> continue the agent.
+
+Agent-agnostic (PEBBLE / imitation style). The loop owns nothing but the schedule: it receives
+an env stack whose top is a :class:`prefenv.recording.TrajectoryRecorder` over a
+:class:`prefenv.wrappers.VectorPreferenceReward`, an agent trained *on that env* with a
+``learn(n_steps)`` method that continues where it stopped (prefenv's PPO-KL, or SB3 through the
+bridge), a teacher, a durable store and the reward model the wrapper reads. Each round returns a
+:class:`RoundMetrics`, including a reward-hacking alarm that fires when the learned return rises
+while the true return falls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from prefenv.recording import EpisodeStats, TrajectoryRecorder
+from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
+from prefenv.sampling import QUERY_METHODS, select_queries
+from prefenv.store import ComparisonStore
+from prefenv.teachers import Teacher
+
+__all__ = [
+    "Learner",
+    "PreferenceLoop",
+    "PreferenceLoopConfig",
+    "RoundMetrics",
+    "query_schedule",
+    "hacking_alarm",
+]
+
+
+class Learner(Protocol):
+    """What the loop needs from an agent: continue training for ``n_steps`` more env steps."""
+
+    def learn(self, total_timesteps: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PreferenceLoopConfig:
+    """Schedule of a preference-learning run.
+
+    Attributes:
+        total_timesteps: agent env steps over the whole run.
+        total_queries: query budget (skipped queries count against it).
+        n_rounds: feedback rounds after the initial one (one reward refit each).
+        initial_query_fraction: share of the budget asked on the initial policy's segments.
+        initial_timesteps: env steps the initial policy runs before the first queries.
+        schedule: how the remaining budget spreads over rounds: "constant" or "hyperbolic"
+            (more queries early, imitation's default shape).
+        segment_length: H, steps per compared segment (B-Pref: 50).
+        query_method: "uniform", "disagreement" or "entropy" (first round is always uniform).
+        oversample: candidate pool multiple for the active query methods.
+        reward_train: Bradley-Terry trainer settings for every refit.
+        seed: seeds query sampling.
+    """
+
+    total_timesteps: int
+    total_queries: int = 1000
+    n_rounds: int = 20
+    initial_query_fraction: float = 0.1
+    initial_timesteps: int = 10_000
+    schedule: str = "hyperbolic"
+    segment_length: int = 50
+    query_method: str = "uniform"
+    oversample: int = 10
+    reward_train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total_timesteps <= self.initial_timesteps:
+            raise ValueError(
+                f"total_timesteps ({self.total_timesteps}) must exceed initial_timesteps "
+                f"({self.initial_timesteps}): raise --steps or lower initial_timesteps"
+            )
+        if self.total_queries < 2 or self.n_rounds < 1:
+            raise ValueError("need total_queries >= 2 and n_rounds >= 1")
+        if not 0.0 < self.initial_query_fraction < 1.0:
+            raise ValueError("initial_query_fraction must be in (0, 1)")
+        if self.schedule not in ("constant", "hyperbolic"):
+            raise ValueError(f"schedule must be 'constant' or 'hyperbolic', got {self.schedule!r}")
+        if self.query_method not in QUERY_METHODS:
+            raise ValueError(
+                f"query_method must be one of {QUERY_METHODS}, got {self.query_method!r}"
+            )
+        if self.segment_length < 1 or self.oversample < 1:
+            raise ValueError("segment_length and oversample must be >= 1")
+
+
+def query_schedule(config: PreferenceLoopConfig) -> list[int]:
+    """Queries per round: index 0 is the initial round, then ``n_rounds`` more; sums to the budget."""
+    initial = max(1, round(config.total_queries * config.initial_query_fraction))
+    rest = config.total_queries - initial
+    if config.schedule == "constant":
+        weights = np.ones(config.n_rounds)
+    else:  # hyperbolic: weight 1 / (1 + i), front-loads feedback while the reward is worst
+        weights = 1.0 / (1.0 + np.arange(config.n_rounds))
+    raw = rest * weights / weights.sum()
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(counts - raw)[: rest - counts.sum()]] += 1  # largest remainders
+    return [initial, *counts.tolist()]
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What one feedback round did and how the agent is doing.
+
+    Attributes:
+        round: 0 for the initial round.
+        timesteps: agent env steps so far.
+        labels_used: queries asked so far (skipped ones included).
+        labels_this_round: queries asked this round.
+        skipped_this_round: queries the teacher skipped this round.
+        reward_model: the refit's metrics (held-out accuracy among them).
+        true_return: mean true return of the episodes finished during this round's training.
+        learned_return: mean learned return of the same episodes.
+        return_correlation: Pearson correlation between their learned and true returns (NaN if
+            fewer than 3 episodes or constant returns). Learned returns of different rounds come
+            from different reward models: compare them within a round, not across rounds.
+        episodes: episodes finished during this round's training.
+        hacking_alarm: within this round, learned return rose while true return fell.
+        seconds: wall-clock of this round.
+    """
+
+    round: int
+    timesteps: int
+    labels_used: int
+    labels_this_round: int
+    skipped_this_round: int
+    reward_model: RewardTrainMetrics
+    true_return: float
+    learned_return: float
+    return_correlation: float
+    episodes: int
+    hacking_alarm: bool
+    seconds: float
+
+
+def _correlation(stats: Sequence[EpisodeStats]) -> float:
+    if len(stats) < 3:
+        return math.nan
+    true = np.array([s.true_return for s in stats])
+    learned = np.array([s.learned_return for s in stats])
+    if true.std() == 0 or learned.std() == 0:
+        return math.nan
+    return float(np.corrcoef(true, learned)[0, 1])
+
+
+def hacking_alarm(stats: Sequence[EpisodeStats], min_episodes: int = 4) -> bool:
+    """Reward-hacking alarm over one round's episodes, in the order they finished.
+
+    Within a round the reward model is fixed, so learned returns are comparable: the alarm fires
+    when the learned return trends up (least-squares slope > 0) while the true return trends down
+    and the two are negatively correlated. Fewer than ``min_episodes`` episodes never fire it.
+    """
+    if len(stats) < min_episodes:
+        return False
+    x = np.arange(len(stats), dtype=float)
+    true = np.array([s.true_return for s in stats])
+    learned = np.array([s.learned_return for s in stats])
+    true_slope = np.polyfit(x, true, 1)[0]
+    learned_slope = np.polyfit(x, learned, 1)[0]
+    correlation = _correlation(stats)
+    return bool(learned_slope > 0 and true_slope < 0 and correlation < 0)
+
+
+@dataclass
+class PreferenceLoop:
+    """Runs the schedule. Mutable state: the round counter and timestep/label counters only.
+
+    Attributes:
+        env: the recorder at the top of the agent's env stack.
+        agent: anything with ``learn(n_steps)`` that continues training on ``env``.
+        teacher: labels pairs (synthetic, or a human front end with the same protocol).
+        store: durable comparison store; every label is appended before the refit.
+        reward_model: the model the env's VectorPreferenceReward reads (refit in place).
+        config: the schedule.
+    """
+
+    env: TrajectoryRecorder
+    agent: Learner
+    teacher: Teacher
+    store: ComparisonStore
+    reward_model: Any
+    config: PreferenceLoopConfig
+    round: int = 0
+    timesteps: int = 0
+    labels_used: int = 0
+    history: list[RoundMetrics] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.config.seed)
+        self._queries = query_schedule(self.config)
+        steps_after_initial = self.config.total_timesteps - self.config.initial_timesteps
+        # initial policy steps, then one training chunk after every round's refit
+        self._round_steps = [self.config.initial_timesteps] + _split(
+            steps_after_initial, self.config.n_rounds + 1
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.round > self.config.n_rounds
+
+    def run(self, callback: Callable[[RoundMetrics], Any] | None = None) -> list[RoundMetrics]:
+        """Run the remaining rounds; ``callback(metrics)`` after each (e.g. log and checkpoint)."""
+        while not self.done:
+            metrics = self.step()
+            if callback is not None:
+                callback(metrics)
+        return self.history
+
+    def step(self) -> RoundMetrics:
+        """One round: (round 0: run the initial policy) -> query -> store -> refit -> train."""
+        start = time.perf_counter()
+        if self.round == 0:
+            self.agent.learn(self._round_steps[0])
+            self.timesteps = self._agent_timesteps(self._round_steps[0])
+            self.env.pop_episode_stats()
+        # rows stored after the last finished round belong to this round (a killed run resumed):
+        # keep them and ask only for the rest of the round's budget
+        budget = self._queries[self.round]
+        pending = []
+        if len(self.store) > self.labels_used:
+            pending = self.store.load(labelled_only=False)[
+                self.labels_used : self.labels_used + budget
+            ]
+        n_new = budget - len(pending)
+        comparisons = pending + (self._ask(n_new) if n_new > 0 else [])
+        self.store.append(comparisons[len(pending) :])
+        self.labels_used += len(comparisons)
+        reward_metrics = train_reward_model(
+            self.reward_model, self.store.load(labelled_only=True), self.config.reward_train
+        )
+        self.agent.learn(self._round_steps[self.round + 1])
+        self.timesteps = self._agent_timesteps(self._round_steps[self.round + 1])
+        stats = self.env.pop_episode_stats()
+        true_return = float(np.mean([s.true_return for s in stats])) if stats else math.nan
+        learned_return = float(np.mean([s.learned_return for s in stats])) if stats else math.nan
+        alarm = hacking_alarm(stats)
+        metrics = RoundMetrics(
+            round=self.round,
+            timesteps=self.timesteps,
+            labels_used=self.labels_used,
+            labels_this_round=len(comparisons),
+            skipped_this_round=sum(c.label is None for c in comparisons),
+            reward_model=reward_metrics,
+            true_return=true_return,
+            learned_return=learned_return,
+            return_correlation=_correlation(stats),
+            episodes=len(stats),
+            hacking_alarm=alarm,
+            seconds=time.perf_counter() - start,
+        )
+        self.history.append(metrics)
+        self.round += 1
+        return metrics
+
+    def _agent_timesteps(self, just_trained: int) -> int:
+        """The agent's own step counter when it has one (on-policy agents round up to rollouts)."""
+        counted = getattr(self.agent, "num_timesteps", None)
+        return int(counted) if counted is not None else self.timesteps + just_trained
+
+    def _ask(self, n_queries: int) -> list:
+        trajectories = self.env.trajectories
+        if not trajectories:
+            raise RuntimeError(
+                "no finished episode recorded yet: raise initial_timesteps so the initial policy "
+                "finishes at least one episode per sub-env before the first queries"
+            )
+        recent = trajectories[-10:]  # B-Pref adapts thresholds to the last 10 episodes
+        adapt = getattr(self.teacher, "adapt", None)
+        if adapt is not None:
+            adapt(
+                float(np.mean([t.true_return for t in recent])),
+                int(np.mean([len(t) for t in recent])),
+                self.config.segment_length,
+            )
+        method = self.config.query_method if self.round > 0 else "uniform"
+        pairs = select_queries(
+            trajectories,
+            n_queries,
+            method=method,
+            reward_model=self.reward_model,
+            segment_length=self.config.segment_length,
+            oversample=self.config.oversample,
+            rng=self._rng,
+        )
+        return self.teacher.label(pairs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and RNG state, JSON-able, for resuming a killed run."""
+        return {
+            "round": self.round,
+            "timesteps": self.timesteps,
+            "labels_used": self.labels_used,
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.timesteps = int(state["timesteps"])
+        self.labels_used = int(state["labels_used"])
+        self._rng.bit_generator.state = state["rng"]
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
