@@ -1,0 +1,429 @@
+"""The PPO-with-KL trainer: rollouts from a Gymnasium vector env, GAE, the clipped update.
+
+One iteration = collect ``n_steps`` vector steps -> penalise rewards with the KL to the frozen
+reference (``kl_penalized_rewards``) -> GAE -> ``n_epochs`` passes of minibatch updates.
+
+Autoreset (Gymnasium 1.x NEXT_STEP, the default of ``make_vec``/``SyncVectorEnv``/
+``AsyncVectorEnv``): the step that ends an episode returns that episode's final observation, and
+the env resets on the *next* step, ignoring that step's action and returning reward 0. So the
+value of the observation after a truncated step is exactly the bootstrap value GAE needs, and the
+reset step is stored with ``valid=False`` and left out of advantages, losses and statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from torch import nn
+from tqdm.auto import tqdm
+
+from agents.policies import MLPActorCritic, Policy
+from agents.ppo_kl.buffer import RolloutBuffer, obs_to_tensor
+from agents.ppo_kl.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from agents.ppo_kl.config import PPOKLConfig
+from agents.ppo_kl.episodes import EpisodeTracker, FinishedEpisodes, true_rewards_from_infos
+from agents.ppo_kl.kl import KLController, kl_estimate, kl_penalized_rewards
+from agents.ppo_kl.logger import IterationMetrics, MetricsLogger
+from agents.ppo_kl.losses import (
+    compute_gae,
+    explained_variance,
+)
+from agents.ppo_kl.normalize import ObsNormalizer, ReturnScaler
+from agents.ppo_kl.optim import ClippedAdam
+from agents.ppo_kl.update import UpdateStats, ppo_update
+
+Callback = Callable[[IterationMetrics], bool | None]
+
+
+def _check_env(env: Any) -> None:
+    if not isinstance(env, gym.vector.VectorEnv):
+        raise TypeError(
+            f"PPOKL needs a gymnasium.vector.VectorEnv, got {type(env).__name__}; build one with "
+            "gymnasium.make_vec(env_id, num_envs=8, vectorization_mode='sync') or "
+            "gymnasium.vector.SyncVectorEnv([lambda: env])"
+        )
+    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if mode != AutoresetMode.NEXT_STEP:
+        raise ValueError(
+            f"PPOKL supports the NEXT_STEP autoreset mode (Gymnasium's default), got {mode}; create "
+            "the vector env with autoreset_mode=gymnasium.vector.AutoresetMode.NEXT_STEP"
+        )
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+class PPOKL:
+    """PPO with a per-step KL penalty to a frozen reference policy.
+
+    Args:
+        env: a Gymnasium 1.x vector env (sync or async, NEXT_STEP autoreset).
+        config: hyperparameters (defaults: SB3 PPO).
+        policy: a :class:`agents.policies.Policy` ``nn.Module``; default an
+            :class:`~agents.policies.MLPActorCritic` built from the config.
+        ref_policy: frozen reference for the KL leash (e.g. behaviour-cloned / SFT). When
+            ``kl_coef > 0`` and none is given, a frozen copy of the initial policy is used. It is
+            fed the same (normalised) observations as the policy.
+        log_dir: where ``progress.csv`` and TensorBoard events go; None disables logging.
+
+    Note: for speed the optimiser (:class:`~agents.ppo_kl.ClippedAdam`) re-points the policy's
+    trainable parameters at slices of one flat buffer; the policy behaves as before, but do not
+    move it to another device after constructing the agent.
+    """
+
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        config: PPOKLConfig | None = None,
+        policy: nn.Module | None = None,
+        ref_policy: nn.Module | None = None,
+        log_dir: str | Path | None = None,
+    ) -> None:
+        _check_env(env)
+        self.env = env
+        self.config = cfg = config if config is not None else PPOKLConfig()
+        if cfg.torch_threads is not None:
+            torch.set_num_threads(cfg.torch_threads)
+        # The agent owns its torch RNG stream (policy init, action sampling): runs are
+        # reproducible and independent of other agents and code sharing the global generator.
+        self._torch_rng = torch.Generator().manual_seed(cfg.seed).get_state()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.device = torch.device(cfg.device)
+        self.num_envs = env.num_envs
+        self.observation_space = env.single_observation_space
+        self.action_space = env.single_action_space
+        if policy is None:
+            with self._own_rng():
+                policy = MLPActorCritic(
+                    self.observation_space,
+                    self.action_space,
+                    hidden_sizes=cfg.hidden_sizes,
+                    activation=cfg.activation,
+                    ortho_init=cfg.ortho_init,
+                    log_std_init=cfg.log_std_init,
+                )
+        if not isinstance(policy, Policy) or not isinstance(policy, nn.Module):
+            raise TypeError("policy must be an nn.Module with act/evaluate/log_prob/value (Policy)")
+        self.policy = policy.to(self.device)
+        if ref_policy is self.policy:
+            raise ValueError("ref_policy must be a separate frozen module, not the trained policy")
+        if ref_policy is None and cfg.kl_coef > 0:
+            ref_policy = copy.deepcopy(self.policy)
+        self.ref_policy = self._freeze(ref_policy)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        # Adam eps 1e-5 as SB3's PPO.
+        self.optimizer = ClippedAdam(
+            params, cfg.learning_rate, eps=1e-5, max_grad_norm=cfg.max_grad_norm
+        )
+        self.kl_controller = KLController(
+            cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon
+        )
+        self.obs_normalizer = (
+            ObsNormalizer(self.observation_space, cfg.clip_obs) if cfg.norm_obs else None
+        )
+        self.return_scaler = (
+            ReturnScaler(self.num_envs, cfg.gamma, cfg.clip_reward) if cfg.norm_reward else None
+        )
+        self.buffer = RolloutBuffer(
+            cfg.n_steps, self.num_envs, self.observation_space, self.action_space
+        )
+        self.episodes = EpisodeTracker(self.num_envs)
+        self.num_timesteps = 0
+        self.iterations = 0
+        self._env_restarts = 0
+        self._last_obs: Any = None
+        self._last_done = np.zeros(self.num_envs, dtype=bool)
+        self.logger = MetricsLogger(log_dir) if log_dir is not None else None
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run a block on the agent's torch RNG stream, leaving the global stream untouched."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self._torch_rng)
+            yield
+            self._torch_rng = torch.get_rng_state()
+
+    def _freeze(self, module: nn.Module | None) -> nn.Module | None:
+        if module is None:
+            return None
+        module = module.to(self.device)
+        module.requires_grad_(False)
+        module.eval()
+        return module
+
+    # ------------------------------------------------------------------ public API
+
+    def learn(
+        self,
+        total_timesteps: int,
+        reset_num_timesteps: bool = False,
+        callback: Callback | None = None,
+        progress_bar: bool = False,
+    ) -> list[IterationMetrics]:
+        """Train for ``total_timesteps`` more env steps (rounded up to whole iterations).
+
+        Repeated calls continue the same run: the envs are reset only on the very first call
+        (with ``config.seed``), never between calls.
+
+        Args:
+            total_timesteps: env steps to add, over all envs.
+            reset_num_timesteps: restart the step and iteration counters at 0 (logging only).
+            callback: called with each iteration's metrics; returning ``False`` stops training.
+            progress_bar: show a tqdm bar.
+        """
+        if total_timesteps < 0:
+            raise ValueError(f"total_timesteps must be >= 0, got {total_timesteps}")
+        if reset_num_timesteps:
+            self.num_timesteps = self.iterations = 0
+        if self._last_obs is None:
+            self._reset_envs(self.config.seed)
+        target = self.num_timesteps + total_timesteps
+        history: list[IterationMetrics] = []
+        with tqdm(total=total_timesteps, disable=not progress_bar, unit="step") as bar:
+            while self.num_timesteps < target:
+                with self._own_rng():
+                    metrics = self._iteration()
+                history.append(metrics)
+                bar.update(self.config.n_steps * self.num_envs)
+                bar.set_postfix(
+                    reward=f"{metrics.episode_reward:.1f}", kl=f"{metrics.kl_to_ref:.3g}"
+                )
+                if self.logger is not None:
+                    self.logger.log(metrics)
+                if callback is not None and callback(metrics) is False:
+                    break
+        return history
+
+    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Actions for a batch of observations ``[N, ...]`` (as the vector env returns them).
+
+        Observations are normalised with the current statistics (not updated); Box actions are
+        clipped to the action bounds, exactly as in training.
+        """
+        obs_t = obs_to_tensor(
+            self._policy_obs(obs, update=False), self.observation_space, self.device
+        )
+        with torch.inference_mode():
+            with self._own_rng():
+                actions, _, _ = self.policy.act(obs_t, deterministic=deterministic)
+        return self._env_actions(actions.cpu().numpy())
+
+    def close(self) -> None:
+        """Close the logger (the env belongs to the caller)."""
+        if self.logger is not None:
+            self.logger.close()
+
+    # ------------------------------------------------------------------ rollout
+
+    def _policy_obs(self, obs: Any, update: bool) -> Any:
+        if self.obs_normalizer is None:
+            return obs
+        if update:
+            self.obs_normalizer.update(obs)
+        return self.obs_normalizer.normalize(obs)
+
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        space = self.action_space
+        if isinstance(space, spaces.Box):
+            return np.clip(actions, space.low, space.high).astype(space.dtype, copy=False)
+        return actions
+
+    def _reset_envs(self, seed: int) -> None:
+        self._last_obs, _ = self.env.reset(seed=seed)
+        self._last_done[:] = False
+        self.episodes.reset()
+        if self.return_scaler is not None:
+            self.return_scaler.reset_returns()
+
+    def _collect_rollout(self, use_ref: bool) -> np.ndarray:
+        """Fill the buffer with ``n_steps`` vector steps; returns V(last obs) ``[N]``."""
+        cfg, buf = self.config, self.buffer
+        for t in range(cfg.n_steps):
+            obs = self._policy_obs(self._last_obs, update=True)
+            obs_t = obs_to_tensor(obs, self.observation_space, self.device)
+            with torch.inference_mode():
+                actions, log_probs, values = self.policy.act(obs_t)
+                ref_lp = self.ref_policy.log_prob(obs_t, actions) if use_ref else None  # type: ignore[union-attr]
+            actions_np = actions.cpu().numpy()
+            next_obs, rewards, terminated, truncated, infos = self.env.step(
+                self._env_actions(actions_np)
+            )
+            valid = ~self._last_done  # False: reset step, the env ignored the action
+            dones = terminated | truncated
+            logp_np = log_probs.cpu().numpy()
+            rewards = np.asarray(rewards, dtype=np.float32)
+            kl = None
+            if ref_lp is not None:
+                kl = np.where(
+                    valid, kl_estimate(logp_np, ref_lp.cpu().numpy(), cfg.kl_estimator), 0.0
+                )
+                buf.kl[t] = kl
+            self.episodes.step(
+                rewards, kl, true_rewards_from_infos(infos, self.num_envs), dones, valid
+            )
+            if self.return_scaler is not None:
+                rewards = self.return_scaler(rewards, dones, valid)
+            buf.add_obs(t, obs)
+            buf.actions[t] = actions_np
+            buf.log_probs[t] = logp_np
+            buf.values[t] = values.cpu().numpy()
+            buf.rewards[t] = np.where(valid, rewards, 0.0)
+            buf.terminated[t] = terminated & valid
+            buf.truncated[t] = truncated & valid
+            buf.valid[t] = valid
+            self._last_obs, self._last_done = next_obs, dones
+        if not use_ref:
+            buf.kl[:] = 0.0
+        last_obs = obs_to_tensor(
+            self._policy_obs(self._last_obs, update=False), self.observation_space, self.device
+        )
+        with torch.inference_mode():
+            return self.policy.value(last_obs).cpu().numpy()
+
+    # ------------------------------------------------------------------ iteration
+
+    def _iteration(self) -> IterationMetrics:
+        cfg, buf = self.config, self.buffer
+        start = time.perf_counter()
+        kl_coef = self.kl_controller.kl_coef
+        use_ref = kl_coef > 0 and self.ref_policy is not None
+        last_values = self._collect_rollout(use_ref)
+        rewards = kl_penalized_rewards(buf.rewards, buf.kl, kl_coef)
+        next_values = np.concatenate([buf.values[1:], last_values[None]], axis=0)
+        advantages, returns = compute_gae(
+            rewards, buf.values, next_values, buf.terminated, buf.truncated, buf.valid,
+            cfg.gamma, cfg.gae_lambda,
+        )  # fmt: skip
+        episodes = self.episodes.pop_finished()
+        episode_kl = _mean(episodes.kl_sums) if use_ref else float("nan")
+        self.kl_controller.update(episode_kl, len(episodes.lengths))
+        stats = ppo_update(
+            self.policy, self.optimizer, buf.batch(advantages, returns, self.device), cfg, self.rng
+        )
+        self.num_timesteps += cfg.n_steps * self.num_envs
+        self.iterations += 1
+        valid = buf.valid
+        return self._metrics(
+            start,
+            stats,
+            episodes,
+            kl_coef,
+            use_ref,
+            explained_variance(buf.values[valid], returns[valid]),
+        )
+
+    def _metrics(
+        self,
+        start: float,
+        stats: UpdateStats,
+        episodes: FinishedEpisodes,
+        kl_coef: float,
+        use_ref: bool,
+        ev: float,
+    ) -> IterationMetrics:
+        buf = self.buffer
+        return IterationMetrics(
+            iteration=self.iterations,
+            timesteps=self.num_timesteps,
+            fps=self.config.n_steps * self.num_envs / (time.perf_counter() - start),
+            policy_loss=stats.policy_loss,
+            value_loss=stats.value_loss,
+            entropy=stats.entropy,
+            approx_kl=stats.approx_kl,
+            clip_fraction=stats.clip_fraction,
+            explained_variance=ev,
+            epochs=stats.epochs,
+            kl_to_ref=float(buf.kl[buf.valid].mean()) if use_ref else float("nan"),
+            kl_to_ref_episode=_mean(episodes.kl_sums) if use_ref else float("nan"),
+            kl_coef=kl_coef,
+            episode_reward=_mean(episodes.rewards),
+            episode_true_return=_mean(episodes.true_returns),
+            episode_length=_mean([float(x) for x in episodes.lengths]),
+            episodes=len(episodes.lengths),
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Write an exactly-resumable checkpoint (atomic; returns the file path).
+
+        Env state cannot be saved, so saving *restarts the envs* with a seed derived from
+        ``(config.seed, restart count)`` and stores that seed; loading restarts fresh envs with the
+        same seed. The live run and a run resumed from this checkpoint therefore continue from the
+        same state and produce identical parameters. Cost: episodes in flight are cut (not counted
+        in the episode statistics; their last rollout step was already bootstrapped from V).
+        """
+        seed = int(
+            np.random.SeedSequence([self.config.seed, self._env_restarts]).generate_state(1)[0]
+        )
+        self._env_restarts += 1
+        self._reset_envs(seed)
+        state = {
+            "config": self.config.to_dict(),
+            "policy": self.policy.state_dict(),
+            "ref_policy": self.ref_policy.state_dict() if self.ref_policy is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "obs_normalizer": self.obs_normalizer.state_dict() if self.obs_normalizer else None,
+            "return_scaler": self.return_scaler.state_dict() if self.return_scaler else None,
+            "kl_controller": self.kl_controller.state_dict(),
+            "torch_rng": self._torch_rng,
+            "numpy_rng": self.rng.bit_generator.state,
+            "num_timesteps": self.num_timesteps,
+            "iterations": self.iterations,
+            "env_restarts": self._env_restarts,
+            "env_seed": seed,
+        }
+        return write_checkpoint(directory, state)
+
+    @classmethod
+    def load_checkpoint(
+        cls,
+        directory: str | Path,
+        env: gym.vector.VectorEnv,
+        policy: nn.Module | None = None,
+        ref_policy: nn.Module | None = None,
+        log_dir: str | Path | None = None,
+    ) -> PPOKL:
+        """Rebuild an agent from :meth:`save_checkpoint` and restart ``env`` with the saved seed.
+
+        Pass ``policy``/``ref_policy`` modules when the run used custom ones (same architecture);
+        the default MLPs are rebuilt from the stored config.
+        """
+        state = read_checkpoint(directory)
+        agent = cls(env, PPOKLConfig.from_dict(state["config"]), policy, ref_policy, log_dir)
+        if state.get("ref_policy") is not None and agent.ref_policy is None:
+            agent.ref_policy = agent._freeze(copy.deepcopy(agent.policy))
+        try:
+            agent.policy.load_state_dict(state["policy"])
+            if agent.ref_policy is not None and state.get("ref_policy") is not None:
+                agent.ref_policy.load_state_dict(state["ref_policy"])
+            agent.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint in {directory} does not fit this env/policy ({exc}); load it with the "
+                "env it was trained on and pass policy=/ref_policy= modules of the same architecture"
+            ) from exc
+        if agent.obs_normalizer is not None:
+            agent.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        if agent.return_scaler is not None:
+            agent.return_scaler.load_state_dict(state["return_scaler"])
+        agent.kl_controller.load_state_dict(state["kl_controller"])
+        agent._torch_rng = state["torch_rng"]
+        agent.rng.bit_generator.state = state["numpy_rng"]
+        agent.num_timesteps = int(state["num_timesteps"])
+        agent.iterations = int(state["iterations"])
+        agent._env_restarts = int(state["env_restarts"])
+        agent._reset_envs(int(state["env_seed"]))
+        return agent
