@@ -52,6 +52,8 @@ _HELP = {
     "kl_coef": "PPO-KL leash to the initial policy (0 = plain PPO)",
     "n_steps": "PPO rollout steps per sub-env",
     "reward_epochs": "max epochs per reward refit (early stopping on held-out loss)",
+    "reward_width": "hidden units per reward-network layer (B-Pref: 256)",
+    "reward_depth": "hidden layers per reward network (B-Pref: 3)",
     "shaping": "uncertainty shaping k: reward = mean + k * std of the ensemble",
     "vectorization": "sync or async sub-envs",
 }

@@ -67,6 +67,8 @@ class TrainSpec:
         kl_coef: PPO-KL leash to the initial policy (0 = plain PPO).
         n_steps: PPO rollout length per sub-env.
         reward_epochs: max epochs per reward refit.
+        reward_width: hidden units per reward-network layer (B-Pref: 256; smaller refits faster).
+        reward_depth: hidden layers of each reward network (B-Pref: 3).
         shaping: uncertainty shaping k (mean + k * std) of the learned reward.
         vectorization: ``sync`` or ``async`` sub-envs.
         env_kwargs: keyword arguments for ``gymnasium.make`` (e.g. objective_weights).
@@ -87,6 +89,8 @@ class TrainSpec:
     kl_coef: float = 0.0
     n_steps: int = 256
     reward_epochs: int = 100
+    reward_width: int = 64
+    reward_depth: int = 2
     shaping: float = 0.0
     vectorization: str = "sync"
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -170,7 +174,10 @@ class TrainingRun:
             )
         else:
             self.reward_model = RewardEnsemble.for_spaces(
-                venv.single_observation_space, venv.single_action_space, n_members=spec.ensemble
+                venv.single_observation_space,
+                venv.single_action_space,
+                n_members=spec.ensemble,
+                hidden_sizes=(spec.reward_width,) * spec.reward_depth,
             )
         self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=spec.shaping)
         self.recorder = TrajectoryRecorder(self.reward_env)

@@ -236,8 +236,11 @@ class SyntheticTeacher:
         by ``eps`` again, so after its first round the thresholds shrink to ``eps^2 * margin``;
         this method applies ``eps`` exactly once, every time.
 
-        Note that the formula keeps the sign of the mean return: with negative returns
-        ``delta_equal`` is negative and no pair is ever "equally good".
+        The skip threshold keeps the sign of the mean return, as in B-Pref (with negative
+        rewards it skips segments whose return is below that negative level). The equal
+        threshold bounds a *difference* of returns, so it uses ``|mean|``: B-Pref's tasks have
+        positive rewards, where the two agree, and a negative bound would make "equally good"
+        impossible on tasks with costs (Pendulum, Reacher).
 
         Args:
             mean_episode_return: mean undiscounted true return of recent episodes.
@@ -253,7 +256,7 @@ class SyntheticTeacher:
             )
         margin = float(mean_episode_return) * segment_length / episode_length
         self._thresholds = Thresholds(
-            skip=self.config.eps_skip * margin, equal=self.config.eps_equal * margin
+            skip=self.config.eps_skip * margin, equal=self.config.eps_equal * abs(margin)
         )
 
     def _current_thresholds(self, returns0: np.ndarray, returns1: np.ndarray) -> Thresholds:
@@ -268,7 +271,9 @@ class SyntheticTeacher:
         if self.config.eps_skip == 0.0 and self.config.eps_equal == 0.0:
             return Thresholds(skip=0.0, equal=0.0)
         margin = float(np.mean(np.concatenate([returns0, returns1]))) if len(returns0) else 0.0
-        return Thresholds(skip=self.config.eps_skip * margin, equal=self.config.eps_equal * margin)
+        return Thresholds(
+            skip=self.config.eps_skip * margin, equal=self.config.eps_equal * abs(margin)
+        )
 
     def label_returns(self, rewards0: np.ndarray, rewards1: np.ndarray) -> np.ndarray:
         """Vectorised B-Pref labelling of ``N`` pairs from their per-step true rewards.

@@ -317,3 +317,14 @@ def test_zero_eps_disables_skip_and_equal() -> None:
     labels = teacher.label_returns(np.array([[0.0], [1.0]]), np.array([[1.0], [1.0]]))
     np.testing.assert_array_equal(labels, [1.0, 0.5])
     assert hasattr(teachers, "__all__") and "make_teacher" in teachers.__all__
+
+
+def test_equal_threshold_is_positive_for_tasks_with_costs():
+    """With negative returns (Pendulum-like costs) 'equally good' must still be possible."""
+    teacher = make_teacher("equal", np.random.default_rng(0))
+    teacher.adapt(mean_episode_return=-1000.0, episode_length=200, segment_length=50)
+    assert teacher.thresholds.equal == pytest.approx(0.1 * 1000.0 * 50 / 200)
+    assert teacher.thresholds.skip == 0.0
+    rewards0 = np.full((1, 50), -1.0)
+    rewards1 = np.full((1, 50), -1.1)  # returns differ by 5 < 25: equally good
+    assert teacher.label_returns(rewards0, rewards1)[0] == 0.5
