@@ -16,6 +16,7 @@ import gymnasium as gym
 __all__ = ["register_envs", "registered_ids"]
 
 _MUJOCO_TASK = "envs.mujoco.tasks:MujocoTask"
+_RECOMMENDATION = "envs.recommendation.env:RecommendationEnv"
 
 # (id, lazy entry point, constructor kwargs, max_episode_steps). Horizons match Gymnasium's
 # MuJoCo v5 registrations (1000 steps; Reacher 50).
@@ -25,6 +26,9 @@ _REGISTRY: tuple[tuple[str, str, dict[str, Any], int | None], ...] = (
     ("prefenv/Walker2d-v0", _MUJOCO_TASK, {"task": "Walker2d"}, 1000),
     ("prefenv/Ant-v0", _MUJOCO_TASK, {"task": "Ant"}, 1000),
     ("prefenv/Reacher-v0", _MUJOCO_TASK, {"task": "Reacher"}, 50),
+    # Recommendation: the env truncates at its own `horizon` (default 50), so no TimeLimit.
+    ("prefenv/RecSlate-v0", _RECOMMENDATION, {"slate_size": 3}, None),
+    ("prefenv/RecSingle-v0", _RECOMMENDATION, {"slate_size": None}, None),
 )
 
 

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="reward refits after the first")
     parser.add_argument("--n-envs", type=int, default=4, help="parallel sub-envs")
     parser.add_argument("--segment-length", type=int, default=25, help="steps per segment")
+    parser.add_argument("--learning-starts", type=int, default=500, help="SAC warm-up steps")
     parser.add_argument("--out", type=Path, default=Path("runs/example_sb3_sac"))
     args = parser.parse_args()
 
@@ -46,7 +47,9 @@ def main() -> None:
     )
     env = TrajectoryRecorder(prefenv.VectorPreferenceReward(venv, model))
     bridged = VecNormalize(SB3VecEnvBridge(env), norm_obs=False, norm_reward=True)
-    agent = SB3Agent(make_sb3_agent("sb3-sac", bridged, seed=0, learning_starts=500))
+    agent = SB3Agent(
+        make_sb3_agent("sb3-sac", bridged, seed=0, learning_starts=args.learning_starts)
+    )
     loop = PreferenceLoop(
         env=env,
         agent=agent,

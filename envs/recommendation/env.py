@@ -1,0 +1,371 @@
+"""Gymnasium envs over the recommendation user simulator: one user, or a native batch of users.
+
+:class:`RecommendationEnv` is a plain ``gymnasium.Env`` (one simulated user; registered as
+``prefenv/RecSlate-v0`` and ``prefenv/RecSingle-v0``). :class:`RecommendationVectorEnv` is a
+native ``gymnasium.vector.VectorEnv`` that steps ``num_envs`` users in one numpy call, and equals
+a ``SyncVectorEnv`` of :class:`RecommendationEnv` step for step (same seeds, same actions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.recommendation.simulator import (
+    Catalog,
+    ObsLayout,
+    SimConfig,
+    StepOutcome,
+    UserBatchSimulator,
+)
+
+__all__ = [
+    "DEFAULT_OBJECTIVE_WEIGHTS",
+    "OBJECTIVES",
+    "RecommendationEnv",
+    "RecommendationVectorEnv",
+    "check_slates",
+]
+
+OBJECTIVES = ("engagement", "satisfaction", "diversity")
+"""The terms of the hidden true utility, each reported per step in ``info``."""
+
+DEFAULT_OBJECTIVE_WEIGHTS: dict[str, float] = {
+    "engagement": 0.25,
+    "satisfaction": 1.0,
+    "diversity": 0.5,
+}
+"""Default weights of the true utility: mostly satisfaction, some watch time and variety."""
+
+ON_DUPLICATE = ("ignore", "error")
+
+
+def check_slates(
+    actions: np.ndarray, n_candidates: int, on_duplicate: str = "ignore"
+) -> np.ndarray:
+    """Validate a batch of slates of candidate slots; return them with repeats emptied.
+
+    Args:
+        actions: ``[n, S]`` integers, each a candidate slot in ``0..n_candidates-1``.
+        n_candidates: C, the number of candidates in the observation.
+        on_duplicate: ``"ignore"`` shows a repeated candidate only in its first slot (later
+            repeats become empty slots, ``-1``); ``"error"`` raises.
+
+    Raises:
+        ValueError: non-integer actions, slots out of range, or repeats with ``"error"``.
+    """
+    arr = np.asarray(actions)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.all(arr == np.round(arr)):
+            raise ValueError(
+                f"slate actions must be integer candidate slots, got dtype {arr.dtype} ({arr!r})"
+            )
+    arr = arr.astype(np.int64)
+    bad = (arr < 0) | (arr >= n_candidates)
+    if bad.any():
+        raise ValueError(
+            f"slate slot {int(arr[bad][0])} is out of range: actions index the {n_candidates} "
+            f"candidates of the observation (0..{n_candidates - 1}), not catalog item ids"
+        )
+    s = arr.shape[1]
+    if s < 2:
+        return arr
+    earlier = np.triu(np.ones((s, s), dtype=bool), k=1)  # earlier[j, k]: j < k
+    repeat = ((arr[:, :, None] == arr[:, None, :]) & earlier[None]).any(axis=1)  # [n, S]
+    if repeat.any():
+        if on_duplicate == "error":
+            row = arr[int(np.flatnonzero(repeat.any(axis=1))[0])]
+            raise ValueError(
+                f"slate {row.tolist()} shows the same candidate twice; use distinct slots or "
+                "create the env with on_duplicate='ignore' to show repeats as empty slots"
+            )
+        arr = np.where(repeat, -1, arr)
+    return arr
+
+
+def _validate_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    if weights is None:
+        return dict(DEFAULT_OBJECTIVE_WEIGHTS)
+    unknown = sorted(set(weights) - set(OBJECTIVES))
+    if unknown:
+        raise ValueError(
+            f"objective_weights has unknown terms {unknown}: valid terms are {list(OBJECTIVES)}"
+        )
+    out = {k: float(weights.get(k, 0.0)) for k in OBJECTIVES}
+    if not all(math.isfinite(w) for w in out.values()) or not any(out.values()):
+        raise ValueError(
+            f"objective_weights must be finite and not all zero, got {dict(weights)}: e.g. "
+            "{'satisfaction': 1.0} for a teacher who only cares about satisfaction"
+        )
+    return out
+
+
+class _Setup:
+    """What both env classes build from the same constructor arguments."""
+
+    def __init__(
+        self,
+        n_items: int,
+        n_candidates: int,
+        slate_size: int | None,
+        horizon: int,
+        objective_weights: Mapping[str, float] | None,
+        on_duplicate: str,
+        sim_config: SimConfig | None,
+    ) -> None:
+        if slate_size is not None and not 1 <= slate_size <= n_candidates:
+            raise ValueError(
+                f"slate_size must be in 1..n_candidates ({n_candidates}) or None for the "
+                f"single-item (Discrete) variant, got {slate_size}"
+            )
+        if on_duplicate not in ON_DUPLICATE:
+            raise ValueError(f"on_duplicate must be one of {ON_DUPLICATE}, got {on_duplicate!r}")
+        self.config = replace(
+            sim_config if sim_config is not None else SimConfig(),
+            n_items=n_items,
+            n_candidates=n_candidates,
+            horizon=horizon,
+        )
+        self.slate_size = slate_size
+        self.weights = _validate_weights(objective_weights)
+        self.on_duplicate = on_duplicate
+        layout = ObsLayout(self.config.n_topics, n_candidates)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(layout.dim,), dtype=np.float32)
+        self.action_space: spaces.Space = (
+            spaces.Discrete(n_candidates)
+            if slate_size is None
+            else spaces.MultiDiscrete(np.full(slate_size, n_candidates, dtype=np.int64))
+        )
+
+    def slates(self, actions: Any, n: int) -> np.ndarray:
+        """Actions of ``n`` users -> validated ``[n, S]`` slates."""
+        s = 1 if self.slate_size is None else self.slate_size
+        arr = np.asarray(actions)
+        if arr.size != n * s:
+            expected = "an int" if self.slate_size is None else f"{s} ints"
+            raise ValueError(
+                f"expected {expected} per user ({n} users), got an action of shape {arr.shape}"
+            )
+        return check_slates(arr.reshape(n, s), self.config.n_candidates, self.on_duplicate)
+
+    def rewards(self, out: StepOutcome) -> np.ndarray:
+        w = self.weights
+        return (
+            w["engagement"] * out.engagement
+            + w["satisfaction"] * out.satisfaction
+            + w["diversity"] * out.diversity
+        )
+
+
+class RecommendationEnv(gym.Env):
+    """One simulated user's session: each step, recommend a slate (or one item) of candidates.
+
+    The user model is :mod:`envs.recommendation.simulator` (RecSim interest evolution style).
+
+    Observation (``Box(0, 1, (D,), float32)``, ``D = K + 3 + C * (K + 2)``, layout
+    :class:`~envs.recommendation.simulator.ObsLayout`): the user's consumption profile (K), session
+    progress, last click flag and last watch time, then each of the C candidates' topic vector (K),
+    length and popularity. Interests, item quality and the time budget are hidden.
+
+    Action: ``MultiDiscrete([C] * slate_size)``, candidate slots in display order (slot 0 is the
+    top; with position bias it is clicked more); ``slate_size=None`` gives the single-item variant
+    ``Discrete(C)``. A candidate repeated in a slate is shown only once (``on_duplicate="ignore"``)
+    or raises (``"error"``); slots outside ``0..C-1`` always raise ``ValueError``.
+
+    Reward: the true utility ``sum_k w_k * term_k`` over ``engagement`` (watch minutes),
+    ``satisfaction`` (quality + affinity of the clicked item) and ``diversity``
+    (1 - cosine to the history), all 0 without a click. ``info`` holds ``true_reward`` (the same
+    value; a preference-reward wrapper keeps it for teachers), each term, ``clicks`` (0 or 1),
+    ``clicked_slot`` and ``item`` (catalog id; both -1 without a click).
+
+    Termination: the user leaves when the session time budget is used up (clickbait and no-click
+    steps drain it; high-quality items refund part of their watch time).
+
+    Truncation: after ``horizon`` steps (the env's own limit; the registry adds no ``TimeLimit``).
+
+    Args:
+        n_items: catalog size.
+        n_candidates: catalog items drawn per step and offered to the agent (C).
+        slate_size: items per slate; None = single-item ``Discrete`` actions.
+        horizon: steps before truncation.
+        objective_weights: weights of ``engagement``, ``satisfaction``, ``diversity`` (missing
+            terms weigh 0); None = ``DEFAULT_OBJECTIVE_WEIGHTS``.
+        on_duplicate: ``"ignore"`` or ``"error"`` for a slate that repeats a candidate.
+        catalog_seed: seed of the catalog (every env with the same seed shares the catalog).
+        sim_config: every other user-model parameter; its ``n_items``, ``n_candidates`` and
+            ``horizon`` are replaced by the arguments above.
+        catalog: a ready-made catalog instead of a generated one (sizes must match).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        n_items: int = 2000,
+        n_candidates: int = 10,
+        slate_size: int | None = 3,
+        horizon: int = 50,
+        objective_weights: Mapping[str, float] | None = None,
+        on_duplicate: str = "ignore",
+        catalog_seed: int = 0,
+        sim_config: SimConfig | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self._setup = _Setup(
+            n_items, n_candidates, slate_size, horizon, objective_weights, on_duplicate, sim_config
+        )
+        self.sim = UserBatchSimulator(1, self._setup.config, catalog, catalog_seed)
+        self.layout = self.sim.layout
+        self.objective_weights = self._setup.weights
+        self.observation_space = self._setup.observation_space
+        self.action_space = self._setup.action_space
+        self._done = True
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.sim.rngs[0] = self.np_random
+        self.sim.reset_users([0])
+        self._done = False
+        return self.sim.observe()[0], {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise gym.error.ResetNeeded("the session has ended: call reset() before step()")
+        out = self.sim.step(self._setup.slates(action, 1))
+        reward = float(self._setup.rewards(out)[0])
+        terminated, truncated = bool(out.terminated[0]), bool(out.truncated[0])
+        self._done = terminated or truncated
+        info = {
+            "true_reward": reward,
+            "engagement": float(out.engagement[0]),
+            "satisfaction": float(out.satisfaction[0]),
+            "diversity": float(out.diversity[0]),
+            "clicks": int(out.clicked_slot[0] >= 0),
+            "clicked_slot": int(out.clicked_slot[0]),
+            "item": int(out.item[0]),
+        }
+        return self.sim.observe()[0], reward, terminated, truncated, info
+
+
+class RecommendationVectorEnv(VectorEnv):
+    """``num_envs`` simulated users stepped together in one numpy call (NEXT_STEP autoreset).
+
+    Same observation, action, reward, termination and truncation as :class:`RecommendationEnv`
+    (see there); constructor arguments as there plus ``num_envs``. Sub-env ``i`` reset with
+    ``seed=s`` replays ``RecommendationEnv`` reset with ``seed=s + i``, as ``SyncVectorEnv`` seeds
+    its sub-envs, so the two are interchangeable.
+
+    Autoreset (Gymnasium's NEXT_STEP): the step after a user's session ends resets that user,
+    ignores its action and returns reward 0, ``terminated = truncated = False`` and no info keys
+    (the ``_key`` masks are False there; with every user resetting, ``infos`` is empty). ``infos`` hold ``[num_envs]`` arrays of
+    ``true_reward``, ``engagement``, ``satisfaction``, ``diversity`` (float64), ``clicks``,
+    ``clicked_slot`` and ``item`` (int64).
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int,
+        n_items: int = 2000,
+        n_candidates: int = 10,
+        slate_size: int | None = 3,
+        horizon: int = 50,
+        objective_weights: Mapping[str, float] | None = None,
+        on_duplicate: str = "ignore",
+        catalog_seed: int = 0,
+        sim_config: SimConfig | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self._setup = _Setup(
+            n_items, n_candidates, slate_size, horizon, objective_weights, on_duplicate, sim_config
+        )
+        self.num_envs = num_envs
+        self.sim = UserBatchSimulator(num_envs, self._setup.config, catalog, catalog_seed)
+        self.layout = self.sim.layout
+        self.objective_weights = self._setup.weights
+        self.single_observation_space = self._setup.observation_space
+        self.single_action_space = self._setup.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        n = self.num_envs
+        if seed is None:
+            seeds: list[int | None] = [None] * n
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"got {len(seeds)} seeds for {n} sub-envs")
+        mask = None if options is None else options.get("reset_mask")
+        users = np.arange(n) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
+        for u in users:
+            if seeds[u] is not None or self.sim.rngs[u] is None:
+                self.sim.rngs[u] = seeding.np_random(seeds[u])[0]
+        self.sim.reset_users(users)
+        self._needs_reset[users] = False
+        self._started = True
+        return self.sim.observe(), {}
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise gym.error.ResetNeeded("call reset() before step() on a RecommendationVectorEnv")
+        n = self.num_envs
+        s = 1 if self._setup.slate_size is None else self._setup.slate_size
+        actions = np.asarray(actions)
+        if actions.size != n * s:
+            raise ValueError(
+                f"expected actions of shape {self.action_space.shape} for {n} users, "
+                f"got shape {actions.shape}"
+            )
+        actions = actions.reshape(n, s)
+        resetting = self._needs_reset.copy()
+        stepping = ~resetting
+        rows = None if not resetting.any() else np.flatnonzero(stepping)
+        slates = self._setup.slates(actions if rows is None else actions[rows], n - resetting.sum())
+        out = self.sim.step(slates, rows)
+        if resetting.any():
+            self.sim.reset_users(np.flatnonzero(resetting))
+        rewards = np.zeros(n)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        true_reward = self._setup.rewards(out)
+        rewards[stepping] = true_reward
+        terminated[stepping] = out.terminated
+        truncated[stepping] = out.truncated
+        self._needs_reset = terminated | truncated
+        columns = {
+            "true_reward": true_reward,
+            "engagement": out.engagement,
+            "satisfaction": out.satisfaction,
+            "diversity": out.diversity,
+            "clicks": (out.clicked_slot >= 0).astype(np.int64),
+            "clicked_slot": out.clicked_slot,
+            "item": out.item,
+        }
+        infos: dict[str, Any] = {}
+        for key, values in columns.items() if stepping.any() else ():
+            full = np.zeros(n, dtype=values.dtype)
+            full[stepping] = values
+            infos[key] = full
+            infos[f"_{key}"] = stepping.copy()
+        return self.sim.observe(), rewards, terminated, truncated, infos
