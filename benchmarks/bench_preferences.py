@@ -1,0 +1,123 @@
+"""Learning from preferences on MuJoCo: final true return and wall-clock, per seed.
+
+Runs ``prefenv train`` (the same TrainingRun the CLI uses) for each seed, then evaluates the
+final policy for ``--eval-episodes`` deterministic episodes on the hidden true reward. With
+``--true-reward`` it instead trains the same agent on the env's true reward (no teacher, no reward
+model): the reference the preference run is measured against (goal: >= 0.8 of it).
+
+Usage::
+
+    python benchmarks/bench_preferences.py --env prefenv/HalfCheetah-v0 --seeds 0 1 2 \\
+        --steps 1000000 --queries 1000 --teacher oracle
+    python benchmarks/bench_preferences.py --true-reward --seeds 0 1 2
+
+Results go to ``benchmarks/out/preferences/<tag>/seed<N>`` (run folders) and a Markdown table is
+printed. The peer library's side is ``benchmarks/peers/imitation_preferences.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+
+from prefenv.runs import TrainingRun, TrainSpec, evaluate_run, save_spec
+
+
+def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
+    """PPO-KL with the same settings on the env's own reward (the upper reference)."""
+    import gymnasium as gym
+
+    import prefenv
+    from agents.ppo_kl import PPOKL, PPOKLConfig
+
+    prefenv.register_task_envs()
+    venv = gym.make_vec(spec.env, num_envs=spec.n_envs, vectorization_mode="sync")
+    config = PPOKLConfig(n_steps=spec.n_steps, norm_obs=True, norm_reward=True, seed=spec.seed)
+    agent = PPOKL(venv, config, log_dir=out / "agent_logs")
+    start = time.perf_counter()
+    agent.learn(spec.steps)
+    seconds = time.perf_counter() - start
+    eval_env = gym.make_vec(spec.env, num_envs=1, vectorization_mode="sync")
+    returns, total = [], 0.0
+    obs, _ = eval_env.reset(seed=12345)
+    while len(returns) < eval_episodes:
+        obs, reward, terminated, truncated, _ = eval_env.step(agent.predict(obs))
+        total += float(reward[0])
+        if terminated[0] or truncated[0]:
+            returns.append(total)
+            total = 0.0
+            obs, _ = eval_env.reset()
+    return {"true_return_mean": float(np.mean(returns)), "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="prefenv/HalfCheetah-v0")
+    parser.add_argument("--agent", default="ppo-kl")
+    parser.add_argument("--teacher", default="oracle")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--n-steps", type=int, default=256)
+    parser.add_argument("--reward-epochs", type=int, default=30)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--true-reward", action="store_true", help="train on the true reward")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preferences"))
+    args = parser.parse_args()
+
+    tag = "true-reward" if args.true_reward else f"{args.agent}-{args.teacher}"
+    rows = []
+    for seed in args.seeds:
+        spec = TrainSpec(
+            env=args.env,
+            agent=args.agent,
+            teacher=args.teacher,
+            queries=args.queries,
+            steps=args.steps,
+            rounds=args.rounds,
+            n_envs=args.n_envs,
+            n_steps=args.n_steps,
+            reward_epochs=args.reward_epochs,
+            seed=seed,
+        )
+        out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        if args.true_reward:
+            result = _true_reward_run(spec, out, args.eval_episodes)
+        else:
+            for stale in out.glob("comparisons.sqlite*"):
+                stale.unlink()
+            save_spec(spec, out)
+            start = time.perf_counter()
+            TrainingRun(spec, out).run(progress=False)
+            seconds = time.perf_counter() - start
+            evaluation = evaluate_run(out, episodes=args.eval_episodes)
+            result = {"true_return_mean": evaluation["true_return_mean"], "seconds": seconds}
+        result.update(seed=seed, spec=dataclasses.asdict(spec))
+        (out / "bench_result.json").write_text(json.dumps(result, indent=2))
+        rows.append(result)
+        print(f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s")
+
+    returns = np.array([r["true_return_mean"] for r in rows])
+    seconds = np.array([r["seconds"] for r in rows])
+    print()
+    print("| env | setup | seeds | final true return (mean ± std) | wall-clock s (mean) |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {args.env} | {tag}, {args.queries} queries, {args.steps:,} steps | {len(rows)} | "
+        f"{returns.mean():,.0f} ± {returns.std():,.0f} | {seconds.mean():,.0f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

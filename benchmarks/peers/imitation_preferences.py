@@ -1,0 +1,102 @@
+"""The peer library's preference comparisons on HalfCheetah, timed like prefenv's benchmark.
+
+Runs in its own environment (`bash benchmarks/peers/setup_imitation.sh`: imitation 1.0.1 pins
+gymnasium 0.29 and SB3 2.2), on HalfCheetah-v4 (same reward as v5). Setup follows imitation's
+documented preference-comparison recipe: BasicRewardNet normalised by a running norm, the
+oracle teacher (SyntheticGatherer at temperature 0), BasicRewardTrainer, SB3 PPO with its
+defaults on 8 envs, hyperbolic query schedule, 10% initial comparisons. Final policy: 10
+deterministic episodes on the true reward.
+
+    benchmarks/peers/.venv-imitation/bin/python benchmarks/peers/imitation_preferences.py \
+        --seeds 0 --steps 1000000 --queries 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from imitation.algorithms import preference_comparisons
+from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
+from imitation.util.networks import RunningNorm
+from imitation.util.util import make_vec_env
+from stable_baselines3 import PPO
+
+
+def run(seed: int, env_id: str, steps: int, queries: int, iterations: int, fragment: int) -> dict:
+    rng = np.random.default_rng(seed)
+    venv = make_vec_env(env_id, rng=rng, n_envs=8)
+    reward_net = NormalizedRewardNet(
+        BasicRewardNet(venv.observation_space, venv.action_space), normalize_output_layer=RunningNorm
+    )
+    agent = PPO("MlpPolicy", venv, seed=seed, device="cpu")
+    trajectory_generator = preference_comparisons.AgentTrainer(
+        algorithm=agent, reward_fn=reward_net, venv=venv, exploration_frac=0.0, rng=rng
+    )
+    trainer = preference_comparisons.PreferenceComparisons(
+        trajectory_generator,
+        reward_net,
+        num_iterations=iterations,
+        fragmenter=preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng),
+        preference_gatherer=preference_comparisons.SyntheticGatherer(temperature=0, rng=rng),
+        reward_trainer=preference_comparisons.BasicRewardTrainer(
+            preference_model=preference_comparisons.PreferenceModel(reward_net),
+            loss=preference_comparisons.CrossEntropyRewardLoss(),
+            epochs=3,
+            rng=rng,
+        ),
+        fragment_length=fragment,
+        transition_oversampling=1,
+        initial_comparison_frac=0.1,
+        allow_variable_horizon=False,
+        initial_epoch_multiplier=4,
+        query_schedule="hyperbolic",
+    )
+    start = time.perf_counter()
+    trainer.train(total_timesteps=steps, total_comparisons=queries)
+    seconds = time.perf_counter() - start
+    env = gym.make(env_id)
+    returns = []
+    for episode in range(10):
+        obs, _ = env.reset(seed=12345 + episode)
+        total, done = 0.0, False
+        while not done:
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return {"seed": seed, "true_return_mean": float(np.mean(returns)), "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="HalfCheetah-v4")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--fragment-length", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/peers"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in args.seeds:
+        result = run(seed, args.env, args.steps, args.queries, args.iterations, args.fragment_length)
+        (args.out / f"imitation_{args.env}_seed{seed}.json").write_text(json.dumps(result))
+        rows.append(result)
+        print(f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s")
+    returns = np.array([r["true_return_mean"] for r in rows])
+    print(
+        f"| {args.env} | imitation 1.0.1, {args.queries} queries, {args.steps:,} steps | "
+        f"{len(rows)} | {returns.mean():,.0f} ± {returns.std():,.0f} | "
+        f"{np.mean([r['seconds'] for r in rows]):,.0f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
