@@ -28,7 +28,9 @@ def _check_flattenable(space: spaces.Space, where: str) -> None:
                     "gymnasium.wrappers.FlattenObservation or give the entry its own Box"
                 )
             _check_flattenable(sub, f"{where}[{key!r}]")
-    elif not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+    elif not isinstance(
+        space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+    ):
         raise TypeError(
             f"{where} is a {type(space).__name__}, which prefenv cannot turn into a feature vector: "
             "use Box, Discrete, MultiDiscrete, MultiBinary or a flat Dict of these"

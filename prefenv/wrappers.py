@@ -167,7 +167,9 @@ class VectorPreferenceReward(VectorWrapper):
         final_info = infos.get("final_info", {})
         if "true_reward" in final_info:  # SAME_STEP: a finished sub-env's step info lives here
             reported = np.asarray(final_info.get("_true_reward"), dtype=bool)
-            true_reward[reported] = np.asarray(final_info["true_reward"], dtype=np.float64)[reported]
+            true_reward[reported] = np.asarray(final_info["true_reward"], dtype=np.float64)[
+                reported
+            ]
         if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._resetting.any():
             r_hat = r_hat.copy()
             r_hat[self._resetting] = 0.0
