@@ -42,9 +42,9 @@ def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
     venv = gym.make_vec(spec.env, num_envs=spec.n_envs, vectorization_mode="sync")
     config = PPOKLConfig(n_steps=spec.n_steps, norm_obs=True, norm_reward=True, seed=spec.seed)
     agent = PPOKL(venv, config, log_dir=out / "agent_logs")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     agent.learn(spec.steps)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     eval_env = gym.make_vec(spec.env, num_envs=1, vectorization_mode="sync")
     returns, total = [], 0.0
     obs, _ = eval_env.reset(seed=12345)
@@ -55,7 +55,7 @@ def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
             returns.append(total)
             total = 0.0
             obs, _ = eval_env.reset()
-    return {"true_return_mean": float(np.mean(returns)), "seconds": seconds}
+    return {"true_return_mean": float(np.mean(returns)), "seconds": seconds, "cpu_seconds": cpu}
 
 
 def main() -> None:
@@ -98,24 +98,32 @@ def main() -> None:
             for stale in out.glob("comparisons.sqlite*"):
                 stale.unlink()
             save_spec(spec, out)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             TrainingRun(spec, out).run(progress=False)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             evaluation = evaluate_run(out, episodes=args.eval_episodes)
-            result = {"true_return_mean": evaluation["true_return_mean"], "seconds": seconds}
+            result = {
+                "true_return_mean": evaluation["true_return_mean"],
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+            }
         result.update(seed=seed, spec=dataclasses.asdict(spec))
         (out / "bench_result.json").write_text(json.dumps(result, indent=2))
         rows.append(result)
-        print(f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s")
+        print(
+            f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s "
+            f"({result['cpu_seconds']:.0f} CPU-s)"
+        )
 
     returns = np.array([r["true_return_mean"] for r in rows])
     seconds = np.array([r["seconds"] for r in rows])
     print()
-    print("| env | setup | seeds | final true return (mean ± std) | wall-clock s (mean) |")
-    print("|---|---|---|---|---|")
+    cpu = np.array([r["cpu_seconds"] for r in rows])
+    print("| env | setup | seeds | final true return (mean ± std) | wall-clock s | CPU s |")
+    print("|---|---|---|---|---|---|")
     print(
         f"| {args.env} | {tag}, {args.queries} queries, {args.steps:,} steps | {len(rows)} | "
-        f"{returns.mean():,.0f} ± {returns.std():,.0f} | {seconds.mean():,.0f} |"
+        f"{returns.mean():,.0f} ± {returns.std():,.0f} | {seconds.mean():,.0f} | {cpu.mean():,.0f} |"
     )
 
 

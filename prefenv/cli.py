@@ -7,7 +7,7 @@
     prefenv check prefenv/Hopper-v0
 
 With no options, ``prefenv train`` runs the short embedded default (HalfCheetah, PPO-KL, oracle
-teacher, 200 queries, 60k steps): a few minutes on 2 CPU cores, no downloads.
+teacher, 250 queries, 100k steps): a few minutes on 2 CPU cores, no downloads.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ QUICKSTART = TrainSpec(
     env="prefenv/HalfCheetah-v0",
     agent="ppo-kl",
     teacher="oracle",
-    queries=200,
-    steps=60_000,
-    rounds=5,
+    queries=250,
+    steps=100_000,
+    rounds=6,
     n_envs=8,
     initial_steps=10_240,
     reward_epochs=60,

@@ -31,7 +31,8 @@ def run(seed: int, env_id: str, steps: int, queries: int, iterations: int, fragm
     rng = np.random.default_rng(seed)
     venv = make_vec_env(env_id, rng=rng, n_envs=8)
     reward_net = NormalizedRewardNet(
-        BasicRewardNet(venv.observation_space, venv.action_space), normalize_output_layer=RunningNorm
+        BasicRewardNet(venv.observation_space, venv.action_space),
+        normalize_output_layer=RunningNorm,
     )
     agent = PPO("MlpPolicy", venv, seed=seed, device="cpu")
     trajectory_generator = preference_comparisons.AgentTrainer(
@@ -56,9 +57,9 @@ def run(seed: int, env_id: str, steps: int, queries: int, iterations: int, fragm
         initial_epoch_multiplier=4,
         query_schedule="hyperbolic",
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(total_timesteps=steps, total_comparisons=queries)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     env = gym.make(env_id)
     returns = []
     for episode in range(10):
@@ -70,7 +71,12 @@ def run(seed: int, env_id: str, steps: int, queries: int, iterations: int, fragm
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
-    return {"seed": seed, "true_return_mean": float(np.mean(returns)), "seconds": seconds}
+    return {
+        "seed": seed,
+        "true_return_mean": float(np.mean(returns)),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+    }
 
 
 def main() -> None:
@@ -86,15 +92,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        result = run(seed, args.env, args.steps, args.queries, args.iterations, args.fragment_length)
+        result = run(
+            seed, args.env, args.steps, args.queries, args.iterations, args.fragment_length
+        )
         (args.out / f"imitation_{args.env}_seed{seed}.json").write_text(json.dumps(result))
         rows.append(result)
-        print(f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s")
+        print(
+            f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s "
+            f"({result['cpu_seconds']:.0f} CPU-s)"
+        )
     returns = np.array([r["true_return_mean"] for r in rows])
     print(
         f"| {args.env} | imitation 1.0.1, {args.queries} queries, {args.steps:,} steps | "
         f"{len(rows)} | {returns.mean():,.0f} ± {returns.std():,.0f} | "
-        f"{np.mean([r['seconds'] for r in rows]):,.0f} |"
+        f"{np.mean([r['seconds'] for r in rows]):,.0f} | "
+        f"{np.mean([r['cpu_seconds'] for r in rows]):,.0f} |"
     )
 
 
