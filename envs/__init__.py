@@ -16,6 +16,7 @@ import gymnasium as gym
 __all__ = ["register_envs", "registered_ids"]
 
 _MUJOCO_TASK = "envs.mujoco.tasks:MujocoTask"
+_TEXT_TASK = "envs.text.tasks:TextTask"
 _RECOMMENDATION = "envs.recommendation.env:RecommendationEnv"
 
 # (id, lazy entry point, constructor kwargs, max_episode_steps). Horizons match Gymnasium's
@@ -29,6 +30,10 @@ _REGISTRY: tuple[tuple[str, str, dict[str, Any], int | None], ...] = (
     # Recommendation: the env truncates at its own `horizon` (default 50), so no TimeLimit.
     ("prefenv/RecSlate-v0", _RECOMMENDATION, {"slate_size": 3}, None),
     ("prefenv/RecSingle-v0", _RECOMMENDATION, {"slate_size": None}, None),
+    # Text: the env truncates after its own `max_new_tokens` (default 48), so no TimeLimit.
+    ("prefenv/TextSentiment-v0", _TEXT_TASK, {"task": "sentiment"}, None),
+    ("prefenv/TextKeyword-v0", _TEXT_TASK, {"task": "keyword"}, None),
+    ("prefenv/TextConcise-v0", _TEXT_TASK, {"task": "concise"}, None),
 )
 
 
