@@ -28,6 +28,8 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from prefenv.spaces import flat_dim
+
 Obs = Tensor | dict[str, Tensor]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -70,14 +72,8 @@ def _check_obs_space(space: spaces.Space, nested: bool = False) -> int:
                 "env with gymnasium.wrappers.FlattenObservation (or flatten the inner Dict)"
             )
         return sum(_check_obs_space(sub, nested=True) for sub in space.spaces.values())
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, spaces.MultiDiscrete):
-        return int(np.sum(space.nvec))
-    if isinstance(space, spaces.MultiBinary):
-        return int(np.prod(space.shape))
+    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        return flat_dim(space)
     raise TypeError(
         f"MLPActorCritic does not support observation space {space!r}; use Box, Discrete, "
         "MultiDiscrete, MultiBinary or a flat Dict of those (gymnasium.wrappers.FlattenObservation "

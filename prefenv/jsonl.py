@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from prefenv.atomic import atomic_write
 from prefenv.records import Comparison, Segment
 
 __all__ = ["export_jsonl", "import_jsonl"]
@@ -93,22 +93,9 @@ def export_jsonl(comparisons: Iterable[Comparison], path: str | os.PathLike[str]
                 f"comparison {index} cannot be written to {path}: its context is not "
                 f"JSON-serialisable ({error})"
             ) from error
-    _write_atomically(path, "".join(line + "\n" for line in lines))
+    text = "".join(line + "\n" for line in lines)
+    atomic_write(path, lambda handle: handle.write(text))
     return len(lines)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 class _LineError(ValueError):

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from prefenv.atomic import atomic_write
 from prefenv.loop import PreferenceLoop, PreferenceLoopConfig, RoundMetrics
 from prefenv.recording import TrajectoryRecorder
 from prefenv.reward_models import RewardEnsemble, load_reward_model
@@ -117,18 +117,8 @@ class TrainSpec:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON via a temp file + fsync + rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=_json_default)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON crash-safely (temp file + fsync + rename): a kill never leaves half a file."""
+    atomic_write(path, lambda handle: json.dump(payload, handle, indent=2, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 
 
@@ -58,6 +59,16 @@ class SumNextObsModel:
     def predict_mean_std(self, obs, acts, next_obs):
         mean = self.predict(obs, acts, next_obs)
         return mean, np.ones_like(mean)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test models gain nothing from intra-op threads; on a shared 2-core machine the
+    spinning second thread made them about 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ a run killed mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from prefenv.atomic import atomic_write
 
 SCHEMA_VERSION = 1
 CHECKPOINT_FILE = "ppo_kl.pt"
@@ -44,17 +44,7 @@ def write_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(directory)
     payload = {"schema_version": SCHEMA_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=".ppo_kl.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, lambda handle: torch.save(payload, handle), binary=True)
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, Any]:

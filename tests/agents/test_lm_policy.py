@@ -15,15 +15,6 @@ from envs.text import TextTask, default_tokenizer, tiny_gpt2_config
 PROMPTS = ["The pasta was", "I", "To be honest, the soundtrack was really", "", "This movie"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads; on a shared 2-core machine they cost 5x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return default_tokenizer()

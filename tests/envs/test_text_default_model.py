@@ -22,15 +22,6 @@ from envs.text.corpus import generate_corpus, generate_prompts
 TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads; on a shared 2-core machine they cost 5x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_corpus_and_prompts_are_seeded() -> None:
     assert generate_corpus(50, seed=3) == generate_corpus(50, seed=3)
     assert generate_corpus(50, seed=3) != generate_corpus(50, seed=4)

@@ -26,15 +26,6 @@ from prefenv.reward_models import (
 OBS_DIM, ACT_DIM = 3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _batch(rng: np.random.Generator, n: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
     acts = rng.normal(size=(n, ACT_DIM)).astype(np.float32)

@@ -25,15 +25,6 @@ from prefenv.spaces import FlatSpec
 SEGMENT_LENGTH = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- data helpers (test-local)
 
 
