@@ -55,6 +55,8 @@ class PreferenceLoopConfig:
             (more queries early, imitation's default shape).
         segment_length: H, steps per compared segment (B-Pref: 50).
         query_method: "uniform", "disagreement" or "entropy" (first round is always uniform).
+        whole_short_episodes: compare episodes that terminated before ``segment_length`` steps
+            as whole shorter segments (a fall, a user leaving); needs a teacher with gamma = 1.
         oversample: candidate pool multiple for the active query methods.
         reward_train: Bradley-Terry trainer settings for every refit.
         seed: seeds query sampling.
@@ -68,6 +70,7 @@ class PreferenceLoopConfig:
     schedule: str = "hyperbolic"
     segment_length: int = 50
     query_method: str = "uniform"
+    whole_short_episodes: bool = True
     oversample: int = 10
     reward_train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     seed: int = 0
@@ -289,6 +292,7 @@ class PreferenceLoop:
             segment_length=self.config.segment_length,
             oversample=self.config.oversample,
             rng=self._rng,
+            whole_short_episodes=self.config.whole_short_episodes,
         )
         return self.teacher.label(pairs)
 

@@ -35,6 +35,7 @@ def sample_segment_pairs(
     segment_length: int = 50,
     *,
     rng: np.random.Generator,
+    whole_short_episodes: bool = False,
 ) -> list[tuple[Segment, Segment]]:
     """Cut random segment pairs out of recorded trajectories.
 
@@ -47,9 +48,14 @@ def sample_segment_pairs(
         n_pairs: number of pairs ``N``.
         segment_length: ``H``, steps per segment.
         rng: the only source of randomness.
+        whole_short_episodes: also draw episodes that *terminated* in fewer than ``H`` steps,
+            as one whole (shorter) segment. Early termination (a fall in Hopper, a user leaving)
+            is exactly what a teacher should see; without this, tasks whose early episodes all
+            end before ``H`` steps have nothing to compare. Mixed lengths need a teacher with
+            ``gamma = 1``.
 
     Returns:
-        ``N`` pairs of segments of ``H`` steps each.
+        ``N`` pairs of segments of ``H`` steps each (or shorter whole episodes, see above).
 
     Raises:
         ValueError: no trajectory has ``H`` steps, or invalid sizes.
@@ -60,7 +66,11 @@ def sample_segment_pairs(
         raise ValueError(f"segment_length must be >= 1, got {segment_length}")
     if len(trajectories) == 0:
         raise ValueError("no trajectories to sample segments from: record some rollouts first")
-    eligible = [t for t in trajectories if len(t) >= segment_length]
+    eligible = [
+        t
+        for t in trajectories
+        if len(t) >= segment_length or (whole_short_episodes and t.terminated and len(t) > 0)
+    ]
     if not eligible:
         longest = max(len(t) for t in trajectories)
         raise ValueError(
@@ -71,11 +81,15 @@ def sample_segment_pairs(
     if n_pairs == 0:
         return []
     lengths = np.array([len(t) for t in eligible])
-    # [N, 2] trajectory indices and starts in [0, T - H].
+    seg_lengths = np.minimum(lengths, segment_length)
+    # [N, 2] trajectory indices and starts in [0, T - H] (0 for a whole short episode).
     index = rng.integers(0, len(eligible), size=(n_pairs, 2))
-    starts = rng.integers(0, lengths[index] - segment_length + 1)
+    starts = rng.integers(0, lengths[index] - seg_lengths[index] + 1)
     segments = [
-        [eligible[i].segment(int(s), segment_length) for i, s in zip(row_i, row_s, strict=True)]
+        [
+            eligible[i].segment(int(s), int(seg_lengths[i]))
+            for i, s in zip(row_i, row_s, strict=True)
+        ]
         for row_i, row_s in zip(index, starts, strict=True)
     ]
     return [(pair[0], pair[1]) for pair in segments]
@@ -130,8 +144,10 @@ def select_queries(
     oversample: int = 10,
     *,
     rng: np.random.Generator,
+    whole_short_episodes: bool = False,
 ) -> list[tuple[Segment, Segment]]:
-    """Choose the segment pairs to show the teacher.
+    """Choose the segment pairs to show the teacher (``whole_short_episodes``: see
+    :func:`sample_segment_pairs`).
 
     Args:
         trajectories: recorded episodes.
@@ -155,11 +171,23 @@ def select_queries(
             f"unknown query method {method!r}: choose one of {', '.join(QUERY_METHODS)}"
         )
     if method == "uniform":
-        return sample_segment_pairs(trajectories, n_queries, segment_length, rng=rng)
+        return sample_segment_pairs(
+            trajectories,
+            n_queries,
+            segment_length,
+            rng=rng,
+            whole_short_episodes=whole_short_episodes,
+        )
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
     _require_ensemble(reward_model, method)
-    candidates = sample_segment_pairs(trajectories, n_queries * oversample, segment_length, rng=rng)
+    candidates = sample_segment_pairs(
+        trajectories,
+        n_queries * oversample,
+        segment_length,
+        rng=rng,
+        whole_short_episodes=whole_short_episodes,
+    )
     if not candidates:
         return []
     segments = [pair[0] for pair in candidates] + [pair[1] for pair in candidates]

@@ -234,3 +234,17 @@ def test_unknown_method_lists_the_methods(trajectories: list[Trajectory]) -> Non
             oversample=0,
             rng=np.random.default_rng(0),
         )
+
+
+def test_whole_short_terminated_episodes_become_short_segments() -> None:
+    rng = np.random.default_rng(0)
+    fell = Trajectory(np.zeros((8, 2)), np.zeros((7, 1)), np.full(7, 1.0), terminated=True)
+    cut = Trajectory(np.zeros((6, 2)), np.zeros((5, 1)), np.full(5, 1.0), terminated=False)
+    long = Trajectory(np.zeros((31, 2)), np.zeros((30, 1)), np.full(30, 1.0), terminated=False)
+    with pytest.raises(ValueError, match="no trajectory has segment_length=20"):
+        sample_segment_pairs([fell, cut], 3, segment_length=20, rng=rng)
+    pairs = sample_segment_pairs(
+        [fell, cut, long], 200, segment_length=20, rng=rng, whole_short_episodes=True
+    )
+    lengths = {len(seg) for pair in pairs for seg in pair}
+    assert lengths == {7, 20}  # the truncated 5-step episode is never used
