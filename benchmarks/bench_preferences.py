@@ -28,7 +28,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 
-from prefenv.runs import TrainingRun, TrainSpec, evaluate_run, save_spec
+from prefenv.runs import TrainingRun, TrainSpec, episode_returns, evaluate_run, save_spec
 
 
 def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
@@ -46,15 +46,7 @@ def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
     agent.learn(spec.steps)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     eval_env = gym.make_vec(spec.env, num_envs=1, vectorization_mode="sync")
-    returns, total = [], 0.0
-    obs, _ = eval_env.reset(seed=12345)
-    while len(returns) < eval_episodes:
-        obs, reward, terminated, truncated, _ = eval_env.step(agent.predict(obs))
-        total += float(reward[0])
-        if terminated[0] or truncated[0]:
-            returns.append(total)
-            total = 0.0
-            obs, _ = eval_env.reset()
+    returns, _ = episode_returns(eval_env, agent.predict, eval_episodes, seed=12345)
     return {"true_return_mean": float(np.mean(returns)), "seconds": seconds, "cpu_seconds": cpu}
 
 

@@ -41,7 +41,14 @@ from prefenv.store import ComparisonStore
 from prefenv.teachers import make_teacher
 from prefenv.wrappers import VectorPreferenceReward
 
-__all__ = ["AGENTS", "TrainSpec", "TrainingRun", "evaluate_run", "write_json_atomic"]
+__all__ = [
+    "AGENTS",
+    "TrainSpec",
+    "TrainingRun",
+    "episode_returns",
+    "evaluate_run",
+    "write_json_atomic",
+]
 
 AGENTS = ("ppo-kl", "sb3-ppo", "sb3-sac", "sb3-a2c")
 RUN_SCHEMA = "prefenv.run/1"
@@ -405,6 +412,31 @@ def save_spec(spec: TrainSpec, out: Path) -> None:
     write_json_atomic(out / "run.json", {"schema": RUN_SCHEMA, "spec": dataclasses.asdict(spec)})
 
 
+def episode_returns(
+    venv: gym.vector.VectorEnv, predict: Any, episodes: int, seed: int
+) -> tuple[list[float], list[float]]:
+    """Run ``predict(obs) -> actions`` on sub-env 0 of ``venv`` for ``episodes`` full episodes.
+
+    Returns:
+        True returns (``info["true_reward"]`` when reported, else the env reward) and the
+        returns of the reward the env gave (the learned reward under a preference wrapper).
+    """
+    true_returns: list[float] = []
+    learned_returns: list[float] = []
+    obs, _ = venv.reset(seed=seed)
+    true_sum = learned_sum = 0.0
+    while len(true_returns) < episodes:
+        obs, reward, terminated, truncated, info = venv.step(predict(obs))
+        true_sum += float(info["true_reward"][0]) if "true_reward" in info else float(reward[0])
+        learned_sum += float(reward[0])
+        if terminated[0] or truncated[0]:
+            true_returns.append(true_sum)
+            learned_returns.append(learned_sum)
+            true_sum = learned_sum = 0.0
+            obs, _ = venv.reset()
+    return true_returns, learned_returns
+
+
 def evaluate_run(
     out: str | os.PathLike[str], episodes: int = 10, seed: int = 12345
 ) -> dict[str, Any]:
@@ -413,19 +445,7 @@ def evaluate_run(
     run = TrainingRun(spec, out, resume=True)
     eval_spec = dataclasses.replace(spec, n_envs=1)
     venv = VectorPreferenceReward(_make_vector_env(eval_spec), run.reward_model)
-    true_returns, learned_returns = [], []
-    obs, _ = venv.reset(seed=seed)
-    true_sum = learned_sum = 0.0
-    while len(true_returns) < episodes:
-        action = run.agent.predict(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = venv.step(action)
-        true_sum += float(info["true_reward"][0])
-        learned_sum += float(reward[0])
-        if terminated[0] or truncated[0]:
-            true_returns.append(true_sum)
-            learned_returns.append(learned_sum)
-            true_sum = learned_sum = 0.0
-            obs, _ = venv.reset()
+    true_returns, learned_returns = episode_returns(venv, run.agent.predict, episodes, seed)
     venv.close()
     run.store.close()
     return {
