@@ -1,0 +1,199 @@
+"""Quality and time-to-return: agents.ppo_kl vs Stable-Baselines3 PPO on HalfCheetah-v5.
+
+Both agents train on the *true* reward with identical hyperparameters: 8 envs x 256 steps = 2048
+per batch, minibatch 64, 10 epochs, [64, 64] tanh actor and critic, lr 3e-4, running observation
+normalisation and return-based reward scaling (ours: ``norm_obs``/``norm_reward``; SB3: its
+``VecNormalize``). For every seed the two run one after the other in this process.
+
+Reported per seed and agent:
+
+- final return: mean true return of 10 deterministic episodes after ``--steps`` env steps
+  (benchmark 2, "quality on true reward");
+- a learning curve (env steps, wall-clock and CPU seconds, mean return of the last 10 finished
+  training episodes) saved as CSV under ``benchmarks/out/ppo_quality/``;
+- time-to-return (benchmark 1b): the wall-clock and CPU seconds ppo_kl needs until its training
+  curve first reaches the value SB3's training curve ends at (same statistic for both), divided by
+  SB3's total time.
+
+Usage::
+
+    python benchmarks/bench_ppo_quality.py --seeds 0 1 2 --steps 1000000
+    python benchmarks/bench_ppo_quality.py --seeds 0 --steps 50000      # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.ppo_kl import PPOKL, PPOKLConfig
+
+ENV_ID = "HalfCheetah-v5"
+NUM_ENVS = 8
+N_STEPS = 256
+BATCH_SIZE = 64
+N_EPOCHS = 10
+EVAL_EPISODES = 10
+OUT = Path(__file__).parent / "out" / "ppo_quality"
+
+Curve = list[tuple[int, float, float, float]]  # (timesteps, wall s, cpu s, recent mean return)
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def run_ours(steps: int, seed: int) -> tuple[Curve, float, float, float]:
+    """(curve, final deterministic return, wall s, cpu s) of ppo_kl."""
+    env = gym.make_vec(ENV_ID, num_envs=NUM_ENVS, vectorization_mode="sync")
+    cfg = PPOKLConfig(
+        n_steps=N_STEPS, batch_size=BATCH_SIZE, n_epochs=N_EPOCHS, seed=seed,
+        norm_obs=True, norm_reward=True,
+    )  # fmt: skip
+    agent = PPOKL(env, cfg)
+    curve: Curve = []
+    recent: deque[float] = deque(maxlen=10)
+    wall0, cpu0 = _clock()
+
+    def record(metrics) -> None:  # noqa: ANN001 - IterationMetrics
+        if metrics.episodes > 0:
+            recent.extend([metrics.episode_reward] * min(metrics.episodes, 10))
+        if recent:
+            wall, cpu = _clock()
+            curve.append((metrics.timesteps, wall - wall0, cpu - cpu0, float(np.mean(recent))))
+
+    agent.learn(steps, callback=record)
+    wall, cpu = _clock()
+    env.close()
+    eval_env = gym.make_vec(ENV_ID, num_envs=1, vectorization_mode="sync")
+    final = _evaluate(eval_env, agent.predict, seed)
+    eval_env.close()
+    return curve, final, wall - wall0, cpu - cpu0
+
+
+def run_sb3(steps: int, seed: int) -> tuple[Curve, float, float, float]:
+    """(curve, final deterministic return, wall s, cpu s) of SB3 PPO + VecNormalize."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(make_vec_env(ENV_ID, n_envs=NUM_ENVS, seed=seed), gamma=0.99)
+    model = PPO(
+        "MlpPolicy", venv, n_steps=N_STEPS, batch_size=BATCH_SIZE, n_epochs=N_EPOCHS,
+        seed=seed, device="cpu", verbose=0,
+    )  # fmt: skip
+    curve: Curve = []
+    wall0, cpu0 = _clock()
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            buffer = list(self.model.ep_info_buffer)[-10:]
+            if buffer:
+                wall, cpu = _clock()
+                mean = float(np.mean([e["r"] for e in buffer]))
+                curve.append((self.num_timesteps, wall - wall0, cpu - cpu0, mean))
+
+    model.learn(steps, callback=Record())
+    wall, cpu = _clock()
+    eval_venv = VecNormalize(make_vec_env(ENV_ID, n_envs=1, seed=seed + 1000), training=False,
+                             norm_reward=False)  # fmt: skip
+    eval_venv.obs_rms = venv.obs_rms
+
+    def predict(obs: np.ndarray) -> np.ndarray:
+        return model.predict(eval_venv.normalize_obs(obs), deterministic=True)[0]
+
+    final = _evaluate(gym.make_vec(ENV_ID, num_envs=1, vectorization_mode="sync"), predict, seed)
+    venv.close()
+    return curve, final, wall - wall0, cpu - cpu0
+
+
+def _evaluate(venv: gym.vector.VectorEnv, predict, seed: int) -> float:  # noqa: ANN001
+    """Mean true return of EVAL_EPISODES deterministic episodes on sub-env 0 (raw observations)."""
+    returns, total = [], 0.0
+    obs, _ = venv.reset(seed=seed + 12345)
+    while len(returns) < EVAL_EPISODES:
+        obs, reward, terminated, truncated, _ = venv.step(predict(obs))
+        total += float(reward[0])
+        if terminated[0] or truncated[0]:
+            returns.append(total)
+            total = 0.0
+            obs, _ = venv.reset()
+    return float(np.mean(returns))
+
+
+def time_to_reach(curve: Curve, target: float) -> tuple[float, float, int] | None:
+    """(wall s, cpu s, steps) at which ``curve`` first reaches ``target``; None if never."""
+    for steps, wall, cpu, value in curve:
+        if value >= target:
+            return wall, cpu, steps
+    return None
+
+
+def _save_curve(name: str, curve: Curve) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / f"{name}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["timesteps", "wall_s", "cpu_s", "recent_return"])
+        writer.writerows(curve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(
+        f"# {ENV_ID}, {NUM_ENVS} envs x {N_STEPS}, minibatch {BATCH_SIZE}, {N_EPOCHS} epochs, "
+        f"norm obs+reward, {args.steps} steps, torch {torch.__version__}, "
+        f"python {platform.python_version()}, cmd: {' '.join(sys.argv)}",
+        flush=True,
+    )
+    print("| seed | ppo_kl return | SB3 return | ppo_kl wall s (cpu s) | SB3 wall s (cpu s) | "
+          "SB3 final curve | ppo_kl time to it: wall (cpu) | ratio wall (cpu) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    for seed in args.seeds:
+        ours = run_ours(args.steps, seed)
+        _save_curve(f"ppo_kl_seed{seed}", ours[0])
+        sb3 = run_sb3(args.steps, seed)
+        _save_curve(f"sb3_seed{seed}", sb3[0])
+        target = sb3[0][-1][3] if sb3[0] else float("nan")
+        reach = time_to_reach(ours[0], target)
+        reach_text = "not reached" if reach is None else f"{reach[0]:.0f} ({reach[1]:.0f})"
+        ratio = (
+            "-" if reach is None
+            else f"{reach[0] / sb3[2]:.2f}x ({reach[1] / sb3[3]:.2f}x)"
+        )  # fmt: skip
+        row = {
+            "seed": seed, "ours_return": ours[1], "sb3_return": sb3[1], "ours_wall": ours[2],
+            "ours_cpu": ours[3], "sb3_wall": sb3[2], "sb3_cpu": sb3[3], "target": target,
+            "reach": reach,
+        }  # fmt: skip
+        (OUT / f"seed{seed}.json").write_text(json.dumps(row, indent=2))
+        print(
+            f"| {seed} | {ours[1]:.0f} | {sb3[1]:.0f} | {ours[2]:.0f} ({ours[3]:.0f}) | "
+            f"{sb3[2]:.0f} ({sb3[3]:.0f}) | {target:.0f} | {reach_text} | {ratio} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
