@@ -26,6 +26,7 @@ __all__ = [
     "SENTIMENT_WORDS",
     "TOPIC_WORDS",
     "generate_corpus",
+    "generate_demonstrations",
     "generate_prompts",
 ]
 
@@ -196,3 +197,21 @@ def generate_prompts(n: int = 200, seed: int = 1) -> list[str]:
             )
         )
     return prompts
+
+
+def generate_demonstrations(n: int = 2000, seed: int = 2) -> list[tuple[str, str]]:
+    """``n`` ``(prompt, completion)`` demonstrations for supervised fine-tuning.
+
+    Each is a generated review split after its 2nd-4th word: the opening is the prompt (like
+    :func:`generate_prompts`' openings) and the rest the completion. Polarity is balanced, so the
+    SFT model continues prompts with no net sentiment: the RL stages have room to move it.
+    """
+    rng = np.random.default_rng(seed)
+    demos = []
+    for review in generate_corpus(n, seed=seed + 500):
+        words = review.split()
+        if len(words) < 3:
+            continue
+        cut = int(rng.integers(2, min(4, len(words) - 1) + 1))
+        demos.append((" ".join(words[:cut]), " ".join(words[cut:])))
+    return demos

@@ -1,0 +1,196 @@
+"""Per-iteration monitoring of RL on text: KL, entropy, length, EOS rate, learned vs true score.
+
+:class:`EpisodeLog` wraps a text env and keeps every finished episode (prompt, completion, the
+reward the agent saw, the hidden true score, tokens, whether it ended with EOS).
+:class:`TextMonitor` is a ``PPOKL.learn`` callback: after each iteration it drains the log of
+all sub-envs, writes a row to ``monitor.csv`` and a few sampled generations to
+``samples.jsonl`` in the run folder, and keeps the rows for the summary and the plot
+(:func:`plot_monitor`). A reward-hacking alarm fires when the learned score keeps rising over
+``alarm_window`` iterations while the true score falls.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = ["EpisodeLog", "MonitorRow", "TextMonitor", "plot_monitor"]
+
+
+class EpisodeLog(gym.Wrapper):
+    """Record each finished episode of a text env into a shared list (``episodes``).
+
+    The list may be shared by all sub-envs of a ``SyncVectorEnv`` (same process). Each entry:
+    ``{"prompt", "completion", "reward", "true_score", "tokens", "eos"}``.
+    """
+
+    def __init__(self, env: gym.Env, episodes: list[dict[str, Any]]) -> None:
+        super().__init__(env)
+        self.episodes = episodes
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            self.episodes.append(
+                {
+                    "prompt": info.get("prompt", ""),
+                    "completion": info.get("completion", ""),
+                    "reward": float(reward),
+                    "true_score": float(info.get("true_reward", float("nan"))),
+                    "tokens": int(info.get("completion_tokens", 0)),
+                    "eos": bool(terminated),
+                }
+            )
+        return obs, reward, terminated, truncated, info
+
+
+@dataclass(frozen=True)
+class MonitorRow:
+    """One PPO iteration on text (``nan`` = not available, e.g. no episode finished)."""
+
+    iteration: int
+    timesteps: int
+    episodes: int
+    learned_score: float
+    true_score: float
+    correlation: float
+    kl_to_ref: float
+    kl_coef: float
+    entropy: float
+    mean_length: float
+    eos_rate: float
+    policy_loss: float
+    value_loss: float
+    hacking_alarm: bool
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+class TextMonitor:
+    """``PPOKL.learn`` callback writing ``monitor.csv`` and ``samples.jsonl`` into ``out``.
+
+    Args:
+        episodes: the list the :class:`EpisodeLog` wrappers append to (drained every iteration).
+        out: run folder (created).
+        samples_per_iteration: generations written to ``samples.jsonl`` per iteration.
+        alarm_window: iterations over which a learned-up / true-down trend raises the alarm.
+    """
+
+    def __init__(
+        self,
+        episodes: list[dict[str, Any]],
+        out: str | Path,
+        samples_per_iteration: int = 4,
+        alarm_window: int = 5,
+    ) -> None:
+        self.episodes = episodes
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.samples_per_iteration = samples_per_iteration
+        self.alarm_window = alarm_window
+        self.rows: list[MonitorRow] = []
+        self._csv = self.out / "monitor.csv"
+        self._samples = self.out / "samples.jsonl"
+
+    def __call__(self, metrics: Any) -> None:
+        finished, self.episodes[:] = list(self.episodes), []
+        learned = np.array([e["reward"] for e in finished])
+        true = np.array([e["true_score"] for e in finished])
+
+        def mean(values: np.ndarray) -> float:
+            return float(values.mean()) if values.size else float("nan")
+
+        row = MonitorRow(
+            iteration=int(metrics.iteration),
+            timesteps=int(metrics.timesteps),
+            episodes=len(finished),
+            learned_score=mean(learned),
+            true_score=mean(true),
+            correlation=_pearson(learned, true),
+            kl_to_ref=float(metrics.kl_to_ref_episode),
+            kl_coef=float(metrics.kl_coef),
+            entropy=float(metrics.entropy),
+            mean_length=mean(np.array([e["tokens"] for e in finished])),
+            eos_rate=mean(np.array([e["eos"] for e in finished], dtype=float)),
+            policy_loss=float(metrics.policy_loss),
+            value_loss=float(metrics.value_loss),
+            hacking_alarm=False,
+        )
+        row = MonitorRow(**{**asdict(row), "hacking_alarm": self._alarm(row)})
+        self.rows.append(row)
+        self._write(row, finished)
+
+    def _alarm(self, row: MonitorRow) -> bool:
+        recent = [*self.rows[-(self.alarm_window - 1) :], row]
+        if len(recent) < self.alarm_window:
+            return False
+        learned = np.array([r.learned_score for r in recent])
+        true = np.array([r.true_score for r in recent])
+        if not (np.isfinite(learned).all() and np.isfinite(true).all()):
+            return False
+        steps = np.arange(len(recent))
+        return bool(np.polyfit(steps, learned, 1)[0] > 0 and np.polyfit(steps, true, 1)[0] < 0)
+
+    def _write(self, row: MonitorRow, finished: list[dict[str, Any]]) -> None:
+        new_file = not self._csv.exists()
+        with open(self._csv, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow([field.name for field in fields(MonitorRow)])
+            writer.writerow(list(asdict(row).values()))
+        with open(self._samples, "a", encoding="utf-8") as f:
+            for episode in finished[: self.samples_per_iteration]:
+                f.write(json.dumps({"iteration": row.iteration, **episode}) + "\n")
+
+
+def plot_monitor(rows: list[MonitorRow], path: str | Path, title: str = "") -> Path | None:
+    """Learned and true score, KL to reference and length vs env steps (PNG); None without data
+    or without matplotlib."""
+    if not rows:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = [r.timesteps for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, [r.learned_score for r in rows], label="learned score (reward model)")
+    axes[0].plot(steps, [r.true_score for r in rows], label="true score (hidden)")
+    axes[0].set_ylabel("score per completion")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(steps, [r.kl_to_ref for r in rows], color="tab:red")
+    axes[1].set_ylabel("KL to reference (nats / sequence)")
+    axes[2].plot(steps, [r.mean_length for r in rows], color="tab:green", label="mean length")
+    axes[2].set_ylabel("tokens per completion")
+    twin = axes[2].twinx()
+    twin.plot(steps, [r.eos_rate for r in rows], color="tab:gray", ls="--", label="EOS rate")
+    twin.set_ylabel("EOS rate")
+    for ax in axes:
+        ax.set_xlabel("env steps (tokens)")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-friendly: nan/inf -> None."""
+    return value if math.isfinite(value) else None
