@@ -151,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="Gymnasium check_env + prefenv's contract for an id")
     check.add_argument("env_id", help="registered Gymnasium id")
     check.add_argument("--seed", type=int, default=0)
+    from prefenv.text_cli import add_text_parser, cmd_text
+
+    add_text_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval, "check": _cmd_check}[
-            args.command
-        ](args)
+        commands = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
+                    "check": _cmd_check, "text": cmd_text}  # fmt: skip
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"prefenv {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -21,7 +20,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["EpisodeLog", "MonitorRow", "TextMonitor", "plot_monitor"]
+__all__ = ["EpisodeLog", "MonitorRow", "TextMonitor", "plot_monitor", "read_monitor"]
 
 
 class EpisodeLog(gym.Wrapper):
@@ -191,6 +190,24 @@ def plot_monitor(rows: list[MonitorRow], path: str | Path, title: str = "") -> P
     return path
 
 
-def finite_or_none(value: float) -> float | None:
-    """JSON-friendly: nan/inf -> None."""
-    return value if math.isfinite(value) else None
+def read_monitor(path: str | Path) -> list[MonitorRow]:
+    """The rows of a ``monitor.csv`` (all iterations, also across resumed runs)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        types = {field.name: field.type for field in fields(MonitorRow)}
+        rows = []
+        for raw in reader:
+            values: dict[str, Any] = {}
+            for name, text in raw.items():
+                kind = types[name]
+                if kind in ("int", int):
+                    values[name] = int(text)
+                elif kind in ("bool", bool):
+                    values[name] = text == "True"
+                else:
+                    values[name] = float(text)
+            rows.append(MonitorRow(**values))
+    return rows

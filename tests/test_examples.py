@@ -24,6 +24,18 @@ TINY_ARGS = {
         "--learning-starts", "100",
     ],
     "bc_reference_kl_leash.py": ["--demo-steps", "1024", "--steps", "1024", "--queries", "40"],
+    "text_rlhf_pipeline.py": [
+        "--base-steps", "20", "--sft-steps", "8", "--queries", "40", "--ppo-steps", "96",
+        "--n-envs", "4", "--max-new-tokens", "6",
+    ],
+    "text_dpo.py": [
+        "--base-steps", "20", "--sft-steps", "8", "--queries", "40", "--epochs", "1",
+        "--rounds", "1", "--round-prompts", "8", "--max-new-tokens", "6",
+    ],
+    "text_own_model.py": [
+        "--sft-steps", "5", "--queries", "40", "--ppo-steps", "48", "--n-envs", "4",
+        "--max-new-tokens", "6", "--eval-prompts", "8",
+    ],
 }  # fmt: skip
 
 
