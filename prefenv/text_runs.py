@@ -95,6 +95,9 @@ class TextPipelineConfig:
     mean and std of the reward model's scores on SFT samples (whitening)."""
     eval_prompts: int = 256
     """Held-out prompts each model is sampled on in the eval stage."""
+    torch_threads: int = 1
+    """torch.set_num_threads for every stage: 1 suits the tiny default models (more intra-op
+    threads only add overhead and thrash a busy machine); raise it for larger models."""
 
     def __post_init__(self) -> None:
         from envs.text.tasks import TASKS
@@ -102,7 +105,7 @@ class TextPipelineConfig:
         if self.task not in TASKS:
             raise ValueError(f"unknown text task {self.task!r}: choose one of {sorted(TASKS)}")
         for name in ("sft_demos", "sft_steps", "queries", "rm_ensemble", "rm_epochs", "n_envs",
-                     "dpo_epochs", "eval_prompts", "max_new_tokens"):  # fmt: skip
+                     "dpo_epochs", "eval_prompts", "max_new_tokens", "torch_threads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"TextPipelineConfig.{name} must be >= 1, got {getattr(self, name)}"
@@ -469,6 +472,7 @@ def run_stage(
         raise ValueError(f"unknown text stage {stage!r}: choose one of {list(STAGES)}")
     out = Path(out)
     _check_config(config, out)
+    torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)
     function, _ = _STAGE_FUNCTIONS[stage]
     return function(config, out)
@@ -480,6 +484,7 @@ def run_pipeline(
     """Run ``stages`` in order, skipping finished ones (resume); returns the eval summary."""
     out = Path(out)
     _check_config(config, out)
+    torch.set_num_threads(config.torch_threads)
     summary: dict[str, Any] = {}
     for stage in stages:
         function, folder = _STAGE_FUNCTIONS[stage]
