@@ -13,6 +13,7 @@
 from envs.recommendation.env import (
     DEFAULT_OBJECTIVE_WEIGHTS,
     OBJECTIVES,
+    REWARDS,
     RecommendationEnv,
     RecommendationVectorEnv,
     check_slates,
@@ -30,6 +31,7 @@ from envs.recommendation.simulator import (
 __all__ = [
     "DEFAULT_OBJECTIVE_WEIGHTS",
     "OBJECTIVES",
+    "REWARDS",
     "Catalog",
     "ObsLayout",
     "RecommendationEnv",

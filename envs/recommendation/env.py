@@ -31,6 +31,7 @@ from envs.recommendation.simulator import (
 __all__ = [
     "DEFAULT_OBJECTIVE_WEIGHTS",
     "OBJECTIVES",
+    "REWARDS",
     "RecommendationEnv",
     "RecommendationVectorEnv",
     "check_slates",
@@ -47,6 +48,10 @@ DEFAULT_OBJECTIVE_WEIGHTS: dict[str, float] = {
 """Default weights of the true utility: mostly satisfaction, some watch time and variety."""
 
 ON_DUPLICATE = ("ignore", "error")
+
+REWARDS = ("utility", "clicks", "engagement")
+"""What the env's ``reward`` is: the true utility (default) or a proxy a click-optimising
+production system would train on. ``info["true_reward"]`` is always the true utility."""
 
 
 def check_slates(
@@ -121,7 +126,14 @@ class _Setup:
         objective_weights: Mapping[str, float] | None,
         on_duplicate: str,
         sim_config: SimConfig | None,
+        reward: str = "utility",
     ) -> None:
+        if reward not in REWARDS:
+            raise ValueError(
+                f"reward must be one of {REWARDS}, got {reward!r}: 'clicks' trains on the click "
+                "proxy, 'utility' on the hidden true utility"
+            )
+        self.reward = reward
         if slate_size is not None and not 1 <= slate_size <= n_candidates:
             raise ValueError(
                 f"slate_size must be in 1..n_candidates ({n_candidates}) or None for the "
@@ -158,12 +170,21 @@ class _Setup:
         return check_slates(arr.reshape(n, s), self.config.n_candidates, self.on_duplicate)
 
     def rewards(self, out: StepOutcome) -> np.ndarray:
+        """``[n]`` true utility of a step: the weighted objectives."""
         w = self.weights
         return (
             w["engagement"] * out.engagement
             + w["satisfaction"] * out.satisfaction
             + w["diversity"] * out.diversity
         )
+
+    def env_rewards(self, out: StepOutcome, utility: np.ndarray) -> np.ndarray:
+        """``[n]`` reward the env returns: the utility or the configured proxy."""
+        if self.reward == "clicks":
+            return (out.clicked_slot >= 0).astype(np.float64)
+        if self.reward == "engagement":
+            return np.asarray(out.engagement, dtype=np.float64)
+        return utility
 
 
 class RecommendationEnv(gym.Env):
@@ -185,7 +206,9 @@ class RecommendationEnv(gym.Env):
     ``satisfaction`` (quality + affinity of the clicked item) and ``diversity``
     (1 - cosine to the history), all 0 without a click. ``info`` holds ``true_reward`` (the same
     value; a preference-reward wrapper keeps it for teachers), each term, ``clicks`` (0 or 1),
-    ``clicked_slot`` and ``item`` (catalog id; both -1 without a click).
+    ``clicked_slot`` and ``item`` (catalog id; both -1 without a click). With
+    ``reward="clicks"`` (or ``"engagement"``) the env's reward is that proxy instead (1 per click;
+    watch minutes) while ``info["true_reward"]`` stays the true utility: the proxy trap.
 
     Termination: the user leaves when the session time budget is used up (clickbait and no-click
     steps drain it; high-quality items refund part of their watch time).
@@ -204,6 +227,11 @@ class RecommendationEnv(gym.Env):
         sim_config: every other user-model parameter; its ``n_items``, ``n_candidates`` and
             ``horizon`` are replaced by the arguments above.
         catalog: a ready-made catalog instead of a generated one (sizes must match).
+        reward: ``"utility"`` (default), ``"clicks"`` or ``"engagement"``: what ``step`` returns
+            as the reward (see Reward).
+        user_pool: ``[M, K]`` initial interests to draw users from (data-driven users, e.g.
+            ``envs.recommendation.ratings.world_from_ratings(path).env_kwargs()``); default
+            uniform on ``[-1, 1]^K``.
     """
 
     metadata = {"render_modes": []}
@@ -219,11 +247,20 @@ class RecommendationEnv(gym.Env):
         catalog_seed: int = 0,
         sim_config: SimConfig | None = None,
         catalog: Catalog | None = None,
+        reward: str = "utility",
+        user_pool: np.ndarray | None = None,
     ) -> None:
         self._setup = _Setup(
-            n_items, n_candidates, slate_size, horizon, objective_weights, on_duplicate, sim_config
+            n_items,
+            n_candidates,
+            slate_size,
+            horizon,
+            objective_weights,
+            on_duplicate,
+            sim_config,
+            reward,
         )
-        self.sim = UserBatchSimulator(1, self._setup.config, catalog, catalog_seed)
+        self.sim = UserBatchSimulator(1, self._setup.config, catalog, catalog_seed, user_pool)
         self.layout = self.sim.layout
         self.objective_weights = self._setup.weights
         self.observation_space = self._setup.observation_space
@@ -243,11 +280,12 @@ class RecommendationEnv(gym.Env):
         if self._done:
             raise gym.error.ResetNeeded("the session has ended: call reset() before step()")
         out = self.sim.step(self._setup.slates(action, 1))
-        reward = float(self._setup.rewards(out)[0])
+        utility = self._setup.rewards(out)
+        reward = float(self._setup.env_rewards(out, utility)[0])
         terminated, truncated = bool(out.terminated[0]), bool(out.truncated[0])
         self._done = terminated or truncated
         info = {
-            "true_reward": reward,
+            "true_reward": float(utility[0]),
             "engagement": float(out.engagement[0]),
             "satisfaction": float(out.satisfaction[0]),
             "diversity": float(out.diversity[0]),
@@ -287,12 +325,23 @@ class RecommendationVectorEnv(VectorEnv):
         catalog_seed: int = 0,
         sim_config: SimConfig | None = None,
         catalog: Catalog | None = None,
+        reward: str = "utility",
+        user_pool: np.ndarray | None = None,
     ) -> None:
         self._setup = _Setup(
-            n_items, n_candidates, slate_size, horizon, objective_weights, on_duplicate, sim_config
+            n_items,
+            n_candidates,
+            slate_size,
+            horizon,
+            objective_weights,
+            on_duplicate,
+            sim_config,
+            reward,
         )
         self.num_envs = num_envs
-        self.sim = UserBatchSimulator(num_envs, self._setup.config, catalog, catalog_seed)
+        self.sim = UserBatchSimulator(
+            num_envs, self._setup.config, catalog, catalog_seed, user_pool
+        )
         self.layout = self.sim.layout
         self.objective_weights = self._setup.weights
         self.single_observation_space = self._setup.observation_space
@@ -349,7 +398,7 @@ class RecommendationVectorEnv(VectorEnv):
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
         true_reward = self._setup.rewards(out)
-        rewards[stepping] = true_reward
+        rewards[stepping] = self._setup.env_rewards(out, true_reward)
         terminated[stepping] = out.terminated
         truncated[stepping] = out.truncated
         self._needs_reset = terminated | truncated

@@ -326,6 +326,9 @@ class UserBatchSimulator:
         catalog: a ready catalog (its size and topic count must match ``config``); default one
             generated from ``catalog_seed``.
         catalog_seed: seed of the generated catalog (the same for every env, so sub-envs share it).
+        user_pool: optional ``[M, K]`` initial interests in ``[-1, 1]`` (e.g. fitted to ratings,
+            :mod:`envs.recommendation.ratings`); a reset user starts from pool row
+            ``floor(u * M)`` for its first uniform ``u`` instead of ``U(-1, 1)^K``.
 
     Usage: set ``rngs`` (one ``np.random.Generator`` per user), call :meth:`reset_users`, then
     alternate :meth:`observe` and :meth:`step`.
@@ -337,6 +340,7 @@ class UserBatchSimulator:
         config: SimConfig | None = None,
         catalog: Catalog | None = None,
         catalog_seed: int = 0,
+        user_pool: np.ndarray | None = None,
     ) -> None:
         if n_users < 1:
             raise ValueError(f"n_users must be >= 1, got {n_users}")
@@ -349,6 +353,17 @@ class UserBatchSimulator:
                 f"says {cfg.n_items} x {cfg.n_topics}: build the config from the catalog's sizes"
             )
         self.catalog = catalog
+        if user_pool is not None:
+            user_pool = np.array(user_pool, dtype=np.float64)
+            if user_pool.ndim != 2 or user_pool.shape[0] < 1 or user_pool.shape[1] != cfg.n_topics:
+                raise ValueError(
+                    f"user_pool must have shape (M, {cfg.n_topics}) (one interest vector per "
+                    f"pool user, K = n_topics), got {user_pool.shape}"
+                )
+            if not np.all(np.abs(user_pool) <= 1.0):
+                raise ValueError("user_pool interests must lie in [-1, 1]: rescale the pool")
+            user_pool.setflags(write=False)
+        self.user_pool = user_pool
         self.n_users = n_users
         self.layout = ObsLayout(cfg.n_topics, cfg.n_candidates)
         self.rngs: list[np.random.Generator | None] = [None] * n_users
@@ -373,6 +388,24 @@ class UserBatchSimulator:
         self._all_users = np.arange(n_users)
         self.choice_uniforms = np.zeros((n_users, h))
 
+    @classmethod
+    def from_ratings(
+        cls,
+        path: str,
+        n_users: int,
+        n_factors: int = 8,
+        config: SimConfig | None = None,
+        seed: int = 0,
+    ) -> UserBatchSimulator:
+        """A simulator whose catalog and users are fit to a ``user,item,rating`` CSV.
+
+        See :func:`envs.recommendation.ratings.world_from_ratings` (``seed`` seeds the fit).
+        """
+        from envs.recommendation.ratings import world_from_ratings
+
+        world = world_from_ratings(path, n_factors=n_factors, config=config, seed=seed)
+        return cls(n_users, world.config, world.catalog, user_pool=world.user_pool)
+
     # ------------------------------------------------------------------ resets
 
     def reset_users(self, users: Sequence[int] | np.ndarray) -> None:
@@ -394,7 +427,11 @@ class UserBatchSimulator:
                     f"user {u} has no random generator: set simulator.rngs[{u}] before resetting"
                 )
             rng.random(out=draws[row])
-        self.interest[users] = 2.0 * draws[:, :k] - 1.0
+        if self.user_pool is None:
+            self.interest[users] = 2.0 * draws[:, :k] - 1.0
+        else:
+            m = self.user_pool.shape[0]
+            self.interest[users] = self.user_pool[np.minimum((draws[:, 0] * m).astype(int), m - 1)]
         self.choice_uniforms[users] = draws[:, k : k + h]
         self.candidate_table[users] = distinct_items(
             draws[:, k + h :].reshape(users.size, h, c), cfg.n_items
