@@ -5,6 +5,8 @@
     prefenv resume --out runs/cheetah
     prefenv eval --out runs/cheetah --episodes 10
     prefenv check prefenv/Hopper-v0
+    prefenv train --env prefenv/RecSlate-v0 --agent ppo-kl --reference popularity \\
+                  --kl-coef 0.05 --queries 500 --steps 200000 --out runs/rec
 
 With no options, ``prefenv train`` runs the short embedded default (HalfCheetah, PPO-KL, oracle
 teacher, 250 queries, 100k steps): a few minutes on 2 CPU cores, no downloads.
@@ -19,7 +21,15 @@ import logging
 import sys
 from pathlib import Path
 
-from prefenv.runs import AGENTS, TrainingRun, TrainSpec, evaluate_run, load_spec, save_spec
+from prefenv.runs import (
+    AGENTS,
+    REFERENCES,
+    TrainingRun,
+    TrainSpec,
+    evaluate_run,
+    load_spec,
+    save_spec,
+)
 
 __all__ = ["main", "QUICKSTART"]
 
@@ -49,13 +59,16 @@ _HELP = {
     "query_method": "uniform, disagreement or entropy",
     "ensemble": "reward-model ensemble members (B-Pref: 3)",
     "initial_steps": "env steps of the initial policy before the first queries",
-    "kl_coef": "PPO-KL leash to the initial policy (0 = plain PPO)",
+    "kl_coef": "PPO-KL leash to the reference: the initial policy, or --reference (0 = plain PPO)",
     "n_steps": "PPO rollout steps per sub-env",
     "reward_epochs": "max epochs per reward refit (early stopping on held-out loss)",
     "reward_width": "hidden units per reward-network layer (B-Pref: 256)",
     "reward_depth": "hidden layers per reward network (B-Pref: 3)",
     "shaping": "uncertainty shaping k: reward = mean + k * std of the ensemble",
     "vectorization": "sync or async sub-envs",
+    "reference": f"PPO-KL's frozen reference: a production recommender ({', '.join(REFERENCES)}) "
+    "for prefenv/RecSlate-v0 / RecSingle-v0 (needs --kl-coef > 0); empty: the initial policy",
+    "ref_temperature": "softmax temperature of the --reference recommender (lower = sharper)",
 }
 
 

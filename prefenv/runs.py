@@ -43,14 +43,18 @@ from prefenv.wrappers import VectorPreferenceReward
 
 __all__ = [
     "AGENTS",
+    "REFERENCES",
     "TrainSpec",
     "TrainingRun",
     "episode_returns",
     "evaluate_run",
+    "make_reference",
     "write_json_atomic",
 ]
 
 AGENTS = ("ppo-kl", "sb3-ppo", "sb3-sac", "sb3-a2c")
+REFERENCES = ("popularity", "greedy-click")
+"""Production recommenders usable as PPO-KL's frozen reference (``TrainSpec.reference``)."""
 RUN_SCHEMA = "prefenv.run/1"
 
 
@@ -71,7 +75,8 @@ class TrainSpec:
         query_method: ``uniform``, ``disagreement`` or ``entropy``.
         ensemble: reward-model ensemble members.
         initial_steps: env steps of the initial policy before the first queries.
-        kl_coef: PPO-KL leash to the initial policy (0 = plain PPO).
+        kl_coef: PPO-KL leash to the reference (the initial policy unless ``reference`` is
+            set; 0 = plain PPO).
         n_steps: PPO rollout length per sub-env.
         reward_epochs: max epochs per reward refit.
         reward_width: hidden units per reward-network layer (B-Pref: 256; smaller refits faster).
@@ -79,6 +84,11 @@ class TrainSpec:
         shaping: uncertainty shaping k (mean + k * std) of the learned reward.
         vectorization: ``sync`` or ``async`` sub-envs.
         env_kwargs: keyword arguments for ``gymnasium.make`` (e.g. objective_weights).
+        reference: ``""`` (the initial policy) or a production recommender from
+            :data:`REFERENCES` as PPO-KL's frozen reference (recommendation envs; needs
+            ``kl_coef > 0``). It reads raw observations, so the agent then runs without
+            observation normalisation.
+        ref_temperature: softmax temperature of the production reference (lower = sharper).
     """
 
     env: str = "prefenv/HalfCheetah-v0"
@@ -101,6 +111,8 @@ class TrainSpec:
     shaping: float = 0.0
     vectorization: str = "sync"
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reference: str = ""
+    ref_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
@@ -109,6 +121,23 @@ class TrainSpec:
             raise ValueError(f"vectorization must be 'sync' or 'async', got {self.vectorization!r}")
         if self.n_envs < 1 or self.ensemble < 1:
             raise ValueError("n_envs and ensemble must be >= 1")
+        if self.reference:
+            if self.reference not in REFERENCES:
+                raise ValueError(
+                    f"unknown reference {self.reference!r}: choose one of {', '.join(REFERENCES)}"
+                )
+            if self.agent != "ppo-kl":
+                raise ValueError(
+                    f"--reference leashes PPO-KL to a production policy; agent {self.agent!r} has "
+                    "no KL leash: use --agent ppo-kl or drop --reference"
+                )
+            if not self.kl_coef > 0:
+                raise ValueError(
+                    f"--reference {self.reference} needs --kl-coef > 0 (got {self.kl_coef}): with "
+                    "beta = 0 the reference is never used; e.g. --kl-coef 0.05"
+                )
+            if not self.ref_temperature > 0:
+                raise ValueError(f"ref_temperature must be > 0, got {self.ref_temperature}")
 
     def loop_config(self) -> PreferenceLoopConfig:
         return PreferenceLoopConfig(
@@ -206,18 +235,23 @@ class TrainingRun:
         if spec.agent == "ppo-kl":
             from agents.ppo_kl import PPOKL, PPOKLConfig
 
+            ref_policy = make_reference(spec, self.recorder)
             if resume:
                 return PPOKL.load_checkpoint(
-                    agent_dir, self.recorder, log_dir=self.out / "agent_logs"
+                    agent_dir, self.recorder, ref_policy=ref_policy, log_dir=self.out / "agent_logs"
                 )
             config = PPOKLConfig(
                 n_steps=spec.n_steps,
-                norm_obs=True,
+                # PPO-KL feeds its reference the policy's observations: a production reference
+                # scores raw observations, so normalisation is off when one is the leash
+                norm_obs=ref_policy is None,
                 norm_reward=True,  # learned rewards change scale at every refit
                 kl_coef=spec.kl_coef,
                 seed=spec.seed,
             )
-            return PPOKL(self.recorder, config, log_dir=self.out / "agent_logs")
+            return PPOKL(
+                self.recorder, config, ref_policy=ref_policy, log_dir=self.out / "agent_logs"
+            )
         from stable_baselines3.common.vec_env import VecNormalize
 
         from agents.sb3 import SB3Agent, SB3VecEnvBridge, make_sb3_agent
@@ -308,6 +342,28 @@ class TrainingRun:
         write_json_atomic(self.out / "summary.json", summary)
         (self.out / "summary.md").write_text(_summary_markdown(summary, self.spec))
         return summary
+
+
+def make_reference(spec: TrainSpec, venv: Any) -> Any:
+    """The frozen production reference named by ``spec.reference`` (None when unset).
+
+    Raises:
+        ValueError: the env is not a recommendation env (the production recommenders read the
+            ``prefenv/RecSlate`` / ``RecSingle`` observation layout).
+    """
+    if not spec.reference:
+        return None
+    from envs.recommendation.policies import ProductionPolicy
+
+    try:
+        return ProductionPolicy.for_env(
+            venv, kind=spec.reference.replace("-", "_"), temperature=spec.ref_temperature
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"--reference {spec.reference} is a production recommender for the recommendation "
+            f"envs (prefenv/RecSlate-v0, prefenv/RecSingle-v0), not {spec.env}: {exc}"
+        ) from exc
 
 
 def _round_from_dict(row: dict[str, Any]) -> RoundMetrics:
