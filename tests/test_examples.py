@@ -24,6 +24,14 @@ TINY_ARGS = {
         "--learning-starts", "100",
     ],
     "bc_reference_kl_leash.py": ["--demo-steps", "1024", "--steps", "1024", "--queries", "40"],
+    "recommendation_ppo_kl.py": [
+        "--steps", "2048", "--queries", "20", "--rounds", "1", "--n-envs", "4", "--n-steps", "64",
+        "--initial-steps", "512", "--reward-epochs", "3", "--eval-sessions", "16",
+    ],
+    "recommendation_proxy_trap.py": [
+        "--steps", "3072", "--queries", "16", "--points", "2", "--n-envs", "4", "--n-steps", "64",
+        "--initial-steps", "512", "--reward-epochs", "3", "--eval-sessions", "8",
+    ],
     "text_rlhf_pipeline.py": [
         "--base-steps", "20", "--sft-steps", "8", "--queries", "40", "--ppo-steps", "96",
         "--n-envs", "4", "--max-new-tokens", "6",
