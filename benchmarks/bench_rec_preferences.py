@@ -1,0 +1,215 @@
+"""Learning from preferences on the recommendation simulator: long-term true utility per session.
+
+Arms, all with the same seed and evaluated on the same 256 held-out sessions (eval seed 12345,
+deterministic actions, ``prefenv/RecSlate-v0``: 2,000 items, 3 of 10 candidates per step):
+
+- ``random``, ``popularity``, ``greedy-click``: the production recommenders (numpy policies).
+- ``ppo-kl (true utility)``: PPO-KL trained on the env's hidden true utility, leashed by a KL
+  penalty to the popularity recommender (the upper reference).
+- ``ppo-kl (learned reward)``: the same agent and leash trained by ``prefenv train`` (the CLI's
+  TrainingRun) on a reward model fit to synthetic oracle comparisons of whole sessions.
+- with ``--sb3``: SB3 PPO on true clicks, and SB3 PPO on the learned preference reward.
+
+Goal (issue 5): learned >= 90% of the true-utility PPO-KL, and above popularity and greedy-click.
+
+Usage::
+
+    nice -n 10 python benchmarks/bench_rec_preferences.py --steps 200000 --queries 1000 [--sb3]
+
+Results: ``benchmarks/out/rec_preferences/seed<N>/`` (run folders, ``results.json``) and a
+Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401  (registers the ids)
+from envs.recommendation import RecommendationVectorEnv
+from envs.recommendation.policies import (
+    GreedyClickPolicy,
+    PopularityPolicy,
+    ProductionPolicy,
+    RandomPolicy,
+)
+from prefenv.runs import TrainingRun, TrainSpec, save_spec
+
+EVAL_SEED = 12345
+ENV_ID = "prefenv/RecSlate-v0"
+
+
+def evaluate(predict: Callable[[np.ndarray], np.ndarray], sessions: int = 256) -> dict[str, float]:
+    """Per-session means of true utility, clicks, satisfaction and length (one session per user)."""
+    env = RecommendationVectorEnv(sessions, slate_size=3)
+    obs, _ = env.reset(seed=EVAL_SEED)
+    totals = {k: np.zeros(sessions) for k in ("utility", "clicks", "satisfaction", "length")}
+    done = np.zeros(sessions, dtype=bool)
+    while not done.all():
+        obs, _, terminated, truncated, info = env.step(predict(obs))
+        live = ~done
+        totals["utility"][live] += info["true_reward"][live]
+        totals["clicks"][live] += info["clicks"][live]
+        totals["satisfaction"][live] += info["satisfaction"][live]
+        totals["length"][live] += 1
+        done |= terminated | truncated
+    return {k: float(v.mean()) for k, v in totals.items()}
+
+
+def _timed(fn: Callable[[], Callable[[np.ndarray], np.ndarray]]) -> tuple[dict[str, float], float]:
+    start = time.process_time()
+    predict = fn()
+    cpu = time.process_time() - start
+    return evaluate(predict), cpu
+
+
+def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> TrainSpec:
+    leash = agent == "ppo-kl"
+    return TrainSpec(
+        env=ENV_ID,
+        agent=agent,
+        teacher=args.teacher,
+        queries=args.queries,
+        steps=args.steps,
+        rounds=args.rounds,
+        n_envs=args.n_envs,
+        seed=seed,
+        segment_length=args.segment_length,
+        ensemble=args.ensemble,
+        initial_steps=args.initial_steps,
+        kl_coef=args.kl_coef if leash else 0.0,
+        n_steps=args.n_steps,
+        reward_epochs=args.reward_epochs,
+        reward_width=args.reward_width,
+        reward_depth=args.reward_depth,
+        reference=args.reference if leash else "",
+    )
+
+
+def true_utility_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """PPO-KL with TrainingRun's exact config, trained on the true utility (no reward model)."""
+    from agents.ppo_kl import PPOKL, PPOKLConfig
+
+    venv = RecommendationVectorEnv(spec.n_envs, slate_size=3)
+    ref = ProductionPolicy.for_env(venv, kind=spec.reference.replace("-", "_"))
+    config = PPOKLConfig(
+        n_steps=spec.n_steps,
+        norm_obs=False,
+        norm_reward=True,
+        kl_coef=spec.kl_coef,
+        seed=spec.seed,
+    )
+    agent = PPOKL(venv, config, ref_policy=ref, log_dir=out / "agent_logs")
+    agent.learn(spec.steps)
+    return agent.predict
+
+
+def preference_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """``prefenv train``'s TrainingRun from synthetic comparisons; returns its final policy."""
+    for stale in out.glob("comparisons.sqlite*"):
+        stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    save_spec(spec, out)
+    run = TrainingRun(spec, out)
+    summary = run.run(progress=False)
+    (out / "final_rm_accuracy.txt").write_text(f"{summary['reward_model_val_accuracy']:.3f}\n")
+    return run.agent.predict
+
+
+def sb3_clicks_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """SB3 PPO on the raw click proxy (``reward="clicks"``)."""
+    from agents.sb3 import SB3VecEnvBridge, make_sb3_agent
+
+    venv = gym.make_vec(
+        ENV_ID,
+        num_envs=spec.n_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        reward="clicks",
+    )
+    bridge = SB3VecEnvBridge(venv)
+    bridge.seed(spec.seed)
+    model = make_sb3_agent("sb3-ppo", bridge, seed=spec.seed, n_steps=spec.n_steps)
+    model.learn(spec.steps)
+    return lambda obs: model.predict(obs, deterministic=True)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--n-envs", type=int, default=16)
+    parser.add_argument("--n-steps", type=int, default=128)
+    parser.add_argument("--initial-steps", type=int, default=8192)
+    parser.add_argument("--segment-length", type=int, default=50, help="50 = whole sessions")
+    parser.add_argument("--ensemble", type=int, default=3)
+    parser.add_argument("--reward-epochs", type=int, default=50)
+    parser.add_argument("--reward-width", type=int, default=64)
+    parser.add_argument("--reward-depth", type=int, default=2)
+    parser.add_argument("--teacher", default="oracle")
+    parser.add_argument("--kl-coef", type=float, default=0.02)
+    parser.add_argument("--reference", default="popularity", choices=["popularity", "greedy-click"])
+    parser.add_argument("--sb3", action="store_true", help="also SB3 PPO on clicks / learned")
+    parser.add_argument("--skip-true", action="store_true", help="skip the true-utility arm")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/rec_preferences"))
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    out = args.out / f"seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    probe = RecommendationVectorEnv(1, slate_size=3)
+    rng = np.random.default_rng(args.seed)
+    results: dict[str, dict[str, float]] = {}
+    for name, policy in (
+        ("random", RandomPolicy.for_env(probe, rng=rng)),
+        ("popularity", PopularityPolicy.for_env(probe)),
+        ("greedy-click", GreedyClickPolicy.for_env(probe)),
+    ):
+        results[name] = {**evaluate(policy), "cpu_s": 0.0}
+    spec = spec_for(args, args.seed)
+    arms: list[tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]] = []
+    if not args.skip_true:
+        arms.append(("ppo-kl (true utility)", lambda: true_utility_agent(spec, out / "true")))
+    arms.append(("ppo-kl (learned reward)", lambda: preference_agent(spec, out / "learned")))
+    if args.sb3:
+        sb3_spec = spec_for(args, args.seed, agent="sb3-ppo")
+        arms.append(("sb3-ppo (true clicks)", lambda: sb3_clicks_agent(sb3_spec, out / "sb3")))
+        arms.append(
+            ("sb3-ppo (learned reward)", lambda: preference_agent(sb3_spec, out / "sb3_learned"))
+        )
+    for name, build in arms:
+        metrics, cpu = _timed(build)
+        results[name] = {**metrics, "cpu_s": cpu}
+        print(f"{name}: {metrics} ({cpu:.0f} CPU-s)", flush=True)
+    (out / "results.json").write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
+    )
+
+    true = results.get("ppo-kl (true utility)", {}).get("utility")
+    print(
+        f"\n{ENV_ID}, seed {args.seed}, {args.steps:,} steps, {args.queries} queries, "
+        f"KL {args.kl_coef} to {args.reference}\n"
+    )
+    print("| policy | true utility / session | vs true-utility PPO-KL | clicks | satisfaction | "
+          "session length | train CPU s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, m in results.items():
+        ratio = f"{m['utility'] / true:.0%}" if true else "-"
+        print(
+            f"| {name} | {m['utility']:.1f} | {ratio} | {m['clicks']:.1f} | "
+            f"{m['satisfaction']:.1f} | {m['length']:.1f} | {m['cpu_s']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
