@@ -31,7 +31,7 @@ from envs.text import TextTask, VaderSentiment, build_default_lm, load_lm
 from envs.text.corpus import generate_demonstrations, generate_prompts
 from envs.text.feedback import make_text_teacher
 from envs.text.reward_model import TextRewardModel
-from envs.text.reward_training import TextRewardTrainConfig, train_text_reward_model
+from envs.text.reward_training import text_reward_config, train_text_reward_model
 from prefenv.store import ComparisonStore
 from prefenv.text_eval import evaluate_text_model, sample_completions
 from prefenv.text_monitor import EpisodeLog, TextMonitor
@@ -70,7 +70,7 @@ def main() -> None:
 
     # 3. The text reward model.
     reward = TextRewardModel.build(tokenizer=tokenizer, seed=0)
-    fit = train_text_reward_model(reward, comparisons, TextRewardTrainConfig(epochs=8))
+    fit = train_text_reward_model(reward, comparisons, text_reward_config(max_epochs=8))
     print(f"reward model: validation accuracy {fit.val_accuracy:.3f} on the teacher's labels")
 
     # 4. PPO-KL on the learned reward, KL leash to the SFT model.

@@ -106,10 +106,13 @@ class RewardTrainConfig:
     """Bradley-Terry margin (see :func:`bradley_terry_loss`)."""
     centering_coef: float = 0.0
     """Weight of the return-centring term (TRL: 1e-2)."""
+    max_grad_norm: float = 0.0
+    """Clip the gradient's global norm to this before each step; 0 disables clipping."""
 
     def __post_init__(self) -> None:
         checks = [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
@@ -228,6 +231,8 @@ def _training_step(
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), config.max_grad_norm)
     optimizer.step()
     return loss.item()
 

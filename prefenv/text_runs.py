@@ -82,8 +82,10 @@ class TextPipelineConfig:
     """Adapt beta toward kl_target nats per sequence (Ziegler et al.)."""
     kl_target: float = 6.0
     """Target KL per sequence for the adaptive controller, nats."""
-    kl_horizon: int = 10000
-    """Horizon of the adaptive controller."""
+    kl_horizon: int = 500
+    """Horizon of the adaptive controller, in episodes. Ziegler et al.'s 10000 (the PPOKLConfig
+    default) suits runs of 10^5+ episodes; a pipeline run here sees ~2000, and with 10000 beta
+    could move by at most ~4% over the whole run, so the KL target would not be held."""
     dpo_beta: float = 0.1
     """DPO beta (reference = SFT)."""
     dpo_epochs: int = 3
@@ -222,8 +224,8 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     from envs.text.feedback import make_text_teacher
     from envs.text.reward_model import TextRewardEnsemble, TextRewardModel
     from envs.text.reward_training import (
-        TextRewardTrainConfig,
         evaluate_text_reward_model,
+        text_reward_config,
         train_text_reward_model,
     )
     from prefenv.jsonl import export_jsonl
@@ -245,7 +247,7 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         if config.rm_ensemble == 1
         else TextRewardEnsemble.build(config.rm_ensemble, tokenizer=tokenizer, seed=config.seed)
     )
-    train_config = TextRewardTrainConfig(epochs=config.rm_epochs, seed=config.seed, progress=True)
+    train_config = text_reward_config(max_epochs=config.rm_epochs, seed=config.seed, progress=True)
     metrics = train_text_reward_model(reward, comparisons, train_config)
     # Held-out accuracy against the *true* score on fresh SFT samples (oracle labels).
     oracle = make_text_teacher("oracle", _scorer(config), np.random.default_rng(config.seed + 7))

@@ -55,7 +55,7 @@ _LAZY = {
     "TextRewardModel": "envs.text.reward_model",
     "TextRewardModelConfig": "envs.text.reward_model",
     "load_text_reward_model": "envs.text.reward_model",
-    "TextRewardTrainConfig": "envs.text.reward_training",
+    "text_reward_config": "envs.text.reward_training",
     "evaluate_text_reward_model": "envs.text.reward_training",
     "train_text_reward_model": "envs.text.reward_training",
 }
@@ -76,7 +76,7 @@ __all__ = [
     "TextRewardEnsemble",
     "TextRewardModel",
     "TextRewardModelConfig",
-    "TextRewardTrainConfig",
+    "text_reward_config",
     "TextTeacher",
     "TextTeacherConfig",
     "evaluate_text_reward_model",

@@ -15,7 +15,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +23,17 @@ from torch import Tensor
 
 from envs.text.reward_model import TextRewardEnsemble, TextRewardModel
 from prefenv.records import Comparison
-from prefenv.reward_training import MemberTrainMetrics, RewardTrainMetrics, bradley_terry_loss
+from prefenv.reward_training import (
+    MemberTrainMetrics,
+    RewardTrainConfig,
+    RewardTrainMetrics,
+    bradley_terry_loss,
+)
 
 __all__ = [
     "TextPairs",
-    "TextRewardTrainConfig",
+    "TEXT_REWARD_DEFAULTS",
+    "text_reward_config",
     "evaluate_text_reward_model",
     "train_text_reward_model",
 ]
@@ -35,52 +41,19 @@ __all__ = [
 _EVAL_BATCH = 128
 
 
-@dataclass(frozen=True)
-class TextRewardTrainConfig:
-    """Hyperparameters of :func:`train_text_reward_model`."""
+def text_reward_config(**overrides: Any) -> RewardTrainConfig:
+    """The core :class:`~prefenv.reward_training.RewardTrainConfig` with defaults for the tiny
+    text reward models: AdamW lr 1e-3 (use ~2e-5 for a pretrained encoder), weight decay 0.01,
+    batch 32, at most 10 epochs with early stopping (patience 3) on the held-out loss, gradient
+    clip 1.0. ``overrides`` replace any field, e.g. ``text_reward_config(max_epochs=8)``."""
+    return RewardTrainConfig(**{**TEXT_REWARD_DEFAULTS, **overrides})
 
-    lr: float = 1e-3
-    """AdamW learning rate (1e-3 suits the tiny default model; use ~2e-5 for a pretrained one)."""
-    epochs: int = 10
-    """Passes over the training comparisons."""
-    batch_size: int = 32
-    """Comparisons per gradient step (each is two texts)."""
-    val_fraction: float = 0.1
-    """Share of the comparisons held out for validation (accuracy, best-epoch restore)."""
-    weight_decay: float = 0.01
-    """Decoupled (AdamW) weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip; 0 disables it."""
-    restore_best: bool = True
-    """Keep the weights of the epoch with the lowest validation loss (when there is a split)."""
-    bootstrap: bool = True
-    """Train each ensemble member on its own bootstrap resample of the training comparisons."""
-    seed: int = 0
-    """Seed of the split, bootstrap, minibatch order and torch randomness (when no rng is given)."""
-    progress: bool = False
-    """Show a tqdm progress bar over epochs."""
-    margin: float = 0.0
-    """Bradley-Terry margin (see :func:`prefenv.reward_training.bradley_terry_loss`)."""
-    centering_coef: float = 0.0
-    """Weight of the score-centring term (TRL: 1e-2)."""
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (
-                0 <= self.val_fraction < 1,
-                f"val_fraction must be in [0, 1), got {self.val_fraction}",
-            ),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
-            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
-            (self.centering_coef >= 0, f"centering_coef must be >= 0, got {self.centering_coef}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"TextRewardTrainConfig: {message}")
+TEXT_REWARD_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "weight_decay": 0.01, "batch_size": 32, "max_epochs": 10, "patience": 3,
+    "max_grad_norm": 1.0,
+}  # fmt: skip
+"""Field values :func:`text_reward_config` starts from."""
 
 
 class TextPairs:
@@ -127,7 +100,7 @@ class TextPairs:
 
     @torch.no_grad()
     def evaluate(
-        self, model: TextRewardModel | TextRewardEnsemble, config: TextRewardTrainConfig
+        self, model: TextRewardModel | TextRewardEnsemble, config: RewardTrainConfig
     ) -> tuple[float, float]:
         """``(loss, accuracy on non-tie pairs)`` in eval mode; NaN for no pairs."""
         if len(self) == 0:
@@ -175,7 +148,7 @@ def _train_member(
     train: TextPairs,
     sample: np.ndarray,
     val: TextPairs,
-    config: TextRewardTrainConfig,
+    config: RewardTrainConfig,
     rng: np.random.Generator,
     progress: object | None,
 ) -> MemberTrainMetrics:
@@ -185,8 +158,9 @@ def _train_member(
     )
     labels = torch.from_numpy(train.labels).to(model.device)
     best_loss, best_epoch, best_state = math.inf, 0, None
-    restore = config.restore_best and len(val) > 0
-    for epoch in range(1, config.epochs + 1):
+    restore = len(val) > 0
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
         model.train()
         epoch_losses = []
         for index in np.array_split(
@@ -214,22 +188,24 @@ def _train_member(
         if progress is not None:
             progress.update(1)  # type: ignore[attr-defined]
             progress.set_postfix(train=np.mean(epoch_losses), val=monitored)  # type: ignore[attr-defined]
-        if monitored < best_loss:
+        if monitored < best_loss - 1e-6:
             best_loss, best_epoch = monitored, epoch
             if restore:
                 best_state = copy.deepcopy(model.model.state_dict())
+        elif restore and epoch - best_epoch >= config.patience:
+            break  # early stopping on the held-out loss, as the core trainer does
     if best_state is not None:
         model.model.load_state_dict(best_state)
     model.eval()
     train_loss, _ = train.evaluate(model, config)
     val_loss, val_accuracy = val.evaluate(model, config)
-    return MemberTrainMetrics(train_loss, val_loss, val_accuracy, config.epochs, best_epoch)
+    return MemberTrainMetrics(train_loss, val_loss, val_accuracy, epoch, best_epoch)
 
 
 def train_text_reward_model(
     model: TextRewardModel | TextRewardEnsemble,
     comparisons: Sequence[Comparison],
-    config: TextRewardTrainConfig = TextRewardTrainConfig(),  # noqa: B008 (frozen)
+    config: RewardTrainConfig = text_reward_config(),  # noqa: B008 (frozen)
     rng: np.random.Generator | None = None,
     val_comparisons: Sequence[Comparison] | None = None,
 ) -> RewardTrainMetrics:
@@ -279,7 +255,9 @@ def train_text_reward_model(
     if config.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.epochs * len(members), desc="text reward model", unit="epoch")
+        progress = tqdm(
+            total=config.max_epochs * len(members), desc="text reward model", unit="epoch"
+        )
     results = []
     for member, member_rng in zip(members, rng.spawn(len(members)), strict=True):
         n = len(train)
@@ -297,7 +275,7 @@ def train_text_reward_model(
         val_loss=val_loss,
         train_accuracy=train_accuracy,
         val_accuracy=val_accuracy,
-        epochs=config.epochs,
+        epochs=max(m.epochs for m in results),
         n_train=len(train),
         n_val=len(val),
         members=tuple(results),
@@ -315,4 +293,4 @@ def evaluate_text_reward_model(
     pairs = TextPairs(comparisons)
     if len(pairs) == 0:
         raise ValueError("no labelled comparisons to evaluate (all skipped or none given)")
-    return pairs.evaluate(model, TextRewardTrainConfig())
+    return pairs.evaluate(model, text_reward_config())

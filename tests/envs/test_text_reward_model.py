@@ -18,8 +18,8 @@ from envs.text.reward_model import (
     load_text_reward_model,
 )
 from envs.text.reward_training import (
-    TextRewardTrainConfig,
     evaluate_text_reward_model,
+    text_reward_config,
     train_text_reward_model,
 )
 from envs.text.scorers import VaderSentiment
@@ -129,7 +129,7 @@ def test_learns_sentiment_preferences_from_oracle_comparisons():
     train, held_out = sentiment_comparisons(600, seed=10), sentiment_comparisons(300, seed=99)
     model = TextRewardModel.build(TINY, seed=1)
     before = {name: p.detach().clone() for name, p in model.model.named_parameters()}
-    config = TextRewardTrainConfig(lr=2e-3, epochs=8, batch_size=32, seed=1)
+    config = text_reward_config(lr=2e-3, max_epochs=8, patience=8, seed=1)
     metrics = train_text_reward_model(model, train, config)
     _, accuracy = evaluate_text_reward_model(model, held_out)
     assert accuracy >= 0.65, f"held-out accuracy {accuracy:.3f}"
@@ -149,7 +149,7 @@ def test_skipped_and_tied_comparisons():
         Comparison(s[2], s[1], None),
     ]
     model = TextRewardModel.build(TINY, seed=0)
-    config = TextRewardTrainConfig(epochs=2, batch_size=2, val_fraction=0.0)
+    config = text_reward_config(max_epochs=2, batch_size=2, val_fraction=0.0)
     metrics = train_text_reward_model(model, comparisons, config)
     assert metrics.n_train == 3 and np.isnan(metrics.val_accuracy)
     assert np.isfinite(metrics.train_loss)
@@ -163,7 +163,7 @@ def test_skipped_and_tied_comparisons():
 def test_ensemble_mean_std_and_round_trip(tmp_path):
     ensemble = TextRewardEnsemble.build(k=3, config=TINY, seed=0)
     metrics = train_text_reward_model(
-        ensemble, sentiment_comparisons(48, seed=5), TextRewardTrainConfig(epochs=1, batch_size=16)
+        ensemble, sentiment_comparisons(48, seed=5), text_reward_config(max_epochs=1, batch_size=16)
     )
     assert len(metrics.members) == 3
     mean, std = ensemble.predict_mean_std(PROMPTS, COMPLETIONS)
