@@ -82,6 +82,8 @@ class TextPipelineConfig:
     """Adapt beta toward kl_target nats per sequence (Ziegler et al.)."""
     kl_target: float = 6.0
     """Target KL per sequence for the adaptive controller, nats."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the reward: k1 = logp - ref_logp, k3 = (r - 1) - log r."""
     kl_horizon: int = 500
     """Horizon of the adaptive controller, in episodes. Ziegler et al.'s 10000 (the PPOKLConfig
     default) suits runs of 10^5+ episodes; a pipeline run here sees ~2000, and with 10000 beta
@@ -292,7 +294,8 @@ def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, 
         n_steps=config.max_new_tokens, batch_size=config.n_envs * config.max_new_tokens // 4,
         n_epochs=4, gamma=1.0, gae_lambda=0.95, learning_rate=config.learning_rate,
         kl_coef=config.kl_coef, adaptive_kl=config.adaptive_kl, kl_target=config.kl_target,
-        kl_horizon=config.kl_horizon, seed=config.seed, torch_threads=None,
+        kl_horizon=config.kl_horizon, kl_estimator=config.kl_estimator, seed=config.seed,
+        torch_threads=None,
     )  # fmt: skip
     return PPOKL(
         env, ppo_config, policy=policy, ref_policy=ref_policy, log_dir=out / "ppo" / "logs"
@@ -455,7 +458,12 @@ def _check_config(config: TextPipelineConfig, out: Path) -> None:
     path = out / "text_config.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+        defaults = TextPipelineConfig().to_dict()  # fields added since the run began: defaults
+        changed = {
+            k: (saved.get(k, defaults[k]), v)
+            for k, v in config.to_dict().items()
+            if saved.get(k, defaults[k]) != v
+        }
         if changed:
             raise ValueError(
                 f"{out} was started with other settings {changed} (saved, given): use a new --out "

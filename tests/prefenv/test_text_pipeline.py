@@ -61,6 +61,11 @@ def test_a_finished_pipeline_is_not_redone_and_settings_are_kept(run) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")} == stamps
     with pytest.raises(ValueError, match="started with other settings"):
         run_pipeline(TextPipelineConfig(**{**TINY, "queries": 99}), out)
+    # A folder written before a field existed resumes when the field keeps its default.
+    saved = json.loads((out / "text_config.json").read_text())
+    del saved["kl_estimator"]
+    (out / "text_config.json").write_text(json.dumps(saved))
+    run_pipeline(TextPipelineConfig(**TINY), out, stages=("base",))
 
 
 def test_a_stage_needs_its_inputs(tmp_path) -> None:
