@@ -66,6 +66,9 @@ class TextPipelineConfig:
     """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix."""
     queries: int = 1000
     """Comparisons asked of the teacher (two SFT samples of one prompt each)."""
+    comparisons_file: str | None = None
+    """A prompt/chosen/rejected JSONL file (human labels, a Hugging Face preference dataset, a
+    prefenv export) to train the reward model and DPO on instead of asking the teacher."""
     rm_ensemble: int = 1
     """Reward-model ensemble members (> 1: mean and disagreement)."""
     rm_epochs: int = 8
@@ -230,14 +233,17 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         text_reward_config,
         train_text_reward_model,
     )
-    from prefenv.jsonl import export_jsonl
+    from prefenv.jsonl import export_jsonl, import_jsonl
     from prefenv.store import ComparisonStore
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
     rng = np.random.default_rng(config.seed)
     with ComparisonStore(out / "comparisons.sqlite") as store:
         missing = config.queries - store.count()
-        if missing > 0:  # resumable: only the queries not yet stored are asked
+        if config.comparisons_file is not None:
+            if store.count() == 0:
+                store.append(import_jsonl(config.comparisons_file, default_teacher="imported"))
+        elif missing > 0:  # resumable: only the queries not yet stored are asked
             teacher = make_text_teacher(config.teacher, _scorer(config), rng)
             texts = _sample_pairs(model, tokenizer, _train_prompts(config), missing,
                                   config.max_new_tokens, seed=config.seed + store.count())  # fmt: skip

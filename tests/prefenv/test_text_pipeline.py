@@ -82,3 +82,18 @@ def test_cli_runs_one_stage_and_eval(run, tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "ppo: true score" in printed and "summary.md" in printed
     assert main(["text", "sft", "--out", str(tmp_path / "fresh"), *args]) == 2  # no base yet
+
+
+def test_reward_model_and_dpo_train_on_an_imported_preference_file(run, tmp_path) -> None:
+    import shutil
+
+    out, _ = run
+    fresh = tmp_path / "imported"
+    for folder in ("base", "sft"):
+        shutil.copytree(out / folder, fresh / folder)
+    exported = import_jsonl(out / "comparisons.jsonl")
+    config = TextPipelineConfig(**{**TINY, "comparisons_file": str(out / "comparisons.jsonl")})
+    metrics = run_pipeline(config, fresh, stages=("rm", "dpo"))
+    assert metrics["pairs"] == sum(c.label != 0.5 for c in exported)  # DPO skips ties
+    rm = json.loads((fresh / "reward_model" / "stage.json").read_text())
+    assert rm["comparisons"] == len(exported)
