@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefenv.text_runs import STAGES, TextPipelineConfig, run_pipeline, run_stage
+from prefenv.text_config import TextPipelineConfig
+from prefenv.text_runs import STAGES, run_pipeline, run_stage
 
 __all__ = ["add_text_parser", "cmd_text", "field_docs"]
 
