@@ -86,6 +86,10 @@ class TextPipelineConfig:
                 raise ValueError(
                     f"TextPipelineConfig.{name} must be >= 1, got {getattr(self, name)}"
                 )
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(
+                f"TextPipelineConfig.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}"
+            )
         if self.ppo_steps < 0:
             raise ValueError(f"TextPipelineConfig.ppo_steps must be >= 0, got {self.ppo_steps}")
 
