@@ -4,7 +4,12 @@ Importing this package registers every id with a *lazy* string entry point, so n
 ``import envs`` nor ``import prefenv`` imports mujoco (or any other task-family dependency):
 the family's module is imported only when ``gymnasium.make`` builds one of its envs.
 
-To add a task family, add rows to ``_REGISTRY``: ``(id, entry_point, kwargs, max_episode_steps)``.
+To add a task family, add rows to ``_REGISTRY``:
+``(id, entry_point, kwargs, max_episode_steps, vector_entry_point)``. The optional
+``vector_entry_point`` (None if the family has none) is a native batched env with the same
+constructor kwargs plus ``num_envs``: ``gymnasium.make_vec(id, n,
+vectorization_mode="vector_entry_point")`` builds it instead of a ``SyncVectorEnv`` of ``n``
+single envs (``prefenv.make_vec`` and training runs pick it automatically).
 """
 
 from __future__ import annotations
@@ -18,28 +23,30 @@ __all__ = ["register_envs", "registered_ids"]
 _MUJOCO_TASK = "envs.mujoco.tasks:MujocoTask"
 _TEXT_TASK = "envs.text.tasks:TextTask"
 _RECOMMENDATION = "envs.recommendation.env:RecommendationEnv"
+_RECOMMENDATION_VEC = "envs.recommendation.env:RecommendationVectorEnv"
 
-# (id, lazy entry point, constructor kwargs, max_episode_steps). Horizons match Gymnasium's
-# MuJoCo v5 registrations (1000 steps; Reacher 50).
-_REGISTRY: tuple[tuple[str, str, dict[str, Any], int | None], ...] = (
-    ("prefenv/HalfCheetah-v0", _MUJOCO_TASK, {"task": "HalfCheetah"}, 1000),
-    ("prefenv/Hopper-v0", _MUJOCO_TASK, {"task": "Hopper"}, 1000),
-    ("prefenv/Walker2d-v0", _MUJOCO_TASK, {"task": "Walker2d"}, 1000),
-    ("prefenv/Ant-v0", _MUJOCO_TASK, {"task": "Ant"}, 1000),
-    ("prefenv/Reacher-v0", _MUJOCO_TASK, {"task": "Reacher"}, 50),
-    # Recommendation: the env truncates at its own `horizon` (default 50), so no TimeLimit.
-    ("prefenv/RecSlate-v0", _RECOMMENDATION, {"slate_size": 3}, None),
-    ("prefenv/RecSingle-v0", _RECOMMENDATION, {"slate_size": None}, None),
+# (id, lazy entry point, constructor kwargs, max_episode_steps, lazy vector entry point or None).
+# Horizons match Gymnasium's MuJoCo v5 registrations (1000 steps; Reacher 50).
+_REGISTRY: tuple[tuple[str, str, dict[str, Any], int | None, str | None], ...] = (
+    ("prefenv/HalfCheetah-v0", _MUJOCO_TASK, {"task": "HalfCheetah"}, 1000, None),
+    ("prefenv/Hopper-v0", _MUJOCO_TASK, {"task": "Hopper"}, 1000, None),
+    ("prefenv/Walker2d-v0", _MUJOCO_TASK, {"task": "Walker2d"}, 1000, None),
+    ("prefenv/Ant-v0", _MUJOCO_TASK, {"task": "Ant"}, 1000, None),
+    ("prefenv/Reacher-v0", _MUJOCO_TASK, {"task": "Reacher"}, 50, None),
+    # Recommendation: the env truncates at its own `horizon` (default 50), so no TimeLimit; the
+    # native vector env steps all users in one numpy call (NEXT_STEP or SAME_STEP autoreset).
+    ("prefenv/RecSlate-v0", _RECOMMENDATION, {"slate_size": 3}, None, _RECOMMENDATION_VEC),
+    ("prefenv/RecSingle-v0", _RECOMMENDATION, {"slate_size": None}, None, _RECOMMENDATION_VEC),
     # Text: the env truncates after its own `max_new_tokens` (default 48), so no TimeLimit.
-    ("prefenv/TextSentiment-v0", _TEXT_TASK, {"task": "sentiment"}, None),
-    ("prefenv/TextKeyword-v0", _TEXT_TASK, {"task": "keyword"}, None),
-    ("prefenv/TextConcise-v0", _TEXT_TASK, {"task": "concise"}, None),
+    ("prefenv/TextSentiment-v0", _TEXT_TASK, {"task": "sentiment"}, None, None),
+    ("prefenv/TextKeyword-v0", _TEXT_TASK, {"task": "keyword"}, None, None),
+    ("prefenv/TextConcise-v0", _TEXT_TASK, {"task": "concise"}, None, None),
 )
 
 
 def registered_ids() -> list[str]:
     """The Gymnasium ids this package registers, in registration order."""
-    return [env_id for env_id, _, _, _ in _REGISTRY]
+    return [row[0] for row in _REGISTRY]
 
 
 def register_envs() -> None:
@@ -48,7 +55,7 @@ def register_envs() -> None:
     Ids that are already in Gymnasium's registry are left untouched, so a user who re-registered
     one of our ids with other defaults keeps theirs.
     """
-    for env_id, entry_point, kwargs, max_episode_steps in _REGISTRY:
+    for env_id, entry_point, kwargs, max_episode_steps, vector_entry_point in _REGISTRY:
         if env_id in gym.registry:
             continue
         gym.register(
@@ -56,6 +63,7 @@ def register_envs() -> None:
             entry_point=entry_point,
             kwargs=dict(kwargs),
             max_episode_steps=max_episode_steps,
+            vector_entry_point=vector_entry_point,
         )
 
 

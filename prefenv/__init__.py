@@ -68,13 +68,65 @@ def make_vec(
     num_envs: int,
     reward_model: Any | None = None,
     shaping: float = 0.0,
-    vectorization_mode: str = "sync",
+    vectorization_mode: str | None = None,
+    vector_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> gym.vector.VectorEnv:
-    """``gymnasium.make_vec`` with one batched learned-reward call per step for all sub-envs."""
+    """``gymnasium.make_vec`` with one batched learned-reward call per step for all sub-envs.
+
+    Args:
+        env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids.
+        num_envs: sub-envs (users, robots, prompts) stepped together.
+        reward_model: a prefenv reward model; ``None`` returns the plain vector env.
+        shaping: uncertainty shaping ``k`` for ensembles (``mean + k * std``).
+        vectorization_mode: ``None`` (default): the id's native ``vector_entry_point`` when it
+            registers one (e.g. ``prefenv/RecSlate-v0``) and no ``wrappers`` are given, else
+            ``"sync"``; or force ``"sync"``, ``"async"`` or ``"vector_entry_point"``.
+        vector_kwargs: ``SyncVectorEnv`` / ``AsyncVectorEnv`` arguments. For a native vector env
+            only ``autoreset_mode`` is allowed; it is passed to the env's constructor.
+        **kwargs: passed to ``gymnasium.make_vec`` (env constructor kwargs, ``wrappers``).
+
+    Raises:
+        ValueError: ``vector_kwargs`` a native vector env cannot take, or a native env that
+            ignored the requested ``autoreset_mode``.
+    """
     if env_id.startswith("prefenv/"):
         register_task_envs()
-    venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs)
+    venv = _make_vec_env(env_id, num_envs, vectorization_mode, dict(vector_kwargs or {}), kwargs)
     if reward_model is None:
         return venv
     return VectorPreferenceReward(venv, reward_model, shaping=shaping)
+
+
+def _make_vec_env(
+    env_id: str,
+    num_envs: int,
+    mode: str | None,
+    vector_kwargs: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> gym.vector.VectorEnv:
+    native = gym.spec(env_id).vector_entry_point is not None
+    if mode is None:
+        usable = native and not kwargs.get("wrappers") and set(vector_kwargs) <= {"autoreset_mode"}
+        mode = "vector_entry_point" if usable else "sync"
+    if mode != "vector_entry_point":
+        return gym.make_vec(
+            env_id, num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs
+        )
+    extra = sorted(set(vector_kwargs) - {"autoreset_mode"})
+    if extra:
+        raise ValueError(
+            f"a native vector env takes no vector_kwargs {extra} (only autoreset_mode): pass "
+            f"vectorization_mode='sync' to build {env_id} as a SyncVectorEnv"
+        )
+    requested = vector_kwargs.get("autoreset_mode")
+    if requested is not None:
+        kwargs = {**kwargs, "autoreset_mode": requested}
+    venv = gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    got = venv.metadata.get("autoreset_mode")
+    if requested is not None and got != gym.vector.AutoresetMode(requested):
+        raise ValueError(
+            f"{env_id}'s native vector env autoresets with {got}, not the requested {requested}: "
+            "pass vectorization_mode='sync'"
+        )
+    return venv

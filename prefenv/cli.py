@@ -65,7 +65,8 @@ _HELP = {
     "reward_width": "hidden units per reward-network layer (B-Pref: 256)",
     "reward_depth": "hidden layers per reward network (B-Pref: 3)",
     "shaping": "uncertainty shaping k: reward = mean + k * std of the ensemble",
-    "vectorization": "sync or async sub-envs",
+    "vectorization": "auto (the native vector env when the id has one, else sync), sync, async or "
+    "vector_entry_point",
     "reference": f"PPO-KL's frozen reference: a production recommender ({', '.join(REFERENCES)}) "
     "for prefenv/RecSlate-v0 / RecSingle-v0 (needs --kl-coef > 0); empty: the initial policy",
     "ref_temperature": "softmax temperature of the --reference recommender (lower = sharper)",

@@ -49,12 +49,15 @@ __all__ = [
     "episode_returns",
     "evaluate_run",
     "make_reference",
+    "reward_uses_next_obs",
     "write_json_atomic",
 ]
 
 AGENTS = ("ppo-kl", "sb3-ppo", "sb3-sac", "sb3-a2c")
 REFERENCES = ("popularity", "greedy-click")
 """Production recommenders usable as PPO-KL's frozen reference (``TrainSpec.reference``)."""
+VECTORIZATIONS = ("auto", "sync", "async", "vector_entry_point")
+"""``TrainSpec.vectorization`` values; ``auto`` = the id's native vector env if any, else sync."""
 RUN_SCHEMA = "prefenv.run/1"
 
 
@@ -82,7 +85,8 @@ class TrainSpec:
         reward_width: hidden units per reward-network layer (B-Pref: 256; smaller refits faster).
         reward_depth: hidden layers of each reward network (B-Pref: 3).
         shaping: uncertainty shaping k (mean + k * std) of the learned reward.
-        vectorization: ``sync`` or ``async`` sub-envs.
+        vectorization: ``auto`` (the id's native vector env when it registers one, e.g. the
+            recommendation ids; else ``sync``), ``sync``, ``async`` or ``vector_entry_point``.
         env_kwargs: keyword arguments for ``gymnasium.make`` (e.g. objective_weights).
         reference: ``""`` (the initial policy) or a production recommender from
             :data:`REFERENCES` as PPO-KL's frozen reference (recommendation envs; needs
@@ -109,7 +113,7 @@ class TrainSpec:
     reward_width: int = 64
     reward_depth: int = 2
     shaping: float = 0.0
-    vectorization: str = "sync"
+    vectorization: str = "auto"
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     reference: str = ""
     ref_temperature: float = 1.0
@@ -117,8 +121,11 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}: choose one of {', '.join(AGENTS)}")
-        if self.vectorization not in ("sync", "async"):
-            raise ValueError(f"vectorization must be 'sync' or 'async', got {self.vectorization!r}")
+        if self.vectorization not in VECTORIZATIONS:
+            raise ValueError(
+                f"vectorization must be one of {', '.join(VECTORIZATIONS)}, "
+                f"got {self.vectorization!r}"
+            )
         if self.n_envs < 1 or self.ensemble < 1:
             raise ValueError("n_envs and ensemble must be >= 1")
         if self.reference:
@@ -170,18 +177,16 @@ def _json_default(value: Any) -> Any:
 def _make_vector_env(spec: TrainSpec) -> gym.vector.VectorEnv:
     import prefenv
 
-    if spec.env.startswith("prefenv/"):
-        prefenv.register_task_envs()
     # SB3 sees finished sub-envs reset on the same step (its VecEnv convention)
     mode = (
         gym.vector.AutoresetMode.NEXT_STEP
         if spec.agent == "ppo-kl"
         else gym.vector.AutoresetMode.SAME_STEP
     )
-    return gym.make_vec(
+    return prefenv.make_vec(
         spec.env,
-        num_envs=spec.n_envs,
-        vectorization_mode=spec.vectorization,
+        spec.n_envs,
+        vectorization_mode=None if spec.vectorization == "auto" else spec.vectorization,
         vector_kwargs={"autoreset_mode": mode},
         **spec.env_kwargs,
     )
@@ -204,6 +209,7 @@ class TrainingRun:
                 venv.single_action_space,
                 n_members=spec.ensemble,
                 hidden_sizes=(spec.reward_width,) * spec.reward_depth,
+                use_next_obs=reward_uses_next_obs(venv),
             )
         self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=spec.shaping)
         self.recorder = TrajectoryRecorder(self.reward_env)
@@ -342,6 +348,16 @@ class TrainingRun:
         write_json_atomic(self.out / "summary.json", summary)
         (self.out / "summary.md").write_text(_summary_markdown(summary, self.spec))
         return summary
+
+
+NEXT_OBS_METADATA = "prefenv_reward_next_obs"
+"""Env ``metadata`` key: True when a step's outcome shows only in ``next_obs`` (a user's click),
+so the learned reward must be ``r(obs, act, next_obs)``; otherwise ``r(obs, act)`` (B-Pref)."""
+
+
+def reward_uses_next_obs(venv: gym.vector.VectorEnv) -> bool:
+    """Whether a run's reward model reads ``next_obs``: the env's :data:`NEXT_OBS_METADATA`."""
+    return bool(venv.metadata.get(NEXT_OBS_METADATA, False))
 
 
 def make_reference(spec: TrainSpec, venv: Any) -> Any:

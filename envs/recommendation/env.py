@@ -234,7 +234,9 @@ class RecommendationEnv(gym.Env):
             uniform on ``[-1, 1]^K``.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": [], "prefenv_reward_next_obs": True}
+    """``prefenv_reward_next_obs``: a learned reward must see ``next_obs`` (the user's click and
+    watch time show only there), so training runs build ``r(obs, act, next_obs)`` models."""
 
     def __init__(
         self,
@@ -297,21 +299,33 @@ class RecommendationEnv(gym.Env):
 
 
 class RecommendationVectorEnv(VectorEnv):
-    """``num_envs`` simulated users stepped together in one numpy call (NEXT_STEP autoreset).
+    """``num_envs`` simulated users stepped together in one numpy call.
 
     Same observation, action, reward, termination and truncation as :class:`RecommendationEnv`
-    (see there); constructor arguments as there plus ``num_envs``. Sub-env ``i`` reset with
-    ``seed=s`` replays ``RecommendationEnv`` reset with ``seed=s + i``, as ``SyncVectorEnv`` seeds
-    its sub-envs, so the two are interchangeable.
+    (see there); constructor arguments as there plus ``num_envs`` and ``autoreset_mode``. Sub-env
+    ``i`` reset with ``seed=s`` replays ``RecommendationEnv`` reset with ``seed=s + i``, as
+    ``SyncVectorEnv`` seeds its sub-envs, so the two are interchangeable (it is the registered
+    ids' ``vector_entry_point``: ``gym.make_vec(id, n, vectorization_mode="vector_entry_point")``).
 
-    Autoreset (Gymnasium's NEXT_STEP): the step after a user's session ends resets that user,
-    ignores its action and returns reward 0, ``terminated = truncated = False`` and no info keys
-    (the ``_key`` masks are False there; with every user resetting, ``infos`` is empty). ``infos`` hold ``[num_envs]`` arrays of
-    ``true_reward``, ``engagement``, ``satisfaction``, ``diversity`` (float64), ``clicks``,
-    ``clicked_slot`` and ``item`` (int64).
+    ``infos`` hold ``[num_envs]`` arrays of ``true_reward``, ``engagement``, ``satisfaction``,
+    ``diversity`` (float64), ``clicks``, ``clicked_slot`` and ``item`` (int64), each with its
+    ``_key`` mask, exactly as a ``SyncVectorEnv`` of :class:`RecommendationEnv` reports them.
+
+    Autoreset, as Gymnasium's ``SyncVectorEnv`` does it:
+
+    - ``NEXT_STEP`` (default): the step after a user's session ends resets that user, ignores
+      its action and returns reward 0, ``terminated = truncated = False`` and no info keys (the
+      ``_key`` masks are False there; with every user resetting, ``infos`` is empty).
+    - ``SAME_STEP`` (SB3's convention): a finished user is reset in the same step; its last
+      observation is ``infos["final_obs"][i]`` and its step info ``infos["final_info"]`` (dict of
+      arrays with masks); the top-level info masks are False for it.
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {
+        "render_modes": [],
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+        "prefenv_reward_next_obs": True,
+    }
 
     def __init__(
         self,
@@ -327,6 +341,7 @@ class RecommendationVectorEnv(VectorEnv):
         catalog: Catalog | None = None,
         reward: str = "utility",
         user_pool: np.ndarray | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ) -> None:
         self._setup = _Setup(
             n_items,
@@ -338,6 +353,14 @@ class RecommendationVectorEnv(VectorEnv):
             sim_config,
             reward,
         )
+        mode = AutoresetMode(autoreset_mode)
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(
+                f"RecommendationVectorEnv supports autoreset_mode NEXT_STEP or SAME_STEP, got "
+                f"{mode}: use gym.make_vec(..., vectorization_mode='sync') for DISABLED"
+            )
+        self.autoreset_mode = mode
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.num_envs = num_envs
         self.sim = UserBatchSimulator(
             num_envs, self._setup.config, catalog, catalog_seed, user_pool
@@ -411,10 +434,37 @@ class RecommendationVectorEnv(VectorEnv):
             "clicked_slot": out.clicked_slot,
             "item": out.item,
         }
-        infos: dict[str, Any] = {}
-        for key, values in columns.items() if stepping.any() else ():
-            full = np.zeros(n, dtype=values.dtype)
-            full[stepping] = values
-            infos[key] = full
-            infos[f"_{key}"] = stepping.copy()
-        return self.sim.observe(), rewards, terminated, truncated, infos
+        infos = _masked_infos(columns, stepping)
+        obs = self.sim.observe()
+        done = terminated | truncated
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            self._needs_reset[:] = False
+            if done.any():
+                final_obs = np.full(n, None, dtype=object)
+                for i in np.flatnonzero(done):
+                    final_obs[i] = obs[i].copy()
+                infos["final_obs"], infos["_final_obs"] = final_obs, done.copy()
+                final_info: dict[str, Any] = {}
+                for key in columns:  # the reset users' step info lives in final_info only
+                    final_info[key] = np.where(done, infos[key], 0).astype(infos[key].dtype)
+                    final_info[f"_{key}"] = done.copy()
+                    infos[key] = np.where(done, 0, infos[key]).astype(infos[key].dtype)
+                    infos[f"_{key}"] = infos[f"_{key}"] & ~done
+                    if not infos[f"_{key}"].any():
+                        del infos[key], infos[f"_{key}"]
+                infos["final_info"], infos["_final_info"] = final_info, done.copy()
+                self.sim.reset_users(np.flatnonzero(done))
+                obs = self.sim.observe()
+        return obs, rewards, terminated, truncated, infos
+
+
+def _masked_infos(columns: Mapping[str, np.ndarray], stepping: np.ndarray) -> dict[str, Any]:
+    """Per-user info columns (values of the ``stepping`` users) -> Gymnasium's masked arrays."""
+    n = stepping.shape[0]
+    infos: dict[str, Any] = {}
+    for key, values in columns.items() if stepping.any() else ():
+        full = np.zeros(n, dtype=values.dtype)
+        full[stepping] = values
+        infos[key] = full
+        infos[f"_{key}"] = stepping.copy()
+    return infos
