@@ -7,7 +7,9 @@ deterministic actions, ``prefenv/RecSlate-v0``: 2,000 items, 3 of 10 candidates 
 - ``ppo-kl (true utility)``: PPO-KL trained on the env's hidden true utility, leashed by a KL
   penalty to the popularity recommender (the upper reference).
 - ``ppo-kl (learned reward)``: the same agent and leash trained by ``prefenv train`` (the CLI's
-  TrainingRun) on a reward model fit to synthetic oracle comparisons of whole sessions.
+  TrainingRun) on a reward model fit to synthetic oracle comparisons of whole sessions; the
+  model reads ``(obs, act, next_obs)``, as the env's ``metadata["prefenv_reward_next_obs"]`` asks
+  (the user's click shows only in ``next_obs``).
 - with ``--sb3``: SB3 PPO on true clicks, and SB3 PPO on the learned preference reward.
 
 Goal (issue 5): learned >= 90% of the true-utility PPO-KL, and above popularity and greedy-click.
@@ -15,6 +17,9 @@ Goal (issue 5): learned >= 90% of the true-utility PPO-KL, and above popularity 
 Usage::
 
     nice -n 10 python benchmarks/bench_rec_preferences.py --steps 200000 --queries 1000 [--sb3]
+    # or arms as parallel processes, merged into one results.json:
+    python benchmarks/bench_rec_preferences.py --arms true,learned & \
+        python benchmarks/bench_rec_preferences.py --arms sb3-clicks,sb3-learned
 
 Results: ``benchmarks/out/rec_preferences/seed<N>/`` (run folders, ``results.json``) and a
 Markdown table on stdout.
@@ -32,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the ids)
+import prefenv
 from envs.recommendation import RecommendationVectorEnv
 from envs.recommendation.policies import (
     GreedyClickPolicy,
@@ -126,10 +132,9 @@ def sb3_clicks_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.nd
     """SB3 PPO on the raw click proxy (``reward="clicks"``)."""
     from agents.sb3 import SB3VecEnvBridge, make_sb3_agent
 
-    venv = gym.make_vec(
+    venv = prefenv.make_vec(  # the native vector env, resetting on the same step as SB3 does
         ENV_ID,
-        num_envs=spec.n_envs,
-        vectorization_mode="sync",
+        spec.n_envs,
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
         reward="clicks",
     )
@@ -159,6 +164,13 @@ def main() -> None:
     parser.add_argument("--reference", default="popularity", choices=["popularity", "greedy-click"])
     parser.add_argument("--sb3", action="store_true", help="also SB3 PPO on clicks / learned")
     parser.add_argument("--skip-true", action="store_true", help="skip the true-utility arm")
+    parser.add_argument(
+        "--arms",
+        default="",
+        help="comma list of trained arms to run (true, learned, sb3-clicks, sb3-learned) instead "
+        "of true,learned[,sb3-*]; results merge into the seed folder's results.json, so arms can "
+        "run as parallel processes",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/rec_preferences"))
     args = parser.parse_args()
 
@@ -177,21 +189,34 @@ def main() -> None:
     ):
         results[name] = {**evaluate(policy), "cpu_s": 0.0}
     spec = spec_for(args, args.seed)
-    arms: list[tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]] = []
-    if not args.skip_true:
-        arms.append(("ppo-kl (true utility)", lambda: true_utility_agent(spec, out / "true")))
-    arms.append(("ppo-kl (learned reward)", lambda: preference_agent(spec, out / "learned")))
-    if args.sb3:
-        sb3_spec = spec_for(args, args.seed, agent="sb3-ppo")
-        arms.append(("sb3-ppo (true clicks)", lambda: sb3_clicks_agent(sb3_spec, out / "sb3")))
-        arms.append(
-            ("sb3-ppo (learned reward)", lambda: preference_agent(sb3_spec, out / "sb3_learned"))
-        )
+    sb3_spec = spec_for(args, args.seed, agent="sb3-ppo")
+    builders: dict[str, tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]] = {
+        "true": ("ppo-kl (true utility)", lambda: true_utility_agent(spec, out / "true")),
+        "learned": ("ppo-kl (learned reward)", lambda: preference_agent(spec, out / "learned")),
+        "sb3-clicks": ("sb3-ppo (true clicks)", lambda: sb3_clicks_agent(sb3_spec, out / "sb3")),
+        "sb3-learned": (
+            "sb3-ppo (learned reward)",
+            lambda: preference_agent(sb3_spec, out / "sb3_learned"),
+        ),
+    }
+    chosen = [a for a in args.arms.split(",") if a] or [
+        *(["true"] if not args.skip_true else []),
+        "learned",
+        *(["sb3-clicks", "sb3-learned"] if args.sb3 else []),
+    ]
+    unknown = sorted(set(chosen) - set(builders))
+    if unknown:
+        parser.error(f"unknown arms {unknown}: choose from {', '.join(builders)}")
+    arms = [builders[a] for a in chosen]
     for name, build in arms:
         metrics, cpu = _timed(build)
         results[name] = {**metrics, "cpu_s": cpu}
         print(f"{name}: {metrics} ({cpu:.0f} CPU-s)", flush=True)
-    (out / "results.json").write_text(
+    results_path = out / "results.json"
+    if args.arms and results_path.exists():  # merge with arms run by other processes
+        earlier = json.loads(results_path.read_text())["results"]
+        results = {**earlier, **results}
+    results_path.write_text(
         json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
     )
 
