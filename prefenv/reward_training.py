@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +36,8 @@ __all__ = [
     "RewardTrainMetrics",
     "train_reward_model",
     "evaluate_reward_model",
+    "split_comparisons",
+    "training_metrics",
 ]
 
 _EVAL_CHUNK = 1024  # pairs per no-grad forward when evaluating
@@ -286,6 +289,62 @@ def _split(
     return [comparisons[i] for i in order[n_val:]], [comparisons[i] for i in order[:n_val]]
 
 
+def split_comparisons(
+    comparisons: Sequence[Comparison],
+    config: RewardTrainConfig,
+    rng: np.random.Generator,
+    val_comparisons: Sequence[Comparison] | None = None,
+) -> tuple[list[Comparison], list[Comparison]]:
+    """``(train, validation)`` labelled comparisons: ``val_comparisons`` when given, else a random
+    ``config.val_fraction`` share held out. Skipped comparisons are dropped.
+
+    Raises:
+        ValueError: none of ``comparisons`` is labelled.
+    """
+    labelled = _labelled(comparisons)
+    if not labelled:
+        raise ValueError(
+            f"no labelled comparisons to train on ({len(comparisons)} given, all skipped or "
+            "none): collect more feedback or lower the teacher's skip threshold"
+        )
+    if val_comparisons is None:
+        return _split(labelled, config, rng)
+    return labelled, _labelled(val_comparisons)
+
+
+class EvaluablePairs(Protocol):
+    """Training pairs of any reward-model kind: ``len`` and ``(loss, accuracy)`` of a model."""
+
+    def __len__(self) -> int: ...
+
+    def evaluate(self, model: Any, config: RewardTrainConfig) -> tuple[float, float]: ...
+
+
+def training_metrics(
+    model: Any,
+    train: EvaluablePairs,
+    val: EvaluablePairs,
+    config: RewardTrainConfig,
+    members: Sequence[MemberTrainMetrics],
+    started: float,
+) -> RewardTrainMetrics:
+    """The :class:`RewardTrainMetrics` of a trained ``model`` (put in eval mode)."""
+    model.eval()
+    train_loss, train_accuracy = train.evaluate(model, config)
+    val_loss, val_accuracy = val.evaluate(model, config)
+    return RewardTrainMetrics(
+        train_loss=train_loss,
+        val_loss=val_loss,
+        train_accuracy=train_accuracy,
+        val_accuracy=val_accuracy,
+        epochs=max(m.epochs for m in members),
+        n_train=len(train),
+        n_val=len(val),
+        members=tuple(members),
+        seconds=time.perf_counter() - started,
+    )
+
+
 def _fit_normalizer(model: nn.Module, pairs: _Pairs) -> None:
     if not hasattr(model, "fit_normalizer"):
         return
@@ -327,16 +386,7 @@ def train_reward_model(
         )
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    labelled = _labelled(comparisons)
-    if not labelled:
-        raise ValueError(
-            f"no labelled comparisons to train on ({len(comparisons)} given, all skipped or "
-            "none): collect more feedback or lower the teacher's skip threshold"
-        )
-    if val_comparisons is None:
-        train_list, val_list = _split(labelled, config, rng)
-    else:
-        train_list, val_list = labelled, _labelled(val_comparisons)
+    train_list, val_list = split_comparisons(comparisons, config, rng, val_comparisons)
     device = _module_device(model)
     train = _Pairs(train_list, device)
     val = _Pairs(val_list, device) if val_list else _EmptyPairs(device)
@@ -356,20 +406,7 @@ def train_reward_model(
         members.append(_train_member(network, train, sample, val, config, member_rng, progress))
     if progress is not None:
         progress.close()
-    model.eval()
-    train_loss, train_accuracy = train.evaluate(model, config)
-    val_loss, val_accuracy = val.evaluate(model, config)
-    return RewardTrainMetrics(
-        train_loss=train_loss,
-        val_loss=val_loss,
-        train_accuracy=train_accuracy,
-        val_accuracy=val_accuracy,
-        epochs=max(m.epochs for m in members),
-        n_train=len(train),
-        n_val=len(val),
-        members=tuple(members),
-        seconds=time.perf_counter() - started,
-    )
+    return training_metrics(model, train, val, config, members, started)
 
 
 def evaluate_reward_model(

@@ -28,6 +28,8 @@ from prefenv.reward_training import (
     RewardTrainConfig,
     RewardTrainMetrics,
     bradley_terry_loss,
+    split_comparisons,
+    training_metrics,
 )
 
 __all__ = [
@@ -234,19 +236,7 @@ def train_text_reward_model(
         )
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed) if rng is None else rng
-    labelled = [c for c in comparisons if c.label is not None]
-    if not labelled:
-        raise ValueError(
-            f"no labelled comparisons to train on ({len(comparisons)} given, all skipped or "
-            "none): collect more feedback or lower the teacher's skip threshold"
-        )
-    if val_comparisons is None:
-        n_val = int(len(labelled) * config.val_fraction)
-        order = rng.permutation(len(labelled))
-        train_list = [labelled[i] for i in order[n_val:]]
-        val_list = [labelled[i] for i in order[:n_val]]
-    else:
-        train_list, val_list = labelled, list(val_comparisons)
+    train_list, val_list = split_comparisons(comparisons, config, rng, val_comparisons)
     train, val = TextPairs(train_list), TextPairs(val_list)
 
     members = model.members if isinstance(model, TextRewardEnsemble) else [model]
@@ -267,20 +257,7 @@ def train_text_reward_model(
             results.append(_train_member(member, train, sample, val, config, member_rng, progress))
     if progress is not None:
         progress.close()
-    model.eval()
-    train_loss, train_accuracy = train.evaluate(model, config)
-    val_loss, val_accuracy = val.evaluate(model, config)
-    return RewardTrainMetrics(
-        train_loss=train_loss,
-        val_loss=val_loss,
-        train_accuracy=train_accuracy,
-        val_accuracy=val_accuracy,
-        epochs=max(m.epochs for m in results),
-        n_train=len(train),
-        n_val=len(val),
-        members=tuple(results),
-        seconds=time.perf_counter() - started,
-    )
+    return training_metrics(model, train, val, config, results, started)
 
 
 def evaluate_text_reward_model(
