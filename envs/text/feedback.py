@@ -333,7 +333,7 @@ class TextTeacher:
         needs_text = self.config.verbosity != 0.0 or self.config.components != {SCORE}
         for i, (segment, index) in enumerate(zip(segments, annotators, strict=True)):
             weights = self.config.annotators[index].weights
-            prompt, completion = _texts(segment, i) if needs_text else ("", "")
+            prompt, completion = segment_texts(segment, f"segment {i}") if needs_text else ("", "")
             value = 0.0
             for key, weight in weights.items():
                 part = (
@@ -398,13 +398,18 @@ class TextTeacher:
         return self.label(text_pairs(prompts, completions0, completions1, self.scorer))
 
 
-def _texts(segment: Segment, index: int) -> tuple[str, str]:
+def segment_texts(segment: Segment, where: str) -> tuple[str, str]:
+    """``(prompt, completion)`` of a text segment (a missing prompt reads as ``""``).
+
+    Raises:
+        ValueError: the segment carries no completion text; ``where`` names it in the message.
+    """
     context = segment.context or {}
-    prompt, completion = context.get("prompt"), context.get("completion")
+    prompt, completion = context.get("prompt", ""), context.get("completion")
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise ValueError(
-            f"segment {index} has no context['prompt'] / context['completion'] text, which this "
-            "teacher's verbosity bias or annotator components read: build text segments with "
-            "envs.text.feedback.text_segment(prompt, completion, score)"
+            f"{where} has no context['completion'] text, which text annotators and text reward "
+            "models read: build text segments with envs.text.feedback.text_segment(prompt, "
+            "completion, score) or import a prompt/chosen/rejected JSONL file"
         )
     return prompt, completion

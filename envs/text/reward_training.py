@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from envs.text.feedback import segment_texts
 from envs.text.reward_model import TextRewardEnsemble, TextRewardModel
 from prefenv.records import Comparison
 from prefenv.reward_training import (
@@ -81,7 +82,8 @@ class TextPairs:
             for side, (prompts, completions) in enumerate(
                 ((self.prompts0, self.completions0), (self.prompts1, self.completions1))
             ):
-                prompt, completion = _texts(comparison, side, i)
+                segment = comparison.segment1 if side else comparison.segment0
+                prompt, completion = segment_texts(segment, f"comparison {i}, segment{side}")
                 prompts.append(prompt)
                 completions.append(completion)
             labels.append(comparison.label)
@@ -121,19 +123,6 @@ class TextPairs:
         labels = torch.from_numpy(self.labels).to(scores0.device)
         loss = bradley_terry_loss(scores0, scores1, labels, config.margin, config.centering_coef)
         return float(loss), _accuracy(scores0, scores1, labels)
-
-
-def _texts(comparison: Comparison, side: int, index: int) -> tuple[str, str]:
-    segment = comparison.segment1 if side else comparison.segment0
-    context = segment.context or {}
-    prompt, completion = context.get("prompt", ""), context.get("completion")
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise ValueError(
-            f"comparison {index}, segment{side} has no context['completion'] text, which a text "
-            "reward model reads: build text segments with envs.text.feedback.text_segment(prompt, "
-            "completion, score) or import a prompt/chosen/rejected JSONL file"
-        )
-    return prompt, completion
 
 
 def _accuracy(scores0: Tensor, scores1: Tensor, labels: Tensor) -> float:
