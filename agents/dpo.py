@@ -53,6 +53,7 @@ from agents.text_sft import (
     validate_common,
 )
 from envs.text.default_model import check_vocab
+from envs.text.feedback import segment_texts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -528,16 +529,7 @@ def pairs_from_comparisons(
             continue
         segments = (comparison.segment0, comparison.segment1)
         winner = 1 if comparison.label == 1.0 else 0
-        texts = []
-        for segment in (segments[winner], segments[1 - winner]):
-            context = segment.context or {}
-            if not isinstance(context.get("completion"), str):
-                raise ValueError(
-                    f"comparison {index} has no text: DPO needs segments whose context holds "
-                    "'prompt' and 'completion' strings (text comparisons, e.g. from "
-                    "prefenv.jsonl.import_jsonl of a prompt/chosen/rejected file)"
-                )
-            texts.append(context["completion"])
-        prompt = (comparison.segment0.context or {}).get("prompt", "")
-        pairs.append(PreferencePair(str(prompt), texts[0], texts[1], comparison.label == 0.5))
+        prompt, chosen = segment_texts(segments[winner], f"comparison {index}")
+        _, rejected = segment_texts(segments[1 - winner], f"comparison {index}")
+        pairs.append(PreferencePair(prompt, chosen, rejected, comparison.label == 0.5))
     return pairs

@@ -38,6 +38,7 @@ from prefenv.records import Comparison, Segment
 from prefenv.teachers import PRESETS, SyntheticTeacher, TeacherConfig
 
 __all__ = [
+    "segment_texts",
     "DEFAULT_COMPONENTS",
     "POPULATION",
     "SCORE",
