@@ -20,6 +20,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 from imitation.algorithms import preference_comparisons
 from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 from imitation.util.networks import RunningNorm
@@ -27,7 +28,10 @@ from imitation.util.util import make_vec_env
 from stable_baselines3 import PPO
 
 
-def run(seed: int, env_id: str, steps: int, queries: int, iterations: int, fragment: int) -> dict:
+def run(
+    seed: int, env_id: str, steps: int, queries: int, iterations: int, fragment: int,
+    variable_horizon: bool = False,
+) -> dict:  # fmt: skip
     rng = np.random.default_rng(seed)
     venv = make_vec_env(env_id, rng=rng, n_envs=8)
     reward_net = NormalizedRewardNet(
@@ -53,7 +57,7 @@ def run(seed: int, env_id: str, steps: int, queries: int, iterations: int, fragm
         fragment_length=fragment,
         transition_oversampling=1,
         initial_comparison_frac=0.1,
-        allow_variable_horizon=False,
+        allow_variable_horizon=variable_horizon,
         initial_epoch_multiplier=4,
         query_schedule="hyperbolic",
     )
@@ -88,13 +92,21 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--fragment-length", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/peers"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (prefenv uses 1)")
+    parser.add_argument(
+        "--variable-horizon", action="store_true",
+        help="allow episodes that end early (Hopper, Walker2d, Ant terminate when unhealthy); "
+        "imitation refuses them otherwise",
+    )  # fmt: skip
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
         result = run(
-            seed, args.env, args.steps, args.queries, args.iterations, args.fragment_length
-        )
+            seed, args.env, args.steps, args.queries, args.iterations, args.fragment_length,
+            args.variable_horizon,
+        )  # fmt: skip
         (args.out / f"imitation_{args.env}_seed{seed}.json").write_text(json.dumps(result))
         rows.append(result)
         print(
