@@ -509,18 +509,73 @@ class SB3Agent:
         self.model.learn(total_timesteps, callback=callback, reset_num_timesteps=False)
         return self
 
+    def relabel_rewards(
+        self, score: Callable[[Any, np.ndarray, Any, int], np.ndarray], chunk: int = 65_536
+    ) -> int:
+        """Recompute every stored reward of an off-policy replay buffer (PEBBLE's relabelling).
+
+        After a refit the rewards an off-policy agent (SAC) stored came from an older reward
+        model; this rescores them all with ``score(obs, actions, next_obs, n) -> [n]`` (e.g.
+        :meth:`prefenv.wrappers.VectorPreferenceReward.learned_rewards`). Observations are the
+        ones stored (SB3 keeps the original, unnormalised ones; rewards are normalised when
+        sampled), actions are unscaled from SAC's [-1, 1] back to the env's Box.
+
+        Returns:
+            Transitions relabelled (0 for on-policy algorithms, which keep no buffer).
+        """
+        buffer = getattr(self.model, "replay_buffer", None)
+        if buffer is None:
+            return 0
+        if getattr(buffer, "optimize_memory_usage", False):
+            raise ValueError(
+                "cannot relabel a replay buffer built with optimize_memory_usage=True (next "
+                "observations are not stored apart): build the SB3 agent without it"
+            )
+        size = buffer.buffer_size if buffer.full else buffer.pos
+        n_envs = buffer.n_envs
+        obs_space, act_space = self.model.observation_space, self.model.action_space
+        total = size * n_envs
+
+        def rows(array: Any, space: gym.Space, start: int, stop: int) -> Any:
+            if isinstance(array, Mapping):
+                return {k: rows(v, space[k], start, stop) for k, v in array.items()}
+            flat = array[:size].reshape(total, *array.shape[2:])[start:stop]
+            return flat.reshape(stop - start, *space.shape)
+
+        new = np.empty(total, dtype=np.float32)
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            acts = rows(buffer.actions, act_space, start, stop)
+            if isinstance(act_space, spaces.Box):
+                acts = self.model.policy.unscale_action(acts)
+            new[start:stop] = score(
+                rows(buffer.observations, obs_space, start, stop), acts,
+                rows(buffer.next_observations, obs_space, start, stop), stop - start,
+            )  # fmt: skip
+        buffer.rewards[:size] = new.reshape(size, n_envs)
+        return total
+
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
         """Actions for a batch (or a single) observation, ``[n_envs, *action_shape]``."""
         actions, _ = self.model.predict(obs, deterministic=deterministic)
         return actions
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model zip atomically (a temp file renamed over ``path``)."""
+        """Write the model zip atomically (a temp file renamed over ``path``).
+
+        An off-policy model's replay buffer goes next to it (``<stem>_replay_buffer.pkl``, also
+        atomic), so a resumed SAC run continues from the transitions it had, not an empty buffer.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp.zip")
         self.model.save(tmp)
         os.replace(tmp, path)
+        if getattr(self.model, "replay_buffer", None) is not None:
+            buffer_path = _replay_buffer_path(path)
+            tmp_buffer = buffer_path.with_name(f".{buffer_path.stem}.tmp.pkl")
+            self.model.save_replay_buffer(tmp_buffer)
+            os.replace(tmp_buffer, buffer_path)
         return path
 
     @classmethod
@@ -532,4 +587,12 @@ class SB3Agent:
             raise FileNotFoundError(
                 f"no SB3 checkpoint at {path}: was the run started with {name}?"
             )
-        return cls(SB3_ALGOS[name].algo.load(path, env=venv, device="cpu"))
+        agent = cls(SB3_ALGOS[name].algo.load(path, env=venv, device="cpu"))
+        buffer_path = _replay_buffer_path(Path(path))
+        if getattr(agent.model, "replay_buffer", None) is not None and buffer_path.exists():
+            agent.model.load_replay_buffer(buffer_path)
+        return agent
+
+
+def _replay_buffer_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.stem}_replay_buffer.pkl")

@@ -128,6 +128,7 @@ class RoundMetrics:
         episodes: episodes finished during this round's training.
         hacking_alarm: within this round, learned return rose while true return fell.
         seconds: wall-clock of this round.
+        relabelled: replay-buffer transitions rescored with the refit model (off-policy agents).
     """
 
     round: int
@@ -142,6 +143,7 @@ class RoundMetrics:
     episodes: int
     hacking_alarm: bool
     seconds: float
+    relabelled: int = 0
 
 
 def _correlation(stats: Sequence[EpisodeStats]) -> float:
@@ -183,6 +185,10 @@ class PreferenceLoop:
         store: durable comparison store; every label is appended before the refit.
         reward_model: the model the env's VectorPreferenceReward reads (refit in place).
         config: the schedule.
+        reward_fn: ``(obs, actions, next_obs, n) -> [n]`` learned rewards of stored transitions
+            (``VectorPreferenceReward.learned_rewards``). After each refit an agent with
+            ``relabel_rewards`` (off-policy SB3 agents: SAC) rescores its replay buffer with it,
+            as PEBBLE does; without it those rewards stay the older models'.
     """
 
     env: TrajectoryRecorder
@@ -191,6 +197,7 @@ class PreferenceLoop:
     store: ComparisonStore
     reward_model: Any
     config: PreferenceLoopConfig
+    reward_fn: Callable[[Any, np.ndarray, Any, int], np.ndarray] | None = None
     round: int = 0
     timesteps: int = 0
     labels_used: int = 0
@@ -239,6 +246,8 @@ class PreferenceLoop:
         reward_metrics = train_reward_model(
             self.reward_model, self.store.load(labelled_only=True), self.config.reward_train
         )
+        relabel = getattr(self.agent, "relabel_rewards", None)
+        relabelled = relabel(self.reward_fn) if relabel and self.reward_fn is not None else 0
         self.agent.learn(self._round_steps[self.round + 1])
         self.timesteps = self._agent_timesteps(self._round_steps[self.round + 1])
         stats = self.env.pop_episode_stats()
@@ -258,6 +267,7 @@ class PreferenceLoop:
             episodes=len(stats),
             hacking_alarm=alarm,
             seconds=time.perf_counter() - start,
+            relabelled=relabelled,
         )
         self.history.append(metrics)
         self.round += 1

@@ -224,6 +224,7 @@ class TrainingRun:
             store=self.store,
             reward_model=self.reward_model,
             config=spec.loop_config(),
+            reward_fn=self.reward_env.learned_rewards,
         )
         self.started = time.time()
         self.elapsed_before = 0.0

@@ -132,6 +132,18 @@ class VectorPreferenceReward(VectorWrapper):
         self._last_obs: np.ndarray | None = None
         self._resetting = np.zeros(self.num_envs, dtype=bool)
 
+    def learned_rewards(self, obs: Any, actions: Any, next_obs: Any, n: int) -> np.ndarray:
+        """``[n]`` learned rewards of ``n`` stored transitions (batches in the env's own format).
+
+        The same features, model and shaping as :meth:`step`: what an off-policy agent uses to
+        relabel its replay buffer after the reward model is refit (PEBBLE).
+        """
+        flat = self.flat
+        return _predict(
+            self.reward_model, self.shaping, flat.obs(obs, n), flat.acts(actions, n),
+            flat.obs(next_obs, n),
+        )  # fmt: skip
+
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
         mask = None if options is None else options.get("reset_mask")  # read first: reset pops it
         obs, info = self.env.reset(seed=seed, options=options)

@@ -318,3 +318,94 @@ def test_bad_agent_requests_are_clear_errors() -> None:
         make_sb3_vec_env("CartPole-v1", n_envs=1, vectorization_mode="ray")
     assert set(SB3_ALGOS) == {"sb3-ppo", "sb3-sac", "sb3-a2c"}
     bridge.close()
+
+
+# -- PEBBLE relabelling of an off-policy replay buffer ---------------------------------------
+
+
+class WideActions(gym.Env):
+    """Box(3) observation drifting with a Box([0, 4]^2) action (not SAC's [-1, 1]); 5-step episodes."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(-10.0, 10.0, (3,), np.float32)
+        self.action_space = spaces.Box(0.0, 4.0, (2,), np.float32)
+        self._obs = np.zeros(3, dtype=np.float32)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        self._t = 0
+        return self._obs.copy(), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        self._t += 1
+        drift = np.array([action[0] - 2.0, action[1] - 2.0, 0.1], dtype=np.float32)
+        self._obs = np.clip(self._obs + 0.1 * drift, -10, 10).astype(np.float32)
+        return self._obs.copy(), 0.0, False, self._t >= 5, {}
+
+
+def test_relabel_rescores_the_sac_buffer_exactly() -> None:
+    from prefenv.reward_models import RewardEnsemble
+    from prefenv.wrappers import VectorPreferenceReward
+
+    venv = SyncVectorEnv([WideActions, WideActions], autoreset_mode=AutoresetMode.SAME_STEP)
+    model = RewardEnsemble.for_spaces(
+        venv.single_observation_space, venv.single_action_space, n_members=2,
+        hidden_sizes=(8,), use_next_obs=True,
+    )  # fmt: skip
+    reward_env = VectorPreferenceReward(venv, model)
+    bridge = SB3VecEnvBridge(reward_env)
+    bridge.seed(0)
+    agent = SB3Agent.from_name(
+        "sb3-sac", bridge, seed=0, learning_starts=16, buffer_size=40, batch_size=8,
+        policy_kwargs={"net_arch": [16]},
+    )  # fmt: skip
+    agent.learn(30)  # 15 vector steps x 2 envs, episode ends (final obs) included
+    buffer = agent.model.replay_buffer
+    stored = buffer.rewards[: buffer.pos].copy()
+    assert np.abs(stored).sum() > 0
+    # the unchanged model reproduces what the env paid: actions unscaled, next obs aligned
+    assert agent.relabel_rewards(reward_env.learned_rewards, chunk=7) == buffer.pos * 2
+    np.testing.assert_allclose(buffer.rewards[: buffer.pos], stored, rtol=1e-5, atol=1e-6)
+    # a refit (here: new weights) rescores every stored transition, wrap-around included
+    agent.learn(30)
+    assert buffer.full
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.5)
+    n = agent.relabel_rewards(reward_env.learned_rewards)
+    assert n == buffer.buffer_size * 2 == 40  # SB3 splits buffer_size over the envs
+    obs = buffer.observations.reshape(-1, 3)
+    acts = agent.model.policy.unscale_action(buffer.actions.reshape(-1, 2))
+    assert acts.min() >= 0.0 and acts.max() > 1.0  # env units, not SAC's [-1, 1]
+    expected = model.predict(obs, acts, buffer.next_observations.reshape(-1, 3))
+    np.testing.assert_allclose(buffer.rewards.reshape(-1), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(buffer.rewards[: len(stored)], stored)
+    bridge.close()
+
+
+def test_relabel_is_a_no_op_for_on_policy_agents() -> None:
+    bridge = make_sb3_vec_env("CartPole-v1", n_envs=1, seed=0)
+    agent = SB3Agent.from_name(
+        "sb3-ppo", bridge, seed=0, n_steps=16, batch_size=16, policy_kwargs={"net_arch": [16]}
+    )
+    assert agent.relabel_rewards(lambda *args: np.zeros(1)) == 0
+    bridge.close()
+
+
+def test_sac_checkpoint_keeps_its_replay_buffer(tmp_path) -> None:
+    bridge = make_sb3_vec_env("prefenv/Reacher-v0", n_envs=1, seed=0)
+    kwargs = {"learning_starts": 16, "buffer_size": 100, "batch_size": 8}
+    agent = SB3Agent.from_name(
+        "sb3-sac", bridge, seed=0, policy_kwargs={"net_arch": [16]}, **kwargs
+    )
+    agent.learn(40)
+    agent.save(tmp_path / "sb3.zip")
+    assert (tmp_path / "sb3_replay_buffer.pkl").exists()
+    restored = SB3Agent.load(tmp_path / "sb3.zip", "sb3-sac", bridge)
+    before, after = agent.model.replay_buffer, restored.model.replay_buffer
+    assert after.pos == before.pos == 40
+    np.testing.assert_array_equal(after.observations, before.observations)
+    np.testing.assert_array_equal(after.rewards, before.rewards)
+    bridge.close()

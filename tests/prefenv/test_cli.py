@@ -30,6 +30,11 @@ def test_train_writes_a_complete_run_folder(tmp_path, agent, capsys):
     assert summary["timesteps"] >= (800 if agent == "sb3-sac" else 1600)
     rounds = (out / "rounds.csv").read_text().strip().splitlines()
     assert len(rounds) == 1 + 3  # header + initial round + 2 refits
+    # SAC's replay buffer is rescored after every refit (PEBBLE); on-policy agents keep none
+    relabelled = [
+        r["relabelled"] for r in json.loads((out / "loop_state.json").read_text())["history"]
+    ]
+    assert all(relabelled) if agent == "sb3-sac" else not any(relabelled), relabelled
 
 
 def test_resume_continues_an_interrupted_run_and_eval_reports_returns(tmp_path, capsys):
