@@ -10,6 +10,8 @@ Usage::
     python benchmarks/bench_preferences.py --env prefenv/HalfCheetah-v0 --seeds 0 1 2 \\
         --steps 1000000 --queries 1000 --teacher oracle
     python benchmarks/bench_preferences.py --true-reward --seeds 0 1 2
+    python benchmarks/bench_preferences.py --agent sb3-sac --n-envs 1 --steps 50000 \\
+        --initial-steps 5000 --queries 200            # SB3 SAC through the same loop
 
 Results go to ``benchmarks/out/preferences/<tag>/seed<N>`` (run folders) and a Markdown table is
 printed. The peer library's side is ``benchmarks/peers/imitation_preferences.py``.
@@ -27,21 +29,39 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
+import torch
 
 from prefenv.runs import TrainingRun, TrainSpec, episode_returns, evaluate_run, save_spec
 
 
 def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
-    """PPO-KL with the same settings on the env's own reward (the upper reference)."""
+    """The same agent with the same settings on the env's own reward (the upper reference).
+
+    PPO-KL as ``prefenv train`` builds it (obs + return normalisation); SB3 agents behind the same
+    return-scaling ``VecNormalize`` the preference run gives them.
+    """
     import gymnasium as gym
 
     import prefenv
-    from agents.ppo_kl import PPOKL, PPOKLConfig
 
     prefenv.register_task_envs()
-    venv = gym.make_vec(spec.env, num_envs=spec.n_envs, vectorization_mode="sync")
-    config = PPOKLConfig(n_steps=spec.n_steps, norm_obs=True, norm_reward=True, seed=spec.seed)
-    agent = PPOKL(venv, config, log_dir=out / "agent_logs")
+    if spec.agent == "ppo-kl":
+        from agents.ppo_kl import PPOKL, PPOKLConfig
+
+        venv = gym.make_vec(spec.env, num_envs=spec.n_envs, vectorization_mode="sync")
+        config = PPOKLConfig(n_steps=spec.n_steps, norm_obs=True, norm_reward=True, seed=spec.seed)
+        agent = PPOKL(venv, config, log_dir=out / "agent_logs")
+    else:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        from agents.sb3 import SB3Agent, make_sb3_agent, make_sb3_vec_env
+
+        venv = VecNormalize(
+            make_sb3_vec_env(spec.env, n_envs=spec.n_envs, seed=spec.seed),
+            norm_obs=False, norm_reward=True,
+        )  # fmt: skip
+        overrides = {"n_steps": spec.n_steps} if spec.agent == "sb3-ppo" else {}
+        agent = SB3Agent(make_sb3_agent(spec.agent, venv, seed=spec.seed, **overrides))
     start, cpu_start = time.perf_counter(), time.process_time()
     agent.learn(spec.steps)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -62,12 +82,20 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--n-steps", type=int, default=256)
     parser.add_argument("--reward-epochs", type=int, default=30)
+    parser.add_argument(
+        "--initial-steps", type=int, default=TrainSpec.initial_steps,
+        help="env steps of the initial policy before the first queries",
+    )  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--true-reward", action="store_true", help="train on the true reward")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core a run)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preferences"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
-    tag = "true-reward" if args.true_reward else f"{args.agent}-{args.teacher}"
+    tag = f"{args.agent}-" + ("true-reward" if args.true_reward else args.teacher)
+    if args.true_reward and args.agent == "ppo-kl":
+        tag = "true-reward"  # the folder name earlier runs used
     rows = []
     for seed in args.seeds:
         spec = TrainSpec(
@@ -80,6 +108,7 @@ def main() -> None:
             n_envs=args.n_envs,
             n_steps=args.n_steps,
             reward_epochs=args.reward_epochs,
+            initial_steps=args.initial_steps,
             seed=seed,
         )
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
