@@ -20,6 +20,7 @@ Usage::
     python benchmarks/bench_ppo_quality.py --seeds 0 1 2 --steps 1000000
     python benchmarks/bench_ppo_quality.py --seeds 0 --steps 50000      # quick check
     python benchmarks/bench_ppo_quality.py --seeds 0 --arms tuned       # against an earlier SB3 run
+    python benchmarks/bench_ppo_quality.py --seeds 0 1 2 --plot benchmarks/figures/ppo_quality.png
 """
 
 from __future__ import annotations
@@ -178,6 +179,34 @@ def _reach_text(curve: Curve, target: float, sb3_wall: float, sb3_cpu: float) ->
     )
 
 
+def plot(seeds: list[int], path: Path) -> Path:
+    """Training curves (return vs CPU seconds) of every arm and seed saved under ``OUT``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.5 * len(seeds), 3.6), squeeze=False)
+    styles = {"sb3": ("SB3 PPO", "tab:gray"), "ppo_kl": ("ppo_kl, identical", "tab:blue"),
+              "ppo_kl_tuned": ("ppo_kl, own best", "tab:orange")}  # fmt: skip
+    for ax, seed in zip(axes[0], seeds, strict=True):
+        for name, (label, color) in styles.items():
+            if (OUT / f"{name}_seed{seed}.csv").exists():
+                curve = _load_curve(f"{name}_seed{seed}")
+                ax.plot([c[2] for c in curve], [c[3] for c in curve], label=label, color=color)
+        if (OUT / f"sb3_seed{seed}.csv").exists():
+            ax.axhline(_load_curve(f"sb3_seed{seed}")[-1][3], color="tab:gray", ls=":", lw=1)
+        ax.set_title(f"{ENV_ID}, seed {seed}, 1M steps each")
+        ax.set_xlabel("CPU seconds")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training return (last 10 episodes)")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         help="which runs to make; without sb3, SB3's curve and times are read from an earlier "
         "run's files in benchmarks/out/ppo_quality/ (said in the output)",
     )  # fmt: skip
+    parser.add_argument(
+        "--plot", type=Path, default=None,
+        help="only draw the saved curves of --seeds into this PNG (no training)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        print(plot(args.seeds, args.plot))
+        return 0
     torch.set_num_threads(args.threads)
     print(
         f"# {ENV_ID}, {NUM_ENVS} envs x {N_STEPS}, minibatch {BATCH_SIZE}, {N_EPOCHS} epochs, "
