@@ -90,17 +90,25 @@ def run_ours(steps: int, seed: int, tuned: bool = False) -> tuple[Curve, float, 
     return curve, final, wall - wall0, cpu - cpu0
 
 
-def run_sb3(steps: int, seed: int) -> tuple[Curve, float, float, float]:
-    """(curve, final deterministic return, wall s, cpu s) of SB3 PPO + VecNormalize."""
+def run_sb3(steps: int, seed: int, tuned: bool = False) -> tuple[Curve, float, float, float]:
+    """(curve, final deterministic return, wall s, cpu s) of SB3 PPO + VecNormalize.
+
+    ``tuned``: SB3 with ppo_kl's ``TUNED`` settings (minibatch 256, log-std -2), so that the
+    "own best" comparison is not only a comparison of settings.
+    """
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
     venv = VecNormalize(make_vec_env(ENV_ID, n_envs=NUM_ENVS, seed=seed), gamma=0.99)
+    extra = (
+        {"batch_size": TUNED["batch_size"], "policy_kwargs": {"log_std_init": TUNED["log_std_init"]}}
+        if tuned else {"batch_size": BATCH_SIZE}
+    )  # fmt: skip
     model = PPO(
-        "MlpPolicy", venv, n_steps=N_STEPS, batch_size=BATCH_SIZE, n_epochs=N_EPOCHS,
-        seed=seed, device="cpu", verbose=0,
+        "MlpPolicy", venv, n_steps=N_STEPS, n_epochs=N_EPOCHS, seed=seed, device="cpu", verbose=0,
+        **extra,
     )  # fmt: skip
     curve: Curve = []
     wall0, cpu0 = _clock()
@@ -188,7 +196,8 @@ def plot(seeds: list[int], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(seeds), figsize=(4.5 * len(seeds), 3.6), squeeze=False)
     styles = {"sb3": ("SB3 PPO", "tab:gray"), "ppo_kl": ("ppo_kl, identical", "tab:blue"),
-              "ppo_kl_tuned": ("ppo_kl, own best", "tab:orange")}  # fmt: skip
+              "ppo_kl_tuned": ("ppo_kl, own best", "tab:orange"),
+              "sb3_tuned": ("SB3 PPO, ppo_kl's best", "tab:green")}  # fmt: skip
     for ax, seed in zip(axes[0], seeds, strict=True):
         for name, (label, color) in styles.items():
             if (OUT / f"{name}_seed{seed}.csv").exists():
@@ -215,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both")
     parser.add_argument(
-        "--arms", nargs="+", choices=["identical", "tuned", "sb3"],
+        "--arms", nargs="+", choices=["identical", "tuned", "sb3", "sb3_tuned"],
         default=["identical", "tuned", "sb3"],
         help="which runs to make; without sb3, SB3's curve and times are read from an earlier "
         "run's files in benchmarks/out/ppo_quality/ (said in the output)",
@@ -273,6 +282,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row[arm]['wall']:.0f} ({row[arm]['cpu']:.0f}) | "
                 f"{sb3['wall']:.0f} ({sb3['cpu']:.0f}) | {target:.0f} | "
                 f"{_reach_text(ours_curve, target, sb3['wall'], sb3['cpu'])} |",
+                flush=True,
+            )
+        if "sb3_tuned" in args.arms:
+            # SB3 with ppo_kl's own best settings: the time-to-return against *its* 1M return
+            sb3t_curve, final, wall, cpu = run_sb3(args.steps, seed, tuned=True)
+            _save_curve(f"sb3_tuned_seed{seed}", sb3t_curve)
+            ours_curve = curves.get("tuned") or _load_curve(f"ppo_kl_tuned_seed{seed}")
+            target_t = sb3t_curve[-1][3] if sb3t_curve else float("nan")
+            row["sb3_tuned"] = {"return": final, "wall": wall, "cpu": cpu, "target": target_t,
+                                "ppo_kl_tuned_reach": time_to_reach(ours_curve, target_t)}  # fmt: skip
+            print(
+                f"| {seed} | tuned vs SB3 tuned | {final:.0f} (SB3 tuned) | {wall:.0f} ({cpu:.0f}) | "
+                f"{target_t:.0f} | {_reach_text(ours_curve, target_t, wall, cpu)} |",
                 flush=True,
             )
         suffix = "" if "sb3" in args.arms else "_" + "_".join(args.arms)
