@@ -209,7 +209,7 @@ def plot(seeds: list[int], path: Path) -> Path:
         ax.set_xlabel("CPU seconds")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training return (last 10 episodes)")
-    axes[0][0].legend(loc="upper left", fontsize=8)
+    axes[0][0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
