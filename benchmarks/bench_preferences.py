@@ -31,7 +31,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import torch
 
-from prefenv.runs import TrainingRun, TrainSpec, episode_returns, evaluate_run, save_spec
+from prefenv.runs import (
+    TrainingRun,
+    TrainSpec,
+    episode_returns,
+    evaluate_run,
+    ppo_kl_config,
+    save_spec,
+    sb3_agent,
+)
 
 
 def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
@@ -46,22 +54,14 @@ def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
 
     prefenv.register_task_envs()
     if spec.agent == "ppo-kl":
-        from agents.ppo_kl import PPOKL, PPOKLConfig
+        from agents.ppo_kl import PPOKL
 
         venv = gym.make_vec(spec.env, num_envs=spec.n_envs, vectorization_mode="sync")
-        config = PPOKLConfig(n_steps=spec.n_steps, norm_obs=True, norm_reward=True, seed=spec.seed)
-        agent = PPOKL(venv, config, log_dir=out / "agent_logs")
+        agent = PPOKL(venv, ppo_kl_config(spec), log_dir=out / "agent_logs")
     else:
-        from stable_baselines3.common.vec_env import VecNormalize
+        from agents.sb3 import make_sb3_vec_env
 
-        from agents.sb3 import SB3Agent, make_sb3_agent, make_sb3_vec_env
-
-        venv = VecNormalize(
-            make_sb3_vec_env(spec.env, n_envs=spec.n_envs, seed=spec.seed),
-            norm_obs=False, norm_reward=True,
-        )  # fmt: skip
-        overrides = {"n_steps": spec.n_steps} if spec.agent == "sb3-ppo" else {}
-        agent = SB3Agent(make_sb3_agent(spec.agent, venv, seed=spec.seed, **overrides))
+        agent = sb3_agent(spec, make_sb3_vec_env(spec.env, n_envs=spec.n_envs, seed=spec.seed))
     start, cpu_start = time.perf_counter(), time.process_time()
     agent.learn(spec.steps)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start

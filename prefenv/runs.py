@@ -49,7 +49,9 @@ __all__ = [
     "episode_returns",
     "evaluate_run",
     "make_reference",
+    "ppo_kl_config",
     "reward_uses_next_obs",
+    "sb3_agent",
     "write_json_atomic",
 ]
 
@@ -192,6 +194,34 @@ def _make_vector_env(spec: TrainSpec) -> gym.vector.VectorEnv:
     )
 
 
+def ppo_kl_config(spec: TrainSpec, norm_obs: bool = True) -> Any:
+    """The ``PPOKLConfig`` ``prefenv train`` gives PPO-KL for ``spec`` (shared with benchmarks)."""
+    from agents.ppo_kl import PPOKLConfig
+
+    return PPOKLConfig(
+        n_steps=spec.n_steps,
+        norm_obs=norm_obs,
+        norm_reward=True,  # learned rewards change scale at every refit
+        kl_coef=spec.kl_coef,
+        seed=spec.seed,
+    )
+
+
+def sb3_agent(spec: TrainSpec, bridge: Any) -> Any:
+    """The SB3 agent ``prefenv train`` builds for ``spec`` on an SB3 VecEnv ``bridge``.
+
+    Learned rewards change scale at every refit, so returns are scaled by ``VecNormalize``
+    (rewards only), as PPO-KL's ``norm_reward`` does.
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.sb3 import SB3Agent, make_sb3_agent
+
+    venv = VecNormalize(bridge, norm_obs=False, norm_reward=True)
+    overrides = {"n_steps": spec.n_steps} if spec.agent == "sb3-ppo" else {}
+    return SB3Agent(make_sb3_agent(spec.agent, venv, seed=spec.seed, **overrides))
+
+
 class TrainingRun:
     """One run folder's live objects: env stack, reward model, agent, teacher, store, loop."""
 
@@ -240,38 +270,29 @@ class TrainingRun:
         spec = self.spec
         agent_dir = self.out / "agent"
         if spec.agent == "ppo-kl":
-            from agents.ppo_kl import PPOKL, PPOKLConfig
+            from agents.ppo_kl import PPOKL
 
             ref_policy = make_reference(spec, self.recorder)
             if resume:
                 return PPOKL.load_checkpoint(
                     agent_dir, self.recorder, ref_policy=ref_policy, log_dir=self.out / "agent_logs"
                 )
-            config = PPOKLConfig(
-                n_steps=spec.n_steps,
-                # PPO-KL feeds its reference the policy's observations: a production reference
-                # scores raw observations, so normalisation is off when one is the leash
-                norm_obs=ref_policy is None,
-                norm_reward=True,  # learned rewards change scale at every refit
-                kl_coef=spec.kl_coef,
-                seed=spec.seed,
-            )
+            # PPO-KL feeds its reference the policy's observations: a production reference
+            # scores raw observations, so normalisation is off when one is the leash
+            config = ppo_kl_config(spec, norm_obs=ref_policy is None)
             return PPOKL(
                 self.recorder, config, ref_policy=ref_policy, log_dir=self.out / "agent_logs"
             )
         from stable_baselines3.common.vec_env import VecNormalize
 
-        from agents.sb3 import SB3Agent, SB3VecEnvBridge, make_sb3_agent
+        from agents.sb3 import SB3Agent, SB3VecEnvBridge
 
         bridge = SB3VecEnvBridge(self.recorder)
         bridge.seed(spec.seed)
         if resume:
             venv = VecNormalize.load(str(agent_dir / "vecnormalize.pkl"), bridge)
             return SB3Agent.load(agent_dir / "sb3.zip", spec.agent, venv)
-        # learned rewards change scale at every refit: scale returns as PPO-KL's norm_reward does
-        venv = VecNormalize(bridge, norm_obs=False, norm_reward=True)
-        overrides = {"n_steps": spec.n_steps} if spec.agent == "sb3-ppo" else {}
-        return SB3Agent(make_sb3_agent(spec.agent, venv, seed=spec.seed, **overrides))
+        return sb3_agent(spec, bridge)
 
     def _save_agent(self) -> None:
         agent_dir = self.out / "agent"
