@@ -55,8 +55,9 @@ class PreferenceLoopConfig:
             (more queries early, imitation's default shape).
         segment_length: H, steps per compared segment (B-Pref: 50).
         query_method: "uniform", "disagreement" or "entropy" (first round is always uniform).
-        whole_short_episodes: compare episodes that terminated before ``segment_length`` steps
-            as whole shorter segments (a fall, a user leaving); needs a teacher with gamma = 1.
+        cut_at_termination: segments of terminated episodes may run into the termination and
+            end there, shorter (a fall, a user leaving), so comparisons see what staying alive is
+            worth; needs a teacher with gamma = 1 (see :func:`prefenv.sampling.sample_segment_pairs`).
         oversample: candidate pool multiple for the active query methods.
         reward_train: Bradley-Terry trainer settings for every refit.
         seed: seeds query sampling.
@@ -70,7 +71,7 @@ class PreferenceLoopConfig:
     schedule: str = "hyperbolic"
     segment_length: int = 50
     query_method: str = "uniform"
-    whole_short_episodes: bool = True
+    cut_at_termination: bool = True
     oversample: int = 10
     reward_train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     seed: int = 0
@@ -302,7 +303,7 @@ class PreferenceLoop:
             segment_length=self.config.segment_length,
             oversample=self.config.oversample,
             rng=self._rng,
-            whole_short_episodes=self.config.whole_short_episodes,
+            cut_at_termination=self.config.cut_at_termination,
         )
         return self.teacher.label(pairs)
 

@@ -35,7 +35,7 @@ def sample_segment_pairs(
     segment_length: int = 50,
     *,
     rng: np.random.Generator,
-    whole_short_episodes: bool = False,
+    cut_at_termination: bool = False,
 ) -> list[tuple[Segment, Segment]]:
     """Cut random segment pairs out of recorded trajectories.
 
@@ -43,19 +43,25 @@ def sample_segment_pairs(
     ``segment_length`` steps, starting at a uniform ``start`` in ``[0, T - H]`` (every step can be
     covered; BPref's ``[0, T - H)`` never shows an episode's last window).
 
+    With ``cut_at_termination``, episodes that *terminated* (a fall in Hopper, a user leaving) also
+    start anywhere in ``[0, T - 1]``, and a window that reaches the terminal step is cut there: a
+    shorter segment that ends with the fall, whose missing steps are the absorbing state that pays
+    nothing (the agent, too, earns nothing after termination). Only such pairs tell the teacher
+    and the reward model what staying alive is worth: between two full ``H``-step windows a
+    per-step survival bonus cancels out of every comparison, and a reward fit to those alone
+    cannot tell a policy that falls from one that keeps going. Episodes shorter than ``H`` are
+    usable this way too (the random policy's early falls).
+
     Args:
         trajectories: recorded episodes, ``T_i`` steps each.
         n_pairs: number of pairs ``N``.
         segment_length: ``H``, steps per segment.
         rng: the only source of randomness.
-        whole_short_episodes: also draw episodes that *terminated* in fewer than ``H`` steps,
-            as one whole (shorter) segment. Early termination (a fall in Hopper, a user leaving)
-            is exactly what a teacher should see; without this, tasks whose early episodes all
-            end before ``H`` steps have nothing to compare. Mixed lengths need a teacher with
-            ``gamma = 1``.
+        cut_at_termination: let windows of terminated episodes run into the termination and
+            end there, shorter (see above). Mixed lengths need a teacher with ``gamma = 1``.
 
     Returns:
-        ``N`` pairs of segments of ``H`` steps each (or shorter whole episodes, see above).
+        ``N`` pairs of segments of ``H`` steps each (or shorter, ending at a termination).
 
     Raises:
         ValueError: no trajectory has ``H`` steps, or invalid sizes.
@@ -66,11 +72,11 @@ def sample_segment_pairs(
         raise ValueError(f"segment_length must be >= 1, got {segment_length}")
     if len(trajectories) == 0:
         raise ValueError("no trajectories to sample segments from: record some rollouts first")
-    eligible = [
-        t
-        for t in trajectories
-        if len(t) >= segment_length or (whole_short_episodes and t.terminated and len(t) > 0)
-    ]
+
+    def cut(t: Trajectory) -> bool:
+        return cut_at_termination and t.terminated and len(t) > 0
+
+    eligible = [t for t in trajectories if len(t) >= segment_length or cut(t)]
     if not eligible:
         longest = max(len(t) for t in trajectories)
         raise ValueError(
@@ -81,16 +87,16 @@ def sample_segment_pairs(
     if n_pairs == 0:
         return []
     lengths = np.array([len(t) for t in eligible])
-    seg_lengths = np.minimum(lengths, segment_length)
-    # [N, 2] trajectory indices and starts in [0, T - H] (0 for a whole short episode).
+    # Exclusive upper bound of the start: T - H + 1, or T where windows may reach the termination.
+    start_end = np.array(
+        [len(t) if cut(t) else len(t) - segment_length + 1 for t in eligible], dtype=np.int64
+    )
     index = rng.integers(0, len(eligible), size=(n_pairs, 2))
-    starts = rng.integers(0, lengths[index] - seg_lengths[index] + 1)
+    starts = rng.integers(0, start_end[index])
+    seg_lengths = np.minimum(segment_length, lengths[index] - starts)
     segments = [
-        [
-            eligible[i].segment(int(s), int(seg_lengths[i]))
-            for i, s in zip(row_i, row_s, strict=True)
-        ]
-        for row_i, row_s in zip(index, starts, strict=True)
+        [eligible[i].segment(int(s), int(h)) for i, s, h in zip(row_i, row_s, row_h, strict=True)]
+        for row_i, row_s, row_h in zip(index, starts, seg_lengths, strict=True)
     ]
     return [(pair[0], pair[1]) for pair in segments]
 
@@ -144,9 +150,9 @@ def select_queries(
     oversample: int = 10,
     *,
     rng: np.random.Generator,
-    whole_short_episodes: bool = False,
+    cut_at_termination: bool = False,
 ) -> list[tuple[Segment, Segment]]:
-    """Choose the segment pairs to show the teacher (``whole_short_episodes``: see
+    """Choose the segment pairs to show the teacher (``cut_at_termination``: see
     :func:`sample_segment_pairs`).
 
     Args:
@@ -176,7 +182,7 @@ def select_queries(
             n_queries,
             segment_length,
             rng=rng,
-            whole_short_episodes=whole_short_episodes,
+            cut_at_termination=cut_at_termination,
         )
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
@@ -186,7 +192,7 @@ def select_queries(
         n_queries * oversample,
         segment_length,
         rng=rng,
-        whole_short_episodes=whole_short_episodes,
+        cut_at_termination=cut_at_termination,
     )
     if not candidates:
         return []

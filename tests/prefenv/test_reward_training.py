@@ -20,7 +20,9 @@ from prefenv.reward_training import (
     evaluate_reward_model,
     train_reward_model,
 )
+from prefenv.sampling import sample_segment_pairs
 from prefenv.spaces import FlatSpec
+from prefenv.teachers import make_teacher
 
 SEGMENT_LENGTH = 50
 
@@ -267,3 +269,38 @@ def test_ensemble_is_more_uncertain_out_of_distribution(pendulum) -> None:
     # bootstrap + independent init: members disagree
     members = ensemble.member_rewards(*(torch.from_numpy(x) for x in (obs, acts, next_obs)))
     assert float((members[0] - members[1]).abs().mean().detach()) > 1e-3
+
+
+def _falling_episodes(seed: int, episodes: int) -> list[Trajectory]:
+    """Episodes that end in a fall after 10-120 steps; each live step pays 1 + 0.2 * obs[0]."""
+    rng = np.random.default_rng(seed)
+    trajectories = []
+    for _ in range(episodes):
+        steps = int(rng.integers(10, 120))
+        obs = rng.normal(size=(steps + 1, 3))
+        rewards = 1.0 + 0.2 * obs[:-1, 0]
+        trajectories.append(Trajectory(obs, rng.normal(size=(steps, 1)), rewards, terminated=True))
+    return trajectories
+
+
+def test_windows_cut_at_the_fall_teach_what_staying_alive_is_worth() -> None:
+    """Between two full windows a survival bonus cancels out; windows that end at the fall carry it."""
+    teacher = make_teacher("oracle", np.random.default_rng(0))
+    pairs = sample_segment_pairs(
+        _falling_episodes(0, 80), 600, 30, rng=np.random.default_rng(1), cut_at_termination=True
+    )
+    model = _small_mlp()
+    config = RewardTrainConfig(lr=1e-3, batch_size=64, max_epochs=40, val_fraction=0.0)
+    train_reward_model(model, teacher.label(pairs), config)
+    held_out = _falling_episodes(2, 40)
+    live = np.concatenate([t.obs[:-1] for t in held_out])
+    acts = np.concatenate([t.acts for t in held_out])
+    nxt = np.concatenate([t.obs[1:] for t in held_out])
+    per_step = model.predict(live, acts, nxt)
+    # Every live step must be worth more than the absorbing state after a fall (0): the learned
+    # reward is positive on at least 95% of held-out live steps, and a 30-step window beats the
+    # 5-step window that ends in a fall with near certainty.
+    assert (per_step > 0).mean() >= 0.95, np.quantile(per_step, [0.05, 0.5])
+    full = model.segment_returns([t.segment(0, 30) for t in held_out if len(t) >= 30])
+    tail = model.segment_returns([t.segment(len(t) - 5, 5) for t in held_out if len(t) >= 30])
+    assert torch.sigmoid(full - tail).min().item() > 0.95

@@ -236,15 +236,42 @@ def test_unknown_method_lists_the_methods(trajectories: list[Trajectory]) -> Non
         )
 
 
-def test_whole_short_terminated_episodes_become_short_segments() -> None:
+def _ends_at(segment: Segment, trajectory: Trajectory) -> bool:
+    return bool(np.array_equal(segment.obs[-1], trajectory.obs[-1]))
+
+
+def test_windows_of_terminated_episodes_are_cut_at_the_termination() -> None:
     rng = np.random.default_rng(0)
-    fell = Trajectory(np.zeros((8, 2)), np.zeros((7, 1)), np.full(7, 1.0), terminated=True)
-    cut = Trajectory(np.zeros((6, 2)), np.zeros((5, 1)), np.full(5, 1.0), terminated=False)
-    long = Trajectory(np.zeros((31, 2)), np.zeros((30, 1)), np.full(30, 1.0), terminated=False)
+    fell = _trajectory(7, 0)
+    fell_late = _trajectory(60, 1)
+    cut = _trajectory(5, 2)  # a time-limit cut shorter than H: never usable
+    long = _trajectory(60, 3)  # a time-limit cut: only full windows
+    fell = Trajectory(fell.obs, fell.acts, fell.true_rewards, terminated=True)
+    fell_late = Trajectory(fell_late.obs, fell_late.acts, fell_late.true_rewards, terminated=True)
     with pytest.raises(ValueError, match="no trajectory has segment_length=20"):
         sample_segment_pairs([fell, cut], 3, segment_length=20, rng=rng)
     pairs = sample_segment_pairs(
-        [fell, cut, long], 200, segment_length=20, rng=rng, whole_short_episodes=True
+        [fell, fell_late, cut, long], 2000, segment_length=20, rng=rng, cut_at_termination=True
     )
-    lengths = {len(seg) for pair in pairs for seg in pair}
-    assert lengths == {7, 20}  # the truncated 5-step episode is never used
+    by_origin: dict[int, list[Segment]] = {}
+    for segment in (seg for pair in pairs for seg in pair):
+        by_origin.setdefault(_origin(segment)[0], []).append(segment)
+    assert set(by_origin) == {0, 1, 3}  # the 5-step time-limit cut is never used
+    # A time-limit cut is not a termination: full windows only, starts in [0, T - H].
+    assert {len(s) for s in by_origin[3]} == {20}
+    assert max(_origin(s)[1] for s in by_origin[3]) == 40
+    # Terminated episodes start anywhere in [0, T - 1]; a window that reaches the end stops there.
+    for trajectory, segments in ((fell, by_origin[0]), (fell_late, by_origin[1])):
+        starts = {_origin(s)[1] for s in segments}
+        assert starts == set(range(len(trajectory)))
+        for segment in segments:
+            start = _origin(segment)[1]
+            assert len(segment) == min(20, len(trajectory) - start)
+            assert _ends_at(segment, trajectory) == (start + 20 >= len(trajectory))
+            np.testing.assert_array_equal(
+                segment.true_rewards, trajectory.true_rewards[start : start + len(segment)]
+            )
+    # Off: the short terminated episode is unusable and every window is whole.
+    plain = sample_segment_pairs([fell, fell_late, long], 300, segment_length=20, rng=rng)
+    assert {len(seg) for pair in plain for seg in pair} == {20}
+    assert all(_origin(seg)[0] != 0 for pair in plain for seg in pair)
