@@ -21,10 +21,10 @@ from agents.sb3 import (
     SB3_ALGOS,
     SB3Agent,
     SB3VecEnvBridge,
-    _split_infos,
     make_sb3_agent,
     make_sb3_vec_env,
 )
+from agents.sb3.bridge import _split_infos
 
 TINY = {"policy_kwargs": {"net_arch": [16]}}
 MUJOCO_IDS = [
