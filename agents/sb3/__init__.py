@@ -7,6 +7,11 @@
   adapter.
 """
 
+try:
+    import stable_baselines3  # noqa: F401 - one clear error for every submodule
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError("agents.sb3 needs Stable-Baselines3: pip install 'prefenv[sb3]'") from e
+
 from agents.sb3.agent import SB3_ALGOS, SB3Agent, SB3AlgoConfig, make_sb3_agent, make_sb3_vec_env
 from agents.sb3.bridge import SB3VecEnvBridge, check_sb3_spaces
 

@@ -15,14 +15,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-
-try:
-    from stable_baselines3 import A2C, PPO, SAC
-    from stable_baselines3.common.base_class import BaseAlgorithm
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.vec_env import VecEnv
-except ImportError as e:  # pragma: no cover - depends on the installed extras
-    raise ImportError("agents.sb3 needs Stable-Baselines3: pip install 'prefenv[sb3]'") from e
+from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3.bridge import SB3VecEnvBridge
 

@@ -40,13 +40,9 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
-
-try:
-    from stable_baselines3.common.env_util import is_wrapped
-    from stable_baselines3.common.vec_env import VecEnv
-    from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
-except ImportError as e:  # pragma: no cover - depends on the installed extras
-    raise ImportError("agents.sb3 needs Stable-Baselines3: pip install 'prefenv[sb3]'") from e
+from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 __all__ = ["SB3VecEnvBridge", "check_sb3_spaces"]
 
