@@ -349,7 +349,10 @@ class SyntheticTeacher:
         if len(lengths) > 1 and self.config.gamma != 1.0:
             raise ValueError(
                 f"segments have lengths {sorted(lengths)} but a myopic teacher (gamma="
-                f"{self.config.gamma}) needs one segment length: sample fixed-length segments"
+                f"{self.config.gamma}) needs one segment length: sample fixed-length segments "
+                "(cut_at_termination=False in sample_segment_pairs / PreferenceLoopConfig; on "
+                "tasks that end early only windows cut at the end show what staying alive is "
+                "worth) or use a teacher with gamma = 1"
             )
         horizon = max(lengths)
         labels = self.label_returns(_stack_rewards(first, horizon), _stack_rewards(second, horizon))

@@ -12,11 +12,13 @@ from prefenv.records import Segment, Trajectory
 from prefenv.sampling import QUERY_METHODS, sample_segment_pairs, select_queries
 
 
-def _trajectory(steps: int, traj_id: int, rng: np.random.Generator | None = None) -> Trajectory:
+def _trajectory(
+    steps: int, traj_id: int, rng: np.random.Generator | None = None, terminated: bool = False
+) -> Trajectory:
     """obs[:, 0] = time index, obs[:, 1] = trajectory id, so every segment tells where it came from."""
     obs = np.stack([np.arange(steps + 1), np.full(steps + 1, traj_id)], axis=1)
     rewards = rng.normal(size=steps) if rng is not None else np.arange(steps, dtype=float)
-    return Trajectory(obs=obs, acts=np.zeros((steps, 1)), true_rewards=rewards)
+    return Trajectory(obs, np.zeros((steps, 1)), rewards, terminated=terminated)
 
 
 def _origin(segment: Segment) -> tuple[int, int]:
@@ -242,12 +244,10 @@ def _ends_at(segment: Segment, trajectory: Trajectory) -> bool:
 
 def test_windows_of_terminated_episodes_are_cut_at_the_termination() -> None:
     rng = np.random.default_rng(0)
-    fell = _trajectory(7, 0)
-    fell_late = _trajectory(60, 1)
+    fell = _trajectory(7, 0, terminated=True)
+    fell_late = _trajectory(60, 1, terminated=True)
     cut = _trajectory(5, 2)  # a time-limit cut shorter than H: never usable
     long = _trajectory(60, 3)  # a time-limit cut: only full windows
-    fell = Trajectory(fell.obs, fell.acts, fell.true_rewards, terminated=True)
-    fell_late = Trajectory(fell_late.obs, fell_late.acts, fell_late.true_rewards, terminated=True)
     with pytest.raises(ValueError, match="no trajectory has segment_length=20"):
         sample_segment_pairs([fell, cut], 3, segment_length=20, rng=rng)
     pairs = sample_segment_pairs(
