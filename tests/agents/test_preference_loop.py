@@ -76,3 +76,73 @@ def test_preference_loop_raises_true_return(tmp_path):
     assert final > initial + 8.0, f"true return {initial:.1f} -> {final:.1f}"
     assert history[-1].reward_model.val_accuracy >= 0.8
     assert history[-1].return_correlation > 0.5
+
+
+class Wobble(gym.Env):
+    """Random walk on a line that falls (terminates) once it leaves [-1, 1]; cut after 40 steps."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(-5.0, 5.0, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self._x = np.zeros(1, dtype=np.float32)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._x[:] = 0.0
+        self._t = 0
+        return self._x.copy(), {}
+
+    def step(self, action):
+        self._x = (self._x + 0.3 * np.asarray(action, dtype=np.float32)).astype(np.float32)
+        self._t += 1
+        fell = bool(abs(self._x[0]) > 1.0)
+        return self._x.copy(), 1.0, fell, self._t >= 40, {}
+
+
+class RandomLearner:
+    """Steps the env with seeded random actions: the loop's ``learn`` contract, nothing more."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.env.reset(seed=0)
+        self.env.action_space.seed(0)
+
+    def learn(self, total_timesteps: int) -> None:
+        for _ in range(-(-total_timesteps // self.env.num_envs)):
+            self.env.step(self.env.action_space.sample())
+
+
+def _stored_segments(tmp_path, cut_at_termination: bool) -> list:
+    venv = gym.vector.SyncVectorEnv([Wobble for _ in range(4)])
+    model = RewardEnsemble.for_spaces(
+        venv.single_observation_space, venv.single_action_space, n_members=1, hidden_sizes=(8,)
+    )
+    env = TrajectoryRecorder(VectorPreferenceReward(venv, model))
+    loop = PreferenceLoop(
+        env=env,
+        agent=RandomLearner(env),
+        teacher=make_teacher("oracle", np.random.default_rng(0)),
+        store=ComparisonStore(tmp_path / f"cut{cut_at_termination}.sqlite"),
+        reward_model=model,
+        config=PreferenceLoopConfig(
+            total_timesteps=2_400,
+            total_queries=60,
+            n_rounds=1,
+            initial_timesteps=1_200,
+            segment_length=15,
+            cut_at_termination=cut_at_termination,
+            reward_train=RewardTrainConfig(max_epochs=2),
+        ),
+    )
+    loop.run()
+    return [s for c in loop.store.load() for s in (c.segment0, c.segment1)]
+
+
+def test_loop_asks_about_windows_cut_at_the_fall_by_default(tmp_path):
+    cut = _stored_segments(tmp_path, cut_at_termination=True)
+    short = [s for s in cut if len(s) < 15]
+    assert short, "no segment ended at a fall"
+    # a shorter segment is a window that ran into the fall: it ends outside [-1, 1]
+    assert all(abs(float(s.obs[-1, 0])) > 1.0 for s in short)
+    assert {len(s) for s in _stored_segments(tmp_path, cut_at_termination=False)} == {15}
