@@ -1,4 +1,4 @@
-"""Speed: prefenv's DPO (:func:`agents.dpo.train_dpo`) vs TRL's ``DPOTrainer``, in one process.
+"""Speed: prefenv's DPO (:func:`agents.text.dpo.train_dpo`) vs TRL's ``DPOTrainer``, in one process.
 
 Same tiny GPT-2 (the default architecture: 4 layers x 128, default tokenizer; ``--n-layer`` /
 ``--n-embd`` change it), same initial weights, same pairs (generated prompts + review
@@ -56,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.dpo import DPOConfig, PreferencePair, encode_pairs, reference_logps, train_dpo  # noqa: E402
+from agents.text.dpo import DPOConfig, PreferencePair, encode_pairs, reference_logps, train_dpo  # noqa: E402
 from envs.text.corpus import generate_corpus, generate_prompts  # noqa: E402
 from envs.text.default_model import default_tokenizer, tiny_gpt2_config  # noqa: E402
 

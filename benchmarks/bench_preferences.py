@@ -31,7 +31,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import torch
 
-from prefenv.runs import (
+from prefenv.app.runs import (
     TrainingRun,
     TrainSpec,
     episode_returns,

@@ -45,7 +45,7 @@ from envs.recommendation.policies import (
     ProductionPolicy,
     RandomPolicy,
 )
-from prefenv.runs import TrainingRun, TrainSpec, save_spec
+from prefenv.app.runs import TrainingRun, TrainSpec, save_spec
 
 EVAL_SEED = 12345
 ENV_ID = "prefenv/RecSlate-v0"

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefenv.text_monitor import read_monitor
-from prefenv.text_runs import TextPipelineConfig, run_pipeline
+from prefenv.app.text_monitor import read_monitor
+from prefenv.app.text_runs import TextPipelineConfig, run_pipeline
 
 OUT = Path(__file__).parent / "out" / "text_overopt"
 FIGURES = Path(__file__).parent / "figures"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefenv.text_runs import TextPipelineConfig, run_pipeline
+from prefenv.app.text_runs import TextPipelineConfig, run_pipeline
 
 OUT = Path(__file__).parent / "out" / "text_pipeline"
 

@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.lm_policy import CausalLMPolicy, frozen_reference
+from agents.text.lm_policy import CausalLMPolicy, frozen_reference
 from envs.text import TextTask, default_tokenizer, load_lm, tiny_gpt2_config
 from envs.text.corpus import generate_prompts
 

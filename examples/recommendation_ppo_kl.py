@@ -19,7 +19,7 @@ import numpy as np
 from envs.recommendation import RecommendationVectorEnv
 from envs.recommendation.evaluation import evaluate_sessions
 from envs.recommendation.policies import GreedyClickPolicy, PopularityPolicy, RandomPolicy
-from prefenv.runs import TrainingRun, TrainSpec, save_spec
+from prefenv.app.runs import TrainingRun, TrainSpec, save_spec
 
 
 def main() -> None:

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.dpo import DPOConfig, pairs_from_comparisons, train_dpo
-from agents.iterative_dpo import iterative_dpo
-from agents.text_sft import TextSFTConfig, train_text_sft
+from agents.text.dpo import DPOConfig, pairs_from_comparisons, train_dpo
+from agents.text.iterative_dpo import iterative_dpo
+from agents.text.sft import TextSFTConfig, train_text_sft
 from envs.text import VaderSentiment, build_default_lm, load_lm
 from envs.text.corpus import generate_demonstrations, generate_prompts
 from envs.text.feedback import make_text_teacher
+from prefenv.app.text_eval import evaluate_text_model, sample_completions
 from prefenv.jsonl import export_jsonl, import_jsonl
-from prefenv.text_eval import evaluate_text_model, sample_completions
 
 
 def main() -> None:

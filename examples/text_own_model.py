@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from envs.text import default_tokenizer
-from prefenv.text_runs import TextPipelineConfig, run_pipeline
+from prefenv.app.text_runs import TextPipelineConfig, run_pipeline
 
 
 def write_stand_in_model(directory: Path) -> Path:

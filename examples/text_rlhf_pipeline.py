@@ -24,17 +24,17 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.lm_policy import CausalLMPolicy, frozen_reference
 from agents.ppo_kl import PPOKL, PPOKLConfig
-from agents.text_sft import TextSFTConfig, train_text_sft
+from agents.text.lm_policy import CausalLMPolicy, frozen_reference
+from agents.text.sft import TextSFTConfig, train_text_sft
 from envs.text import TextTask, VaderSentiment, build_default_lm, load_lm
 from envs.text.corpus import generate_demonstrations, generate_prompts
 from envs.text.feedback import make_text_teacher
 from envs.text.reward_model import TextRewardModel
 from envs.text.reward_training import text_reward_config, train_text_reward_model
+from prefenv.app.text_eval import evaluate_text_model, sample_completions
+from prefenv.app.text_monitor import EpisodeLog, TextMonitor
 from prefenv.store import ComparisonStore
-from prefenv.text_eval import evaluate_text_model, sample_completions
-from prefenv.text_monitor import EpisodeLog, TextMonitor
 
 
 def main() -> None:

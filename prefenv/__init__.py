@@ -3,12 +3,14 @@
 The core is task-agnostic: records, synthetic teachers, a durable comparison store, reward
 models trained by Bradley-Terry, reward wrappers, and the contract check. Task families live in
 the top-level ``envs`` package and agents in ``agents``; importing ``prefenv`` imports neither
-(``prefenv.make`` registers the ``prefenv/*`` ids lazily when it needs them).
+(``prefenv.make`` registers the task ids of installed task packages lazily, through the
+``prefenv.tasks`` entry-point group, when it meets an id it does not know).
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from typing import Any
 
 import gymnasium as gym
@@ -36,10 +38,23 @@ __all__ = [
 ]
 
 
+TASK_ENTRY_POINT_GROUP = "prefenv.tasks"
+"""Packaging entry-point group of task packages: importing each one registers its Gymnasium ids.
+
+prefenv's own task families declare ``prefenv = "envs"`` in ``pyproject.toml``; a user package
+declares its own (``[project.entry-points."prefenv.tasks"] my_pkg = "my_pkg.envs"``) and every
+prefenv tool, the CLI included, then finds its ids without importing it by hand. The core names
+no task package itself."""
+
+_loaded_task_packages: set[str] = set()
+
+
 def register_task_envs() -> None:
-    """Register the ``prefenv/*`` task ids (lazy entry points: no mujoco/transformers import)."""
-    if not any(env_id.startswith("prefenv/") for env_id in gym.registry):
-        importlib.import_module("envs")
+    """Import every installed task package once (lazy entry points: no mujoco/transformers import)."""
+    for entry_point in entry_points(group=TASK_ENTRY_POINT_GROUP):
+        if entry_point.value not in _loaded_task_packages:
+            importlib.import_module(entry_point.value)
+            _loaded_task_packages.add(entry_point.value)
 
 
 def make(
@@ -57,7 +72,7 @@ def make(
         shaping: uncertainty shaping ``k`` for ensembles (``mean + k * std``).
         **kwargs: passed to ``gymnasium.make``.
     """
-    if env_id.startswith("prefenv/"):
+    if env_id not in gym.registry:
         register_task_envs()
     env = gym.make(env_id, **kwargs)
     return env if reward_model is None else PreferenceReward(env, reward_model, shaping=shaping)
@@ -90,7 +105,7 @@ def make_vec(
         ValueError: ``vector_kwargs`` a native vector env cannot take, or a native env that
             ignored the requested ``autoreset_mode``.
     """
-    if env_id.startswith("prefenv/"):
+    if env_id not in gym.registry:
         register_task_envs()
     venv = _make_vec_env(env_id, num_envs, vectorization_mode, dict(vector_kwargs or {}), kwargs)
     if reward_model is None:

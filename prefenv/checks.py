@@ -94,8 +94,8 @@ def check(
     """
     if isinstance(env_or_factory, str):
         env_id = env_or_factory
-        if env_id.startswith("prefenv/"):
-            import prefenv  # the package's lazy registration of the prefenv/* task ids
+        if env_id not in gym.registry:
+            import prefenv  # installed task packages register their ids lazily
 
             prefenv.register_task_envs()
 

@@ -26,7 +26,7 @@ Quick start (offline)::
     env = gym.make("prefenv/TextSentiment-v0", tokenizer=tokenizer)
     obs, info = env.reset(seed=0)                # info["prompt"]: the sampled prompt
 
-The agent side is ``agents.lm_policy.CausalLMPolicy`` (KV-cached rollouts, PPO-KL ready).
+The agent side is ``agents.text.lm_policy.CausalLMPolicy`` (KV-cached rollouts, PPO-KL ready).
 """
 
 from envs.text.default_model import (

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from envs.text.corpus import generate_corpus
+from prefenv.text_records import VocabMismatchError, check_vocab
 
 if TYPE_CHECKING:
     import torch
@@ -53,10 +54,6 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 
 _TOKENIZER_CORPUS = (2000, 0)  # (reviews, seed) the default tokenizer is trained on
 _DEFAULT_VOCAB = 1024
-
-
-class VocabMismatchError(ValueError):
-    """The tokenizer can emit token ids the model has no embedding row for."""
 
 
 def train_tokenizer(
@@ -289,22 +286,6 @@ def _pretrain(
             scheduler.step()
             losses.append(loss.item())
     return losses
-
-
-def check_vocab(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
-    """Raise :class:`VocabMismatchError` if ``tokenizer`` can emit ids ``model`` cannot embed.
-
-    A model with *more* embedding rows than tokens is fine (e.g. rows padded to a multiple of 64).
-    """
-    n_tokens = len(tokenizer)
-    n_rows = model.get_input_embeddings().num_embeddings
-    if n_tokens > n_rows:
-        raise VocabMismatchError(
-            f"tokenizer has {n_tokens} tokens but the model's embedding has only {n_rows} rows, so "
-            f"token ids {n_rows}..{n_tokens - 1} would index past it: load the tokenizer the model "
-            "was trained with, or call model.resize_token_embeddings(len(tokenizer)) and fine-tune "
-            "the new rows before using the pair"
-        )
 
 
 def load_lm(

@@ -36,6 +36,7 @@ import numpy as np
 from envs.text.scorers import Conciseness, Scorer, VaderSentiment, words
 from prefenv.records import Comparison, Segment
 from prefenv.teachers import PRESETS, SyntheticTeacher, TeacherConfig
+from prefenv.text_records import segment_texts, text_segment
 
 __all__ = [
     "segment_texts",
@@ -70,25 +71,6 @@ DEFAULT_COMPONENTS: Mapping[str, Scorer] = {
     "concise": Conciseness(),
 }
 """Components an annotator may weigh besides ``"score"``."""
-
-
-def text_segment(prompt: str, completion: str, score: float) -> Segment:
-    """A one-step text segment: ``context = {"prompt", "completion"}``, ``true_rewards = [score]``.
-
-    ``obs`` is ``[2, 0]`` and ``acts`` ``[1, 0]`` (no features: a text reward model reads the
-    context), matching :func:`prefenv.jsonl.import_jsonl`'s text-only comparisons.
-    """
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise TypeError(
-            f"prompt and completion must be strings, got {type(prompt).__name__} and "
-            f"{type(completion).__name__}"
-        )
-    return Segment(
-        obs=np.zeros((2, 0), dtype=np.float32),
-        acts=np.zeros((1, 0), dtype=np.float32),
-        true_rewards=np.array([score], dtype=np.float32),
-        context={"prompt": prompt, "completion": completion},
-    )
 
 
 def text_pair(
@@ -397,20 +379,3 @@ class TextTeacher:
                 "make_text_teacher, or score segments yourself and call label(pairs)"
             )
         return self.label(text_pairs(prompts, completions0, completions1, self.scorer))
-
-
-def segment_texts(segment: Segment, where: str) -> tuple[str, str]:
-    """``(prompt, completion)`` of a text segment (a missing prompt reads as ``""``).
-
-    Raises:
-        ValueError: the segment carries no completion text; ``where`` names it in the message.
-    """
-    context = segment.context or {}
-    prompt, completion = context.get("prompt", ""), context.get("completion")
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise ValueError(
-            f"{where} has no context['completion'] text, which text annotators and text reward "
-            "models read: build text segments with envs.text.feedback.text_segment(prompt, "
-            "completion, score) or import a prompt/chosen/rejected JSONL file"
-        )
-    return prompt, completion

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dpo import (
+from agents.text.dpo import (
     DPOConfig,
     PreferencePair,
     collate_pairs,
@@ -21,7 +21,7 @@ from agents.dpo import (
     sequence_logps,
     train_dpo,
 )
-from agents.iterative_dpo import iterative_dpo
+from agents.text.iterative_dpo import iterative_dpo
 from envs.text.default_model import VocabMismatchError, default_tokenizer, tiny_gpt2_config
 from prefenv.jsonl import import_jsonl
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from agents.lm_policy import CausalLMPolicy, frozen_reference
 from agents.policies import Policy
+from agents.text.lm_policy import CausalLMPolicy, frozen_reference
 from envs.text import TextTask, default_tokenizer, tiny_gpt2_config
 
 PROMPTS = ["The pasta was", "I", "To be honest, the soundtrack was really", "", "This movie"]
@@ -216,6 +216,6 @@ def test_full_forward_shares_prefixes_exactly(tok) -> None:
     torch.testing.assert_close(shared, one_by_one, atol=1e-5, rtol=0)
     torch.testing.assert_close(g_shared, g_single, atol=1e-5, rtol=1e-4)
     ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
-    from agents.lm_policy import _prefix_hosts
+    from agents.text.lm_policy import _prefix_hosts
 
     assert len(torch.unique(_prefix_hosts(ids, mask.sum(-1)))) < len(actions)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.text_sft import (
+from agents.text.sft import (
     IGNORE_INDEX,
     TextSFTConfig,
     collate_sft,

@@ -11,9 +11,9 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import envs  # noqa: F401  (registers the ids)
 import prefenv
 from envs.recommendation import RecommendationVectorEnv
+from prefenv.app.runs import TrainingRun, TrainSpec, _make_vector_env, reward_uses_next_obs
 from prefenv.recording import TrajectoryRecorder
 from prefenv.reward_models import RewardEnsemble
-from prefenv.runs import TrainingRun, TrainSpec, _make_vector_env, reward_uses_next_obs
 
 REC_IDS = ("prefenv/RecSlate-v0", "prefenv/RecSingle-v0")
 MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prefenv.cli import main
+from prefenv.app.cli import main
 
 TINY = [
     "--env", "prefenv/Reacher-v0", "--steps", "1600", "--initial-steps", "400",

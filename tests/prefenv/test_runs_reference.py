@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from envs.recommendation.policies import ProductionPolicy
-from prefenv.cli import main
-from prefenv.runs import TrainingRun, TrainSpec, load_spec, save_spec
+from prefenv.app.cli import main
+from prefenv.app.runs import TrainingRun, TrainSpec, load_spec, save_spec
 
 TINY = [
     "--env", "prefenv/RecSlate-v0", "--steps", "1600", "--initial-steps", "400",

@@ -1,4 +1,4 @@
-"""Text sampling/scoring (prefenv.text_eval) and PPO-on-text monitoring (prefenv.text_monitor)."""
+"""Text sampling/scoring (prefenv.app.text_eval) and PPO-on-text monitoring (prefenv.app.text_monitor)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 
 from envs.text import TextTask, VaderSentiment, default_tokenizer, tiny_gpt2_config
 from envs.text.corpus import generate_demonstrations, generate_prompts
-from prefenv.text_eval import completion_logps, evaluate_text_model, sample_completions
-from prefenv.text_monitor import EpisodeLog, TextMonitor, plot_monitor
+from prefenv.app.text_eval import completion_logps, evaluate_text_model, sample_completions
+from prefenv.app.text_monitor import EpisodeLog, TextMonitor, plot_monitor
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from prefenv.cli import main
+from prefenv.app.cli import main
+from prefenv.app.text_runs import TextPipelineConfig, run_pipeline, run_stage
 from prefenv.jsonl import import_jsonl
-from prefenv.text_runs import TextPipelineConfig, run_pipeline, run_stage
 
 TINY = {
     "base_train_steps": 20, "sft_steps": 8, "sft_demos": 100, "queries": 48, "rm_epochs": 2,

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefenv.runs import write_json_atomic
-from prefenv.text_config import TextPipelineConfig
-from prefenv.text_eval import evaluate_text_model, sample_completions
+from prefenv.app.runs import write_json_atomic
+from prefenv.app.text_config import TextPipelineConfig
+from prefenv.app.text_eval import evaluate_text_model, sample_completions
 
 __all__ = ["STAGES", "TextPipelineConfig", "run_pipeline", "run_stage"]
 
@@ -120,7 +120,7 @@ def stage_base(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 
 def stage_sft(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """Supervised fine-tuning on generated (prompt, completion) demonstrations (the reference)."""
-    from agents.text_sft import TextSFTConfig, train_text_sft
+    from agents.text.sft import TextSFTConfig, train_text_sft
     from envs.text.corpus import generate_demonstrations
 
     model, tokenizer = _load(_require(out / "base", "base"))
@@ -207,8 +207,8 @@ class WhitenedScorer:
 
 
 def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, model: Any) -> Any:
-    from agents.lm_policy import CausalLMPolicy, frozen_reference
     from agents.ppo_kl import PPOKL, PPOKLConfig
+    from agents.text.lm_policy import CausalLMPolicy, frozen_reference
 
     policy = CausalLMPolicy(model, action_dim=len(tokenizer))
     ref_policy = frozen_reference(policy)
@@ -233,7 +233,7 @@ def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     import gymnasium as gym
 
     from envs.text import TextTask
-    from prefenv.text_monitor import EpisodeLog, TextMonitor, plot_monitor, read_monitor
+    from prefenv.app.text_monitor import EpisodeLog, TextMonitor, plot_monitor, read_monitor
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
     rm_stats = json.loads((_require(out / "reward_model", "rm") / "stage.json").read_text())
@@ -273,7 +273,7 @@ def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 
 def stage_dpo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """DPO on the stored comparisons, reference = the SFT model."""
-    from agents.dpo import DPOConfig, pairs_from_comparisons, train_dpo
+    from agents.text.dpo import DPOConfig, pairs_from_comparisons, train_dpo
     from prefenv.store import ComparisonStore
 
     model, tokenizer = _load(_require(out / "sft", "sft"))

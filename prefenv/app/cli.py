@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prefenv.runs import (
+from prefenv.app.runs import (
     AGENTS,
     REFERENCES,
     TrainingRun,
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="Gymnasium check_env + prefenv's contract for an id")
     check.add_argument("env_id", help="registered Gymnasium id")
     check.add_argument("--seed", type=int, default=0)
-    from prefenv.text_cli import add_text_parser, cmd_text
+    from prefenv.app.text_cli import add_text_parser, cmd_text
 
     add_text_parser(sub)
     args = parser.parse_args(argv)

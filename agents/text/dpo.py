@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.text_sft import (
+from agents.text.sft import (
     batch_indices,
     check_context,
     check_length,
@@ -52,8 +52,7 @@ from agents.text_sft import (
     save_model,
     validate_common,
 )
-from envs.text.default_model import check_vocab
-from envs.text.feedback import segment_texts
+from prefenv.text_records import check_vocab, segment_texts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -183,7 +182,7 @@ def encode_pairs(
     max_length: int,
     add_bos: bool = True,
 ) -> list[EncodedPair]:
-    """Tokenize pairs once (see :func:`agents.text_sft.encode_prompt_completion`).
+    """Tokenize pairs once (see :func:`agents.text.sft.encode_prompt_completion`).
 
     Raises:
         ValueError: no pairs, a malformed pair, or a sequence longer than ``max_length``.

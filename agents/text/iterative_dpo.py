@@ -1,8 +1,8 @@
 """Iterative (online) DPO: sample from the current policy, label with any teacher, DPO again.
 
-Each round the policy samples two completions per prompt (:func:`prefenv.text_eval.sample_completions`:
+Each round the policy samples two completions per prompt (:func:`prefenv.app.text_eval.sample_completions`:
 plain sampling, the env's prompt layout), ``label_fn(prompt, a, b)`` labels them (a simulated
-annotator, a human through a store, a reward model), and :func:`agents.dpo.train_dpo` trains on
+annotator, a human through a store, a reward model), and :func:`agents.text.dpo.train_dpo` trains on
 every pair collected so far against the same frozen reference.
 """
 
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
-from agents.dpo import DPOConfig, DPOMetrics, PreferencePair, as_pair, frozen_copy, train_dpo
-from envs.text.default_model import check_vocab
-from prefenv.text_eval import sample_completions
+from agents.text.dpo import DPOConfig, DPOMetrics, PreferencePair, as_pair, frozen_copy, train_dpo
+from prefenv.app.text_eval import sample_completions
+from prefenv.text_records import check_vocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

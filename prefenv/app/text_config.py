@@ -1,4 +1,4 @@
-"""Settings of the text RLHF pipeline (:mod:`prefenv.text_runs`), one validated dataclass.
+"""Settings of the text RLHF pipeline (:mod:`prefenv.app.text_runs`), one validated dataclass.
 
 Each field's docstring is its ``prefenv text`` command-line help.
 """

@@ -10,7 +10,7 @@ embeddings see the same positions as for an unpadded sequence.
 
 Works with any Hugging Face causal LM + tokenizer pair (checked with
 :func:`envs.text.default_model.check_vocab`); the result is the reference policy of PPO-KL and
-the starting point and reference of DPO (:mod:`agents.dpo`).
+the starting point and reference of DPO (:mod:`agents.text.dpo`).
 
 Example::
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from envs.text.default_model import check_vocab
+from prefenv.text_records import check_vocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -5,7 +5,7 @@
     prefenv text rm --out runs/sentiment --teacher verbose     # ...with another annotator
     prefenv text pipeline --out runs/mine --base-model path/to/local/hf_model
 
-Every option is a field of :class:`prefenv.text_runs.TextPipelineConfig` (its docstring is the
+Every option is a field of :class:`prefenv.app.text_runs.TextPipelineConfig` (its docstring is the
 help). A run folder remembers its settings: resuming a killed pipeline is the same command again.
 """
 
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefenv.text_config import TextPipelineConfig
-from prefenv.text_runs import STAGES, run_pipeline, run_stage
+from prefenv.app.text_config import TextPipelineConfig
+from prefenv.app.text_runs import STAGES, run_pipeline, run_stage
 
 __all__ = ["add_text_parser", "cmd_text", "field_docs"]
 
