@@ -52,15 +52,17 @@ def main() -> None:
 
     segment = test_pairs[0][0]
     obs, acts, nxt = segment.obs[:-1], segment.acts, segment.obs[1:]
-    _, std_in = model.predict_mean_std(obs, acts, nxt)
-    _, std_out = model.predict_mean_std(obs * 10, acts * 10, nxt * 10)
+    predictor = model.predictor()  # a frozen inference snapshot: (mean, std) per transition
+    _, std_in = predictor.predict(obs, acts, nxt)
+    _, std_out = predictor.predict(obs * 10, acts * 10, nxt * 10)
     print(
         f"ensemble std: familiar inputs {std_in.mean():.3f}, unfamiliar (x10) {std_out.mean():.3f}"
     )
 
     model.save_pretrained(args.out)
     loaded = load_reward_model(args.out, env.observation_space, env.action_space)
-    same = np.allclose(loaded.predict(obs, acts, nxt), model.predict(obs, acts, nxt))
+    reloaded = loaded.predictor().predict(obs, acts, nxt)
+    same = np.allclose(reloaded.mean, predictor.predict(obs, acts, nxt).mean)
     print(f"saved to {args.out}; reloaded predictions identical: {same}")
 
 

@@ -41,7 +41,8 @@ def main() -> None:
     model = RewardEnsemble.for_spaces(
         venv.single_observation_space, venv.single_action_space, hidden_sizes=(64, 64)
     )
-    env = TrajectoryRecorder(prefenv.VectorPreferenceReward(venv, model))
+    reward_env = prefenv.VectorPreferenceReward(venv, model)
+    env = TrajectoryRecorder(reward_env)
     agent = PPOKL(env, PPOKLConfig(n_steps=args.n_steps, norm_obs=True, norm_reward=True))
     loop = PreferenceLoop(
         env=env,
@@ -49,6 +50,7 @@ def main() -> None:
         teacher=make_teacher(args.teacher, np.random.default_rng(0)),
         store=ComparisonStore(args.out / "comparisons.sqlite"),
         reward_model=model,
+        reward_env=reward_env,  # gets the new snapshot after every refit
         config=PreferenceLoopConfig(
             total_timesteps=args.steps,
             total_queries=args.queries,

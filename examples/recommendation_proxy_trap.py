@@ -65,7 +65,8 @@ def train_preference_agent(
     model = RewardEnsemble.for_spaces(
         venv.single_observation_space, venv.single_action_space, n_members=3, hidden_sizes=(64, 64)
     )
-    recorder = TrajectoryRecorder(VectorPreferenceReward(venv, model))
+    reward_env = VectorPreferenceReward(venv, model)
+    recorder = TrajectoryRecorder(reward_env)
     agent = PPOKL(recorder, agent_config(args))
     store_path.unlink(missing_ok=True)
     loop = PreferenceLoop(
@@ -74,6 +75,7 @@ def train_preference_agent(
         teacher=make_teacher("oracle", np.random.default_rng(args.seed)),
         store=ComparisonStore(store_path),
         reward_model=model,
+        reward_env=reward_env,  # gets the new snapshot after every refit
         config=PreferenceLoopConfig(
             total_timesteps=args.steps,
             total_queries=args.queries,

@@ -45,7 +45,8 @@ def main() -> None:
     model = RewardEnsemble.for_spaces(
         venv.single_observation_space, venv.single_action_space, hidden_sizes=(64, 64)
     )
-    env = TrajectoryRecorder(prefenv.VectorPreferenceReward(venv, model))
+    reward_env = prefenv.VectorPreferenceReward(venv, model)
+    env = TrajectoryRecorder(reward_env)
     bridged = VecNormalize(SB3VecEnvBridge(env), norm_obs=False, norm_reward=True)
     agent = SB3Agent(
         make_sb3_agent("sb3-sac", bridged, seed=0, learning_starts=args.learning_starts)
@@ -56,6 +57,7 @@ def main() -> None:
         teacher=make_teacher("oracle", np.random.default_rng(0)),
         store=ComparisonStore(args.out / "comparisons.sqlite"),
         reward_model=model,
+        reward_env=reward_env,  # gets the new snapshot after every refit
         config=PreferenceLoopConfig(
             total_timesteps=args.steps,
             total_queries=args.queries,

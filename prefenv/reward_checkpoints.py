@@ -3,6 +3,10 @@
 Saving is atomic (a temp directory renamed into place; when overwriting, the weights move first
 and the config records their sha256, so a torn pair is caught on load). Loading checks the schema,
 the weights' hash, and, when given, that the env's spaces are the ones the model was trained for.
+
+Both directions live here and import no model class: the models call :func:`save_checkpoint`
+from their ``save_pretrained``, and :func:`prefenv.reward_models.load_reward_model` passes
+:func:`load_checkpoint` the table of classes it may build, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -12,27 +16,22 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gymnasium import spaces as gym_spaces
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prefenv.errors import CheckpointError
 from prefenv.spaces import describe_space, flat_dim
 
-if TYPE_CHECKING:
-    from prefenv.reward_models import MLPRewardModel, RewardEnsemble
-
-__all__ = ["SCHEMA", "CheckpointError", "load_reward_model", "save_checkpoint"]
+__all__ = ["SCHEMA", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 SCHEMA = "prefenv.reward_model/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A reward model checkpoint is missing, corrupt, or written by something else."""
 
 
 def _sha256(path: Path) -> str:
@@ -114,39 +113,49 @@ def _check_spaces(
             )
 
 
-def _build(config: dict[str, Any], path: Path) -> MLPRewardModel | RewardEnsemble:
-    from prefenv.reward_models import MLPRewardModel, RewardEnsemble  # they import this module
-
+def _build(
+    config: dict[str, Any],
+    path: Path,
+    builders: Mapping[str, Callable[[dict[str, Any]], nn.Module]],
+) -> nn.Module:
+    name = config.get("class")
+    build = builders.get(name) if isinstance(name, str) else None
+    if build is None:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} names class {config.get('class')!r}; this loader builds "
+            f"{', '.join(sorted(builders))}"
+        )
     try:
-        if config.get("class") == "MLPRewardModel":
-            return MLPRewardModel.from_config(config)
-        if config.get("class") == "RewardEnsemble":
-            return RewardEnsemble([MLPRewardModel.from_config(m) for m in config["members"]])
+        return build(config)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(
             f"{path / CONFIG_FILE} has invalid model hyperparameters ({error}): re-save the model"
         ) from error
-    raise CheckpointError(
-        f"{path / CONFIG_FILE} names class {config.get('class')!r}; load_reward_model knows "
-        "MLPRewardModel and RewardEnsemble"
-    )
 
 
-def load_reward_model(
+def load_checkpoint(
     directory: str | os.PathLike[str],
+    builders: Mapping[str, Callable[[dict[str, Any]], nn.Module]],
     observation_space: gym_spaces.Space | None = None,
     action_space: gym_spaces.Space | None = None,
-) -> MLPRewardModel | RewardEnsemble:
+) -> nn.Module:
     """Load a checkpoint written by ``save_pretrained``, optionally checking it fits an env.
 
+    Args:
+        directory: the checkpoint folder.
+        builders: config ``"class"`` name -> a function building that model (fresh weights) from
+            the config.
+        observation_space: the env's single observation space to check against, or None.
+        action_space: the env's single action space to check against, or None.
+
     Raises:
-        CheckpointError: missing or foreign config, missing or corrupt weights.
+        CheckpointError: missing or foreign config, an unknown class, missing or corrupt weights.
         ValueError: the given spaces differ from the ones the model was trained for.
     """
     path = Path(directory)
     config = _read_config(path)
     _check_spaces(config, path, observation_space, action_space)
-    model = _build(config, path)
+    model = _build(config, path, builders)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete; re-save it")

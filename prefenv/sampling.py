@@ -16,14 +16,15 @@ decides that, not this module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from prefenv.records import Segment, Trajectory
 
-__all__ = ["QUERY_METHODS", "sample_segment_pairs", "select_queries"]
+__all__ = ["QUERY_METHODS", "MemberReturns", "sample_segment_pairs", "select_queries"]
 
 QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy")
 """Names accepted by :func:`select_queries`."""
@@ -101,8 +102,17 @@ def sample_segment_pairs(
     return [(pair[0], pair[1]) for pair in segments]
 
 
-def _require_ensemble(reward_model: Any, method: str) -> None:
-    if not callable(getattr(reward_model, "member_segment_returns", None)):
+@runtime_checkable
+class MemberReturns(Protocol):
+    """What the active methods need from a reward ensemble (``RewardEnsemble`` has it)."""
+
+    def member_segment_returns(self, segments: Sequence[Segment]) -> Tensor:
+        """``[K, B]`` each member's predicted return of each segment."""
+        ...
+
+
+def _require_ensemble(reward_model: MemberReturns | None, method: str) -> None:
+    if not isinstance(reward_model, MemberReturns):
         raise TypeError(
             f"method={method!r} needs a reward ensemble with member_segment_returns(segments) -> "
             f"[K, B], got {type(reward_model).__name__}: pass an ensemble reward model or use "
@@ -110,7 +120,9 @@ def _require_ensemble(reward_model: Any, method: str) -> None:
         )
 
 
-def _member_returns(reward_model: Any, segments: Sequence[Segment], method: str) -> np.ndarray:
+def _member_returns(
+    reward_model: MemberReturns, segments: Sequence[Segment], method: str
+) -> np.ndarray:
     """``[K, B]`` float64 segment returns per ensemble member, computed without gradients."""
     with torch.no_grad():
         returns = reward_model.member_segment_returns(segments)
@@ -145,7 +157,7 @@ def select_queries(
     trajectories: Sequence[Trajectory],
     n_queries: int,
     method: str = "uniform",
-    reward_model: Any = None,
+    reward_model: MemberReturns | None = None,
     segment_length: int = 50,
     oversample: int = 10,
     *,

@@ -5,81 +5,141 @@ monitors read it), and the agent sees ``r_hat(obs, action, next_obs)``. If the w
 reports ``info["true_reward"]`` (for example a task with a multi-objective true reward), that value
 is kept.
 
+A wrapper never reads the live reward model. It holds a frozen
+:class:`~prefenv.predictors.RewardPredictor`, built once from the model at construction
+(``model.predictor()``); after the model is trained further, hand it the new snapshot with
+``set_predictor(model.predictor())`` or ``refresh()`` (the preference loop does this after every
+refit). Uncertainty shaping (``mean + k * std``) is applied here and nowhere else.
+
 :class:`PreferenceReward` wraps one env; :class:`VectorPreferenceReward` wraps a Gymnasium vector
 env and scores every sub-env in one batched call, for all three autoreset modes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
+from prefenv.predictors import PredictorSource, RewardPredictor
 from prefenv.spaces import FlatSpec
 
-__all__ = ["PreferenceReward", "VectorPreferenceReward", "StepRewardModel"]
+__all__ = ["PreferenceReward", "VectorPreferenceReward"]
 
 
-class StepRewardModel(Protocol):
-    """What a wrapper needs from a reward model: a batched numpy fast path."""
+class _LearnedReward:
+    """The predictor a wrapper reads and the shaping it applies (shared by both wrappers).
 
-    obs_dim: int
-    act_dim: int
+    Attributes:
+        reward_model: the model the predictor was made from (``None`` when the wrapper was given
+            a predictor directly); :meth:`refresh` asks it for a new snapshot.
+        predictor: the frozen snapshot every step is scored with.
+        shaping: ``k`` in ``mean + k * std``.
+    """
 
-    def predict(self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
-        """``[N, D_o], [N, D_a], [N, D_o] -> [N]`` learned rewards."""
-        ...
+    flat: FlatSpec
+    reward_model: PredictorSource | None
+    predictor: RewardPredictor
+    shaping: float
 
-
-def _check_model(model: Any, flat: FlatSpec, shaping: float) -> None:
-    if not callable(getattr(model, "predict", None)):
-        raise TypeError(
-            f"{type(model).__name__} has no predict(obs, acts, next_obs) method: pass a prefenv "
-            "reward model, or adapt your nn.Module with prefenv.reward_models.as_reward_model"
-        )
-    for name, expected in (("obs", flat.obs_dim), ("act", flat.act_dim)):
-        got = getattr(model, f"{name}_dim", expected)
-        if got != expected:
-            raise ValueError(
-                f"reward model expects {name} features of size {got}, but this env gives "
-                f"{expected} ({flat.describe()}): was the reward model trained on another env?"
+    def _hold(self, reward_model: PredictorSource | RewardPredictor, shaping: float) -> None:
+        self.shaping = float(shaping)
+        if isinstance(reward_model, RewardPredictor):
+            self.reward_model = None
+            self.set_predictor(reward_model)
+        elif isinstance(reward_model, PredictorSource):
+            self.reward_model = reward_model
+            self.set_predictor(reward_model.predictor())
+        else:
+            raise TypeError(
+                f"{type(reward_model).__name__} is neither a reward model with predictor() nor a "
+                "RewardPredictor: pass a prefenv reward model (MLPRewardModel, RewardEnsemble), "
+                "adapt your nn.Module with prefenv.reward_models.as_reward_model, or implement "
+                "prefenv.predictors.RewardPredictor"
             )
-    if shaping != 0.0 and not callable(getattr(model, "predict_mean_std", None)):
-        raise ValueError(
-            f"uncertainty shaping={shaping} needs a reward ensemble (predict_mean_std): "
-            "use prefenv.reward_models.RewardEnsemble or set shaping=0"
-        )
+
+    def set_predictor(self, predictor: RewardPredictor) -> None:
+        """Score every later step with ``predictor`` (e.g. ``model.predictor()`` after a refit).
+
+        Raises:
+            TypeError: ``predictor`` is not a :class:`~prefenv.predictors.RewardPredictor`.
+            ValueError: its sizes differ from the env's, or shaping is on and it has no std.
+        """
+        if not isinstance(predictor, RewardPredictor):
+            raise TypeError(
+                f"set_predictor needs a RewardPredictor (model.predictor()), got "
+                f"{type(predictor).__name__}"
+            )
+        for name, got, expected in (
+            ("obs", predictor.obs_dim, self.flat.obs_dim),
+            ("act", predictor.act_dim, self.flat.act_dim),
+        ):
+            if got != expected:
+                raise ValueError(
+                    f"reward model expects {name} features of size {got}, but this env gives "
+                    f"{expected} ({self.flat.describe()}): was the reward model trained on "
+                    "another env?"
+                )
+        if self.shaping != 0.0 and not predictor.ensemble:
+            raise ValueError(
+                f"uncertainty shaping={self.shaping} needs a reward ensemble (a predictor with "
+                "a std): use prefenv.reward_models.RewardEnsemble or set shaping=0"
+            )
+        self.predictor = predictor
+
+    def refresh(self) -> None:
+        """Take a new snapshot of the reward model (``set_predictor(reward_model.predictor())``).
+
+        Raises:
+            RuntimeError: the wrapper was given a predictor, not a model to snapshot.
+        """
+        if self.reward_model is None:
+            raise RuntimeError(
+                "this wrapper was built from a predictor, so it has no model to refresh from: "
+                "call set_predictor(model.predictor()) instead"
+            )
+        self.set_predictor(self.reward_model.predictor())
+
+    def _learned(
+        self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray, done: np.ndarray | None
+    ) -> np.ndarray:
+        """``[N]`` float32 ``mean + shaping * std`` of flat ``[N, D]`` transitions."""
+        mean, std = self.predictor.predict(obs, acts, next_obs, done)
+        if self.shaping != 0.0:
+            mean = mean + self.shaping * std
+        return np.asarray(mean, dtype=np.float32)
 
 
-def _predict(model: Any, shaping: float, obs: np.ndarray, acts: np.ndarray, nxt: np.ndarray):
-    if shaping == 0.0:
-        return np.asarray(model.predict(obs, acts, nxt), dtype=np.float32)
-    mean, std = model.predict_mean_std(obs, acts, nxt)
-    return np.asarray(mean + shaping * std, dtype=np.float32)
-
-
-class PreferenceReward(gym.Wrapper):
+class PreferenceReward(_LearnedReward, gym.Wrapper):
     """Single-env wrapper whose reward is a learned preference model's.
 
     Args:
         env: any Gymnasium env with flattenable spaces (see :mod:`prefenv.spaces`).
-        reward_model: anything with ``predict(obs, acts, next_obs) -> [N]`` over flat features;
-            the object is read on every step, so refitting it in place takes effect at once.
+        reward_model: a reward model with ``predictor()`` (snapshot taken now; call
+            :meth:`refresh` after training it further) or a
+            :class:`~prefenv.predictors.RewardPredictor` itself.
         shaping: ``k`` in ``mean + k * std`` for reward ensembles: negative is conservative,
             positive explores (RUNE). 0 uses the mean (or the single model).
 
     Observation, action, termination and truncation are the wrapped env's. Reward: ``r_hat``.
     ``info["true_reward"]``: the hidden reward; ``info["learned_reward"]``: ``r_hat`` again.
+
+    Raises:
+        TypeError: ``reward_model`` is neither a reward model nor a predictor.
+        ValueError: its sizes differ from the env's, or shaping without an ensemble.
     """
 
-    def __init__(self, env: gym.Env, reward_model: StepRewardModel, shaping: float = 0.0):
+    def __init__(
+        self,
+        env: gym.Env,
+        reward_model: PredictorSource | RewardPredictor,
+        shaping: float = 0.0,
+    ):
         super().__init__(env)
         self.flat = FlatSpec(env.observation_space, env.action_space)
-        _check_model(reward_model, self.flat, shaping)
-        self.reward_model = reward_model
-        self.shaping = float(shaping)
+        self._hold(reward_model, shaping)
         self._last_obs: np.ndarray | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -92,15 +152,8 @@ class PreferenceReward(gym.Wrapper):
             raise gym.error.ResetNeeded("call reset() before step() on a PreferenceReward env")
         obs, reward, terminated, truncated, info = self.env.step(action)
         next_flat = self.flat.obs(obs, 1)
-        r_hat = float(
-            _predict(
-                self.reward_model,
-                self.shaping,
-                self._last_obs,
-                self.flat.acts(action, 1),
-                next_flat,
-            )[0]
-        )
+        done = np.array([terminated or truncated])
+        r_hat = float(self._learned(self._last_obs, self.flat.acts(action, 1), next_flat, done)[0])
         self._last_obs = next_flat
         info = dict(info)
         info.setdefault("true_reward", float(reward))
@@ -108,10 +161,18 @@ class PreferenceReward(gym.Wrapper):
         return obs, r_hat, terminated, truncated, info
 
 
-class VectorPreferenceReward(VectorWrapper):
-    """Vector twin of :class:`PreferenceReward`: one batched reward-model call per step.
+class VectorPreferenceReward(_LearnedReward, VectorWrapper):
+    """Vector twin of :class:`PreferenceReward`: one batched predictor call per step.
 
-    Works with Gymnasium's sync and async vector envs in every autoreset mode:
+    Args:
+        env: a Gymnasium vector env with flattenable single spaces.
+        reward_model: a reward model with ``predictor()`` (snapshot taken now; call
+            :meth:`refresh` after training it further) or a
+            :class:`~prefenv.predictors.RewardPredictor` itself.
+        shaping: ``k`` in ``mean + k * std`` (ensembles only).
+
+    The predictor gets ``done = terminated | truncated``, which episode-level predictors (text)
+    need. Works with Gymnasium's sync and async vector envs in every autoreset mode:
 
     - ``NEXT_STEP`` (default): the step after an episode ends is a reset step whose action the env
       ignores; its learned and true rewards are 0 (there is no transition to score).
@@ -122,27 +183,30 @@ class VectorPreferenceReward(VectorWrapper):
     all-True ``_true_reward`` / ``_learned_reward`` masks.
     """
 
-    def __init__(self, env: VectorEnv, reward_model: StepRewardModel, shaping: float = 0.0):
+    def __init__(
+        self,
+        env: VectorEnv,
+        reward_model: PredictorSource | RewardPredictor,
+        shaping: float = 0.0,
+    ):
         super().__init__(env)
         self.flat = FlatSpec(env.single_observation_space, env.single_action_space)
-        _check_model(reward_model, self.flat, shaping)
-        self.reward_model = reward_model
-        self.shaping = float(shaping)
+        self._hold(reward_model, shaping)
         self.autoreset_mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         self._last_obs: np.ndarray | None = None
         self._resetting = np.zeros(self.num_envs, dtype=bool)
+        self._all_true = np.ones(self.num_envs, dtype=bool)  # copied into each step's infos
 
     def learned_rewards(self, obs: Any, actions: Any, next_obs: Any, n: int) -> np.ndarray:
         """``[n]`` learned rewards of ``n`` stored transitions (batches in the env's own format).
 
-        The same features, model and shaping as :meth:`step`: what an off-policy agent uses to
-        relabel its replay buffer after the reward model is refit (PEBBLE).
+        The same features, predictor and shaping as :meth:`step` (``done`` is not known, so an
+        episode-level predictor cannot be used here): what an off-policy agent uses to relabel
+        its replay buffer after a refit (PEBBLE). Call it after the wrapper got the new
+        predictor.
         """
         flat = self.flat
-        return _predict(
-            self.reward_model, self.shaping, flat.obs(obs, n), flat.acts(actions, n),
-            flat.obs(next_obs, n),
-        )  # fmt: skip
+        return self._learned(flat.obs(obs, n), flat.acts(actions, n), flat.obs(next_obs, n), None)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
         mask = None if options is None else options.get("reset_mask")  # read first: reset pops it
@@ -169,12 +233,27 @@ class VectorPreferenceReward(VectorWrapper):
             final = infos["final_obs"]
             for i in np.flatnonzero(done):
                 scored_next[i] = self.flat.obs(final[i], 1)[0]
-        r_hat = _predict(
-            self.reward_model, self.shaping, self._last_obs, self.flat.acts(actions, n), scored_next
-        )
-        true_reward = np.asarray(rewards, dtype=np.float64).copy()
+        r_hat = self._learned(self._last_obs, self.flat.acts(actions, n), scored_next, done)
+        true_reward = self._true_reward(rewards, infos)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            if self._resetting.any():
+                r_hat = r_hat.copy()
+                r_hat[self._resetting] = 0.0
+                true_reward[self._resetting] = 0.0
+            self._resetting = done
+        self._last_obs = next_flat
+        infos = dict(infos)
+        infos["true_reward"] = true_reward
+        infos["_true_reward"] = self._all_true.copy()  # .copy(): one C call, unlike np.ones
+        infos["learned_reward"] = r_hat
+        infos["_learned_reward"] = self._all_true.copy()
+        return obs, r_hat, terminated, truncated, infos
+
+    def _true_reward(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+        """``[n]`` float64 hidden reward: ``infos["true_reward"]`` where reported, else the env's."""
+        true_reward = np.array(rewards, dtype=np.float64)
         if "true_reward" in infos:
-            reported = np.asarray(infos.get("_true_reward", np.ones(n, dtype=bool)), dtype=bool)
+            reported = np.asarray(infos.get("_true_reward", self._all_true), dtype=bool)
             true_reward[reported] = np.asarray(infos["true_reward"], dtype=np.float64)[reported]
         final_info = infos.get("final_info", {})
         if "true_reward" in final_info:  # SAME_STEP: a finished sub-env's step info lives here
@@ -182,17 +261,4 @@ class VectorPreferenceReward(VectorWrapper):
             true_reward[reported] = np.asarray(final_info["true_reward"], dtype=np.float64)[
                 reported
             ]
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._resetting.any():
-            r_hat = r_hat.copy()
-            r_hat[self._resetting] = 0.0
-            true_reward[self._resetting] = 0.0
-        self._resetting = (
-            done if self.autoreset_mode == AutoresetMode.NEXT_STEP else self._resetting
-        )
-        self._last_obs = next_flat
-        infos = dict(infos)
-        infos["true_reward"] = true_reward
-        infos["_true_reward"] = np.ones(n, dtype=bool)
-        infos["learned_reward"] = r_hat
-        infos["_learned_reward"] = np.ones(n, dtype=bool)
-        return obs, r_hat, terminated, truncated, infos
+        return true_reward

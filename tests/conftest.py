@@ -1,4 +1,4 @@
-"""Shared test fixtures: a tiny env with a hidden reward and an exact reward model.
+"""Shared test fixtures: a tiny env with a hidden reward and an exact reward predictor.
 
 The classes are handed out through fixtures (tests import nothing from conftest).
 """
@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+
+from prefenv.predictors import Prediction
 
 
 class PointEnv(gym.Env):
@@ -41,24 +43,28 @@ class PointEnv(gym.Env):
         return self._pos.copy(), reward, False, self._t >= self.horizon, {}
 
 
-class SumNextObsModel:
-    """Exact 'reward model': r_hat = sum(next_obs) + 10 * sum(acts); ensembles report std = 1."""
+class SumNextObsPredictor:
+    """Exact reward predictor: mean = sum(next_obs) + 10 * sum(acts), std = 1 (an 'ensemble').
+
+    Records every call's batch size and ``done`` so tests can check what the wrappers pass.
+    """
 
     obs_dim = 2
     act_dim = 2
+    episode_level = False
+    ensemble = True
 
     def __init__(self):
         self.calls = 0
         self.batch_sizes: list[int] = []
+        self.dones: list[np.ndarray | None] = []
 
-    def predict(self, obs, acts, next_obs):
+    def predict(self, obs, acts, next_obs, done=None) -> Prediction:
         self.calls += 1
         self.batch_sizes.append(len(obs))
-        return (next_obs.sum(axis=1) + 10 * acts.sum(axis=1)).astype(np.float32)
-
-    def predict_mean_std(self, obs, acts, next_obs):
-        mean = self.predict(obs, acts, next_obs)
-        return mean, np.ones_like(mean)
+        self.dones.append(None if done is None else np.array(done))
+        mean = (next_obs.sum(axis=1) + 10 * acts.sum(axis=1)).astype(np.float32)
+        return Prediction(mean, np.ones_like(mean))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -78,7 +84,7 @@ def point_env_cls():
 
 @pytest.fixture
 def exact_model_cls():
-    return SumNextObsModel
+    return SumNextObsPredictor
 
 
 @pytest.fixture
@@ -88,4 +94,4 @@ def point_env():
 
 @pytest.fixture
 def exact_model():
-    return SumNextObsModel()
+    return SumNextObsPredictor()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from prefenv.reward_models import (
     RewardEnsemble,
     RewardModel,
     RewardModelError,
+    RewardPredictor,
     as_reward_model,
     load_reward_model,
 )
@@ -84,15 +88,18 @@ def test_mlp_shapes_protocol_and_defaults() -> None:
     assert torch.all(rewards.abs() <= 1.0)  # tanh output
 
 
-def test_predict_matches_forward_and_is_float32() -> None:
+def test_predictor_matches_forward_and_is_float32() -> None:
     model = _mlp(use_next_obs=True, output_activation=None)
     obs, acts, next_obs = _batch(np.random.default_rng(1))
-    predicted = model.predict(obs, acts, next_obs)
+    predictor = model.predictor()
+    assert isinstance(predictor, RewardPredictor) and not predictor.episode_level
+    predicted, std = predictor.predict(obs, acts, next_obs)
     expected = model(*(torch.from_numpy(x) for x in (obs, acts, next_obs))).detach().numpy()
-    assert predicted.dtype == np.float32 and predicted.shape == (8,)
-    np.testing.assert_allclose(predicted, expected, rtol=1e-6)
+    assert predicted.dtype == np.float32 and predicted.shape == (8,) and std is None
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
     # float64 input is accepted and converted
-    np.testing.assert_allclose(model.predict(obs.astype(np.float64), acts, next_obs), predicted)
+    again = predictor.predict(obs.astype(np.float64), acts, next_obs).mean
+    np.testing.assert_allclose(again, predicted)
 
 
 def test_segment_returns_sum_steps_for_equal_and_ragged_lengths() -> None:
@@ -100,7 +107,8 @@ def test_segment_returns_sum_steps_for_equal_and_ragged_lengths() -> None:
     model = _mlp(use_next_obs=True)
     segments = [_segment(rng, 5), _segment(rng, 3), _segment(rng, 5)]
     returns = model.segment_returns(segments)
-    expected = [model.predict(s.obs[:-1], s.acts, s.next_obs).sum() for s in segments]
+    predictor = model.predictor()
+    expected = [predictor.predict(s.obs[:-1], s.acts, s.next_obs).mean.sum() for s in segments]
     assert returns.shape == (3,)
     np.testing.assert_allclose(returns.detach().numpy(), expected, rtol=1e-5)
     returns.sum().backward()
@@ -141,21 +149,24 @@ def test_shape_mismatch_names_expected_shape_and_training_env() -> None:
     )
     obs, acts, next_obs = _batch(np.random.default_rng(4))
     wide = np.zeros((8, 5), dtype=np.float32)
+    predictor = model.predictor()
     with pytest.raises(ValueError, match=r"expects obs of shape \(3,\), got \(5,\).*trained for"):
-        model.predict(wide, acts, next_obs)
+        predictor.predict(wide, acts, next_obs)
     with pytest.raises(ValueError, match=r"expects acts of shape \(2,\), got \(5,\)"):
         model(torch.from_numpy(obs), torch.from_numpy(wide), torch.from_numpy(next_obs))
     with pytest.raises(ValueError, match=r"batch of shape \[N, 3\].*x\[None\]"):
-        model.predict(obs[0], acts, next_obs)
+        predictor.predict(obs[0], acts, next_obs)
     with pytest.raises(ValueError, match="same number of steps"):
-        model.predict(obs, acts[:3], next_obs)
+        predictor.predict(obs, acts[:3], next_obs)
+    with pytest.raises(ValueError, match=r"expects next_obs of shape \(3,\), got \(5,\)"):
+        model(torch.from_numpy(obs), torch.from_numpy(acts), torch.from_numpy(wide))
 
 
 def test_nan_output_raises_reward_model_error() -> None:
     model = as_reward_model(_NaNReward(), OBS_DIM, ACT_DIM)
     obs, acts, next_obs = _batch(np.random.default_rng(5))
     with pytest.raises(RewardModelError, match=r"NaN/inf for 4 of 8 inputs.*normalisation"):
-        model.predict(obs, acts, next_obs)
+        model.predictor().predict(obs, acts, next_obs)
     with pytest.raises(RewardModelError, match="last good checkpoint"):
         model.segment_returns([_segment(np.random.default_rng(0), 4)])
 
@@ -168,7 +179,9 @@ def test_as_reward_model_adapts_user_modules() -> None:
     obs, acts, next_obs = _batch(np.random.default_rng(6))
     tensors = [torch.from_numpy(x) for x in (obs, acts, next_obs)]
     np.testing.assert_allclose(
-        model.predict(obs, acts, next_obs), user(*tensors).detach().numpy(), rtol=1e-6
+        model.predictor().predict(obs, acts, next_obs).mean,
+        user(*tensors).detach().numpy(),
+        rtol=1e-6,
     )
     assert model.segment_returns([_segment(np.random.default_rng(0), 4)]).shape == (1,)
     mlp = _mlp()
@@ -181,43 +194,37 @@ def test_as_reward_model_adapts_user_modules() -> None:
             return obs
 
     with pytest.raises(ValueError, match=r"must return rewards of shape \(8,\)"):
-        as_reward_model(Wrong(), OBS_DIM, ACT_DIM).predict(obs, acts, next_obs)
+        as_reward_model(Wrong(), OBS_DIM, ACT_DIM).predictor().predict(obs, acts, next_obs)
 
 
-def test_ensemble_mean_std_members_and_shaping() -> None:
+def test_ensemble_members_mean_and_predictor() -> None:
     ensemble = _ensemble(3)
     assert isinstance(ensemble, RewardModel) and len(ensemble) == 3
     obs, acts, next_obs = _batch(np.random.default_rng(7))
     tensors = [torch.from_numpy(x) for x in (obs, acts, next_obs)]
     members = ensemble.member_rewards(*tensors)
-    assert members.shape == (3, 8)
+    assert members.shape == (3, 8) and members.requires_grad
     for k, member in enumerate(ensemble.members):
-        np.testing.assert_allclose(
-            members[k].detach().numpy(), member.predict(obs, acts, next_obs), atol=1e-6
-        )  # predict runs the numpy path: float32 rounding differs from torch's
-    mean, std = ensemble.mean_std(*tensors)
+        torch.testing.assert_close(members[k], member(*tensors))
     torch.testing.assert_close(ensemble(*tensors), members.mean(0))
-    torch.testing.assert_close(std, members.std(0, correction=0))
-    assert float(std.min().detach()) > 0
-    np_mean, np_std = ensemble.predict_mean_std(obs, acts, next_obs)
-    np.testing.assert_allclose(np_mean, mean.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ensemble.predict(obs, acts, next_obs), np_mean, rtol=1e-6)
-    for shaping in (-1.5, 0.5):
-        np.testing.assert_allclose(
-            ensemble.predict(obs, acts, next_obs, shaping=shaping),
-            np_mean + shaping * np_std,
-            rtol=1e-5,
-            atol=1e-7,
-        )
+    mean, std = ensemble.predictor().predict(obs, acts, next_obs)
+    assert std is not None and float(std.min()) > 0
+    # the numpy path: float32 rounding differs from torch's
+    np.testing.assert_allclose(mean, members.mean(0).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        std, members.std(0, correction=0).detach().numpy(), rtol=1e-5, atol=1e-6
+    )
     segments = [_segment(np.random.default_rng(0), n) for n in (4, 6)]
     per_member = ensemble.member_segment_returns(segments)
     assert per_member.shape == (3, 2)
     torch.testing.assert_close(ensemble.segment_returns(segments), per_member.mean(0))
 
 
-def test_ensemble_rejects_members_of_different_sizes() -> None:
+def test_ensemble_rejects_members_of_different_sizes_and_plain_modules() -> None:
     with pytest.raises(ValueError, match="share obs/act sizes"):
         RewardEnsemble([MLPRewardModel(3, 2, hidden_sizes=(4,)), MLPRewardModel(4, 2)])
+    with pytest.raises(TypeError, match="as_reward_model"):
+        RewardEnsemble([_UserReward()])
 
 
 @pytest.mark.parametrize("kind", ["mlp", "ensemble"])
@@ -243,11 +250,10 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, kind: str) -
     assert config["obs_dim"] == OBS_DIM and config["spaces"]["action_space"]["type"] == "Box"
     loaded = load_reward_model(target, obs_space, act_space)
     assert type(loaded) is type(model)
-    np.testing.assert_array_equal(loaded.predict(*batch), model.predict(*batch))
-    if kind == "ensemble":
-        np.testing.assert_array_equal(
-            loaded.predict_mean_std(*batch)[1], model.predict_mean_std(*batch)[1]
-        )
+    for got, expected in zip(
+        loaded.predictor().predict(*batch), model.predictor().predict(*batch), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path) -> None:
@@ -308,3 +314,41 @@ def test_saving_ensemble_with_custom_member_names_the_fix(tmp_path) -> None:
     with pytest.raises(TypeError, match="only MLPRewardModel members"):
         ensemble.save_pretrained(tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+# The reward stack, bottom to top: each module may import only modules listed before it.
+REWARD_STACK = (
+    "prefenv.errors",
+    "prefenv.records",
+    "prefenv.spaces",
+    "prefenv.predictors",
+    "prefenv.step_predictors",
+    "prefenv.segment_batch",
+    "prefenv.reward_checkpoints",
+    "prefenv.reward_networks",
+    "prefenv.reward_models",
+    "prefenv.wrappers",
+)
+
+
+def _prefenv_imports(module: str) -> set[str]:
+    """The ``prefenv`` modules ``module`` imports anywhere (lazy imports inside functions too)."""
+    origin = importlib.util.find_spec(module).origin
+    found = set()
+    for node in ast.walk(ast.parse(Path(origin).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return {name for name in found if name.startswith("prefenv.")}
+
+
+def test_reward_stack_imports_point_down_only_so_it_has_no_cycle() -> None:
+    wrong = [
+        f"{module} imports {imported}"
+        for i, module in enumerate(REWARD_STACK)
+        for imported in sorted(_prefenv_imports(module))
+        if imported not in REWARD_STACK[:i]
+    ]
+    assert not wrong, "imports against the reward stack's order (a cycle risk): " + "; ".join(wrong)
+    assert "prefenv.predictors" in _prefenv_imports("prefenv.reward_networks")  # the reader works
