@@ -10,32 +10,17 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
+from prefenv.episodes import EpisodeAccountant, EpisodeStats
 from prefenv.records import Trajectory
 from prefenv.spaces import FlatSpec
 
 __all__ = ["TrajectoryRecorder", "EpisodeStats", "collect_trajectories"]
-
-
-@dataclass(frozen=True)
-class EpisodeStats:
-    """Returns of one finished episode.
-
-    Attributes:
-        true_return: sum of the hidden true reward.
-        learned_return: sum of the reward the agent saw (the learned reward under a wrapper).
-        length: number of steps.
-    """
-
-    true_return: float
-    learned_return: float
-    length: int
 
 
 class _Episode:
@@ -45,7 +30,6 @@ class _Episode:
         self.obs = [first_obs]
         self.acts: list[np.ndarray] = []
         self.true: list[float] = []
-        self.learned: list[float] = []
 
 
 class TrajectoryRecorder(VectorWrapper):
@@ -58,6 +42,8 @@ class TrajectoryRecorder(VectorWrapper):
         context_fn: optional ``info_i -> context`` mapping stored on each trajectory.
 
     The true reward is read from ``infos["true_reward"]`` when present, else the env's reward.
+    Episode returns (:meth:`pop_episode_stats`) come from the shared
+    :class:`prefenv.episodes.EpisodeAccountant`.
     """
 
     def __init__(
@@ -76,10 +62,11 @@ class TrajectoryRecorder(VectorWrapper):
             )
         self.capacity_steps = int(capacity_steps)
         self.context_fn = context_fn
-        self._episodes: list[_Episode | None] = [None] * self.num_envs
+        self._episodes: list[_Episode] = []
         self._started = False
         self._finished: deque[Trajectory] = deque()
         self._finished_steps = 0
+        self._accountant = EpisodeAccountant(self.num_envs, self.autoreset_mode, "reward")
         self._stats: list[EpisodeStats] = []
         self.total_steps = 0
 
@@ -88,6 +75,7 @@ class TrajectoryRecorder(VectorWrapper):
         obs, info = self.env.reset(seed=seed, options=options)
         flat = self.flat.obs(obs, self.num_envs)
         self._episodes = [_Episode(flat[i]) for i in range(self.num_envs)]
+        self._accountant.reset()
         self._started = True
         return obs, info
 
@@ -96,49 +84,43 @@ class TrajectoryRecorder(VectorWrapper):
             raise gym.error.ResetNeeded("call reset() before step() on a TrajectoryRecorder")
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         n = self.num_envs
+        account = self._accountant.step(rewards, terminated, truncated, infos)
         flat_obs = self.flat.obs(obs, n)
         flat_acts = self.flat.acts(actions, n)
-        true = np.asarray(infos.get("true_reward", rewards), dtype=np.float64)
-        for i in range(n):
-            episode = self._episodes[i]
-            if episode is None:  # NEXT_STEP reset step: the returned obs starts a new episode
-                self._episodes[i] = _Episode(flat_obs[i])
-                continue
-            done = bool(terminated[i] or truncated[i])
+        same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
+        for i in np.flatnonzero(account.valid):
             next_obs = flat_obs[i]
-            if done and self.autoreset_mode == AutoresetMode.SAME_STEP:
+            if same_step and (terminated[i] or truncated[i]):
                 next_obs = self.flat.obs(infos["final_obs"][i], 1)[0]
+            episode = self._episodes[i]
             episode.obs.append(next_obs)
             episode.acts.append(flat_acts[i])
-            episode.true.append(float(true[i]))
-            episode.learned.append(float(rewards[i]))
-            self.total_steps += 1
-            if done:
-                self._finish(episode, bool(terminated[i]), _info_at(infos, i))
-                same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
-                self._episodes[i] = _Episode(flat_obs[i]) if same_step else None
+            episode.true.append(float(account.true_rewards[i]))
+        self.total_steps += int(account.valid.sum())
+        for stats in account.finished:
+            i = stats.env_index
+            self._finish(self._episodes[i], stats, _info_at(infos, i))
+        # a new episode starts from the returned obs: after a NEXT_STEP reset step, or at once
+        # under SAME_STEP (the returned obs of a finished sub-env is its reset obs)
+        starts = ~account.valid if not same_step else np.logical_or(terminated, truncated)
+        for i in np.flatnonzero(starts):
+            self._episodes[i] = _Episode(flat_obs[i])
         return obs, rewards, terminated, truncated, infos
 
-    def _finish(self, episode: _Episode, terminated: bool, info: dict[str, Any]) -> None:
+    def _finish(self, episode: _Episode, stats: EpisodeStats, info: dict[str, Any]) -> None:
         context = self.context_fn(info) if self.context_fn is not None else None
         trajectory = Trajectory(
             obs=np.stack(episode.obs),
             acts=np.stack(episode.acts),
             true_rewards=np.asarray(episode.true),
-            terminated=terminated,
+            terminated=stats.terminated,
             context=context,
         )
         self._finished.append(trajectory)
         self._finished_steps += len(trajectory)
         while self._finished_steps > self.capacity_steps and len(self._finished) > 1:
             self._finished_steps -= len(self._finished.popleft())
-        self._stats.append(
-            EpisodeStats(
-                true_return=float(np.sum(episode.true)),
-                learned_return=float(np.sum(episode.learned)),
-                length=len(episode.acts),
-            )
-        )
+        self._stats.append(stats)
 
     # ------------------------------------------------------------------ reading
     @property

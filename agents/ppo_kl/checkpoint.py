@@ -14,6 +14,16 @@ from typing import Any
 import torch
 
 from prefenv.atomic import atomic_write
+from prefenv.errors import CheckpointError, CheckpointNotFoundError
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "SCHEMA_VERSION",
+    "CheckpointError",
+    "checkpoint_path",
+    "read_checkpoint",
+    "write_checkpoint",
+]
 
 SCHEMA_VERSION = 1
 CHECKPOINT_FILE = "ppo_kl.pt"
@@ -28,10 +38,6 @@ _REQUIRED = (
     "num_timesteps",
     "iterations",
 )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or from an incompatible version."""
 
 
 def checkpoint_path(directory: str | Path) -> Path:
@@ -51,13 +57,14 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
     """Load and validate a checkpoint written by :func:`write_checkpoint`.
 
     Raises:
-        CheckpointError: missing file, corrupt/truncated file, unknown schema version or
-            missing entries, with the fix in the message.
+        CheckpointNotFoundError: no checkpoint file in ``directory``.
+        CheckpointError: corrupt/truncated file, unknown schema version or missing entries, with
+            the fix in the message.
     """
     path = checkpoint_path(directory)
     if not path.is_file():
-        raise CheckpointError(
-            f"no PPO-KL checkpoint at {path}; pass the directory given to save_checkpoint()"
+        raise CheckpointNotFoundError(
+            f"no PPO-KL checkpoint at {path}; pass the directory given to PPOKL.save()"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,7 +76,7 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "schema_version" not in state:
         raise CheckpointError(
             f"{path} is not a PPO-KL checkpoint (no schema_version); was it written by "
-            "PPOKL.save_checkpoint()?"
+            "PPOKL.save()?"
         )
     version = state["schema_version"]
     if version != SCHEMA_VERSION:

@@ -26,11 +26,13 @@ keys vector wrappers added for the step; the bridge keeps both in the step info 
 Each finished env's info also gets SB3's episode record ``info["episode"] = {"r", "l", "t"}``
 (so ``rollout/ep_rew_mean`` is logged without a ``Monitor``) plus ``"true_r"``, the episode's
 sum of ``info["true_reward"]`` when the env reports it (the hidden return under a learned
-reward). An ``"episode"`` already set by an inner ``Monitor``/``RecordEpisodeStatistics`` is kept.
+reward); both are counted by :class:`prefenv.episodes.EpisodeAccountant`. An ``"episode"``
+already set by an inner ``Monitor``/``RecordEpisodeStatistics`` is kept.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +45,8 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+
+from prefenv.episodes import EpisodeAccountant, EpisodeStats
 
 __all__ = ["SB3VecEnvBridge", "check_sb3_spaces"]
 
@@ -84,18 +88,18 @@ class SB3VecEnvBridge(VecEnv):
         self.venv = venv
         self.autoreset_mode: AutoresetMode = mode
         self._actions: np.ndarray | None = None
-        n = venv.num_envs
-        self._ep_return = np.zeros(n)
-        self._ep_true_return = np.zeros(n)
-        self._ep_has_true = np.ones(n, dtype=bool)
-        self._ep_length = np.zeros(n, dtype=np.int64)
+        self._episodes = EpisodeAccountant(venv.num_envs, mode)
         self._t_start = time.time()
-        super().__init__(n, venv.single_observation_space, venv.single_action_space)
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
 
     # -- the VecEnv step/reset contract ---------------------------------------------------
 
     def reset(self) -> Any:
-        """Reset every sub-env with the seeds from ``seed()`` and options from ``set_options()``."""
+        """Reset every sub-env with the seeds from ``seed()`` and options from ``set_options()``.
+
+        SB3's ``seed(s)`` gives sub-env ``i`` the seed ``s + i``: the ecosystem convention
+        (Gymnasium's vector envs do the same), kept so SB3 and Gymnasium runs seed alike.
+        """
         seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
         options = self._options
         if any(options) and any(o != options[0] for o in options):
@@ -107,10 +111,7 @@ class SB3VecEnvBridge(VecEnv):
         self.reset_infos = _split_infos(infos, self.num_envs)
         self._reset_seeds()
         self._reset_options()
-        self._ep_return[:] = 0.0
-        self._ep_true_return[:] = 0.0
-        self._ep_has_true[:] = True
-        self._ep_length[:] = 0
+        self._episodes.reset()
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -124,6 +125,7 @@ class SB3VecEnvBridge(VecEnv):
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
         dones = terminated | truncated
+        finished = self._episodes.step(rewards, terminated, truncated, infos).finished
         env_infos = _split_infos(infos, self.num_envs)
         if dones.any():
             if self.autoreset_mode == AutoresetMode.SAME_STEP:
@@ -132,7 +134,8 @@ class SB3VecEnvBridge(VecEnv):
                 obs = self._reset_done_envs(obs, env_infos, dones)
         for i, info in enumerate(env_infos):
             info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-        self._track_episodes(np.asarray(rewards, dtype=np.float64), dones, env_infos)
+        for stats in finished:
+            self._add_episode_record(env_infos[stats.env_index], stats)
         return obs, np.asarray(rewards, dtype=np.float32), dones, env_infos
 
     def _take_final_infos(self, env_infos: list[dict[str, Any]], dones: np.ndarray) -> None:
@@ -166,31 +169,18 @@ class SB3VecEnvBridge(VecEnv):
                 self.reset_infos[i] = info
         return obs
 
-    def _track_episodes(
-        self, rewards: np.ndarray, dones: np.ndarray, env_infos: list[dict[str, Any]]
-    ) -> None:
-        self._ep_return += rewards
-        self._ep_length += 1
-        for i, info in enumerate(env_infos):
-            if "true_reward" in info:
-                self._ep_true_return[i] += float(info["true_reward"])
-            else:
-                self._ep_has_true[i] = False
-        for i in np.flatnonzero(dones):
-            info = env_infos[i]
-            episode = dict(info.get("episode") or {})
-            if not episode:
-                episode = {
-                    "r": float(self._ep_return[i]),
-                    "l": int(self._ep_length[i]),
-                    "t": round(time.time() - self._t_start, 6),
-                }
-            if self._ep_has_true[i]:
-                episode["true_r"] = float(self._ep_true_return[i])
-            info["episode"] = episode
-            self._ep_return[i] = self._ep_true_return[i] = 0.0
-            self._ep_length[i] = 0
-            self._ep_has_true[i] = True
+    def _add_episode_record(self, info: dict[str, Any], stats: EpisodeStats) -> None:
+        """SB3's ``info["episode"]`` of a finished env (an inner Monitor's record is kept)."""
+        episode = dict(info.get("episode") or {})
+        if not episode:
+            episode = {
+                "r": stats.learned_return,
+                "l": stats.length,
+                "t": round(time.time() - self._t_start, 6),
+            }
+        if not math.isnan(stats.true_return):
+            episode["true_r"] = stats.true_return
+        info["episode"] = episode
 
     def close(self) -> None:
         self.venv.close()

@@ -1,7 +1,12 @@
 """Recommendation as Gymnasium environments: simulated users with evolving interests.
 
-- :mod:`~envs.recommendation.simulator`: the vectorised user model (:class:`UserBatchSimulator`,
-  :class:`Catalog`, :class:`SimConfig`, the multinomial-logit :func:`choice_probabilities`).
+- :mod:`~envs.recommendation.simulator`: the vectorised user model (:class:`UserBatchSimulator`);
+  its parameters and item catalog are in :mod:`~envs.recommendation.catalog` (:class:`SimConfig`,
+  :class:`Catalog`), its multinomial-logit choice (:func:`choice_probabilities`) and candidate
+  draws in :mod:`~envs.recommendation.choice`.
+- :mod:`~envs.recommendation.task`: what both envs share (objectives, reward choice, spaces,
+  slate validation with :func:`check_slates`).
+- :mod:`~envs.recommendation.ratings`: a catalog and users fitted to a ``user,item,rating`` CSV.
 - :mod:`~envs.recommendation.env`: :class:`RecommendationEnv` (one user; registered as
   ``prefenv/RecSlate-v0`` and ``prefenv/RecSingle-v0``) and the native batched
   :class:`RecommendationVectorEnv`.
@@ -10,23 +15,11 @@
   ``agents.policies.Policy`` methods, usable as PPO-KL's ``ref_policy``.
 """
 
-from envs.recommendation.env import (
-    DEFAULT_OBJECTIVE_WEIGHTS,
-    OBJECTIVES,
-    REWARDS,
-    RecommendationEnv,
-    RecommendationVectorEnv,
-    check_slates,
-)
-from envs.recommendation.simulator import (
-    Catalog,
-    ObsLayout,
-    SimConfig,
-    StepOutcome,
-    UserBatchSimulator,
-    choice_probabilities,
-    sample_choices,
-)
+from envs.recommendation.catalog import Catalog, SimConfig
+from envs.recommendation.choice import choice_probabilities, sample_choices
+from envs.recommendation.env import RecommendationEnv, RecommendationVectorEnv
+from envs.recommendation.simulator import ObsLayout, StepOutcome, UserBatchSimulator
+from envs.recommendation.task import DEFAULT_OBJECTIVE_WEIGHTS, OBJECTIVES, REWARDS, check_slates
 
 __all__ = [
     "DEFAULT_OBJECTIVE_WEIGHTS",

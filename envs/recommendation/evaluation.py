@@ -56,7 +56,7 @@ def evaluate_sessions(
     Args:
         predict: batched policy (e.g. ``agent.predict`` or a numpy production policy).
         sessions: users evaluated side by side.
-        seed: reset seed (user ``i`` is seeded ``seed + i``).
+        seed: reset seed (user ``i`` is seeded ``seed + i``, Gymnasium's vector-env convention).
         **env_kwargs: :class:`RecommendationVectorEnv` constructor arguments (``slate_size``,
             ``sim_config``, ``objective_weights`` ...), which must match what ``predict`` expects.
     """

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.recommendation.simulator import Catalog, SimConfig
+from envs.recommendation.catalog import Catalog, SimConfig
 
 __all__ = [
     "FactorModel",
@@ -169,7 +169,11 @@ def _solve_rows(
 
 
 def fit_factors(
-    ratings: Ratings, n_factors: int = 8, reg: float = 0.1, iterations: int = 15, seed: int = 0
+    ratings: Ratings,
+    n_factors: int = 8,
+    reg: float = 0.1,
+    iterations: int = 15,
+    seed: int | np.random.SeedSequence = 0,
 ) -> FactorModel:
     """Alternating least squares with item biases (ridge ``reg`` on every parameter).
 
@@ -243,10 +247,14 @@ def world_from_ratings(
         n_factors: F; the simulator gets ``K = 2F`` topics.
         config: the rest of the user model (its ``n_items``/``n_topics`` are replaced; its
             ``n_candidates`` must not exceed the number of rated items).
-        reg, iterations, seed: see :func:`fit_factors` (``seed`` also draws item lengths).
+        reg: L2 regularisation of the fit (see :func:`fit_factors`).
+        iterations: alternating least-squares sweeps (see :func:`fit_factors`).
+        seed: spawns two independent streams: the fit's (see :func:`fit_factors`) and the
+            item lengths'.
     """
+    fit_seed, length_seed = np.random.SeedSequence(seed).spawn(2)
     ratings = source if isinstance(source, Ratings) else read_ratings(source)
-    model = fit_factors(ratings, n_factors, reg, iterations, seed)
+    model = fit_factors(ratings, n_factors, reg, iterations, fit_seed)
     n_items = len(ratings.item_ids)
     base = config if config is not None else SimConfig()
     if base.n_candidates > n_items:
@@ -255,7 +263,7 @@ def world_from_ratings(
             "use a larger ratings file or a smaller n_candidates"
         )
     cfg = replace(base, n_items=n_items, n_topics=2 * n_factors)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(length_seed)
     split = _signed_split(model.item_factors)
     norm = split.sum(axis=1, keepdims=True)
     topics = np.where(norm > 0, split / np.where(norm > 0, norm, 1.0), 1.0 / split.shape[1])

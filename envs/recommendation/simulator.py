@@ -18,7 +18,8 @@ The model, per user ``u`` and step ``t`` (K topics, C candidates, a slate of S c
   (boredom: recently consumed topics are less attractive).
 - **Choice** (multinomial logit with a no-click option): slot ``k`` holding item ``j`` has logit
   ``affinity_scale * f_uj + a_j + k * log(position_bias)``; the no-click option has logit
-  ``no_click_logit``; ``P = softmax([logits, no_click_logit])`` (:func:`choice_probabilities`).
+  ``no_click_logit``; ``P = softmax([logits, no_click_logit])``
+  (:func:`~envs.recommendation.choice.choice_probabilities`).
 - **Consumption** of the clicked item ``j``: engagement (watch time)
   ``L_j * sigmoid(affinity_scale * f_uj + a_j)``; satisfaction ``q_j + f_uj``; diversity
   ``1 - cos(topic_j, p_u)`` (1 with an empty history). No click: all three are 0.
@@ -31,216 +32,29 @@ The model, per user ``u`` and step ``t`` (K topics, C candidates, a slate of S c
 
 Randomness: each user owns an ``np.random.Generator``. At a user's reset it draws, in one call,
 the initial interests ``U(-1, 1)^K``, the whole session's choice uniforms ``[horizon]`` and
-candidate sets ``[horizon, C]`` (:func:`distinct_items`); steps then only index those tables. So a user's session depends on its own
-generator alone, not on the batch it runs in: user ``i`` of a batch seeded ``s + i`` replays a
-batch of one seeded ``s + i`` exactly.
+candidate sets ``[horizon, C]`` (:func:`~envs.recommendation.choice.distinct_items`); steps then
+only index those tables. So a user's session depends on its own generator alone, not on the
+batch it runs in: user ``i`` of a batch seeded ``s + i`` (Gymnasium's vector-env convention)
+replays a batch of one seeded ``s + i`` exactly.
+
+Modules: the parameters and the catalog are in :mod:`envs.recommendation.catalog`, the choice
+model and candidate draws in :mod:`envs.recommendation.choice`; this module holds the
+observation layout and the batched simulator.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = [
-    "Catalog",
-    "ObsLayout",
-    "SimConfig",
-    "StepOutcome",
-    "UserBatchSimulator",
-    "choice_probabilities",
-    "distinct_items",
-    "sample_choices",
-]
+from envs.recommendation.catalog import Catalog, SimConfig, sigmoid
+from envs.recommendation.choice import choice_probabilities, distinct_items, sample_choices
+from envs.recommendation.ratings import world_from_ratings
 
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Parameters of the catalog and the user model, validated on construction.
-
-    Attributes:
-        n_items: catalog size.
-        n_topics: topic clusters K (RecSim: 20).
-        n_candidates: items drawn from the catalog per step and shown to the agent (C).
-        horizon: steps before a session is truncated.
-        time_budget: initial session budget in minutes; the user leaves when it runs out.
-        trashy_fraction: share of clusters whose quality mean lies in [-3, 0].
-        quality_std: spread of item quality around its cluster mean (RecSim: 0.1).
-        length_range: item lengths (minutes) are uniform on this interval.
-        topic_purity: weight of an item's own cluster in its topic vector (rest: Dirichlet mix).
-        clickbait_appeal: extra click logit of the worst items, ``a_j = this * sigmoid(-q_j)``.
-        popularity_noise: std of the noise in the observable popularity's logit.
-        affinity_scale: scale of the affinity term in the click and engagement logits.
-        no_click_logit: logit of the no-click option.
-        position_bias: multiplicative click weight per slot position (``position_bias ** k``);
-            1.0 disables the position bias (SARDINE uses 0.85).
-        drift_rate: step of the interests toward a consumed item's topic vector.
-        profile_decay: per-step decay of the consumption profile (boredom memory).
-        boredom_weight: how much the profile lowers the affinity to the same topics.
-        refund_rate: budget refund per minute watched per unit quality (RecSim: 0.9 / 3.4).
-        no_click_cost: budget spent by a step without a click (RecSim: 0.5).
-    """
-
-    n_items: int = 2000
-    n_topics: int = 20
-    n_candidates: int = 10
-    horizon: int = 50
-    time_budget: float = 40.0
-    trashy_fraction: float = 0.5
-    quality_std: float = 0.1
-    length_range: tuple[float, float] = (1.0, 5.0)
-    topic_purity: float = 0.8
-    clickbait_appeal: float = 2.0
-    popularity_noise: float = 0.5
-    affinity_scale: float = 3.0
-    no_click_logit: float = 1.0
-    position_bias: float = 0.85
-    drift_rate: float = 0.1
-    profile_decay: float = 0.8
-    boredom_weight: float = 0.15
-    refund_rate: float = 0.9 / 3.4
-    no_click_cost: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "length_range", tuple(float(x) for x in self.length_range))
-        for name in ("n_items", "n_topics", "n_candidates", "horizon"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, np.integer)) and value >= 1):
-                raise ValueError(f"SimConfig.{name} must be an int >= 1, got {value!r}")
-        if self.n_candidates > self.n_items:
-            raise ValueError(
-                f"SimConfig.n_candidates ({self.n_candidates}) exceeds n_items ({self.n_items}): "
-                "the candidates of a step are distinct catalog items"
-            )
-        lo, hi = self.length_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"SimConfig.length_range must satisfy 0 < low <= high, got {(lo, hi)}")
-        checks = {
-            "time_budget": self.time_budget > 0,
-            "trashy_fraction": 0.0 <= self.trashy_fraction <= 1.0,
-            "quality_std": self.quality_std >= 0,
-            "topic_purity": 0.0 <= self.topic_purity <= 1.0,
-            "popularity_noise": self.popularity_noise >= 0,
-            "position_bias": 0.0 < self.position_bias <= 1.0,
-            "drift_rate": 0.0 <= self.drift_rate <= 1.0,
-            "profile_decay": 0.0 <= self.profile_decay < 1.0,
-            "no_click_cost": self.no_click_cost >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                f"SimConfig fields out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}"
-                " (see the SimConfig docstring for each valid range)"
-            )
-
-
-# ----------------------------------------------------------------------------- catalog
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """The item catalog (N items, K topics); arrays are read-only.
-
-    Attributes:
-        topics: ``[N, K]`` topic vectors (non-negative, rows sum to 1).
-        cluster: ``[N]`` main topic cluster of each item.
-        quality: ``[N]`` quality (hidden from the agent; drives satisfaction and the budget).
-        length: ``[N]`` length in minutes.
-        appeal: ``[N]`` clickbait click-logit bonus (hidden).
-        popularity: ``[N]`` observable popularity in (0, 1), a noisy view of the appeal.
-    """
-
-    topics: np.ndarray
-    cluster: np.ndarray
-    quality: np.ndarray
-    length: np.ndarray
-    appeal: np.ndarray
-    popularity: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = self.topics.shape[0]
-        for name in ("cluster", "quality", "length", "appeal", "popularity"):
-            if getattr(self, name).shape != (n,):
-                raise ValueError(
-                    f"Catalog.{name} must have shape ({n},) like topics' first axis, "
-                    f"got {getattr(self, name).shape}"
-                )
-        for name in ("topics", "cluster", "quality", "length", "appeal", "popularity"):
-            getattr(self, name).setflags(write=False)
-
-    @property
-    def n_items(self) -> int:
-        return int(self.topics.shape[0])
-
-    @property
-    def n_topics(self) -> int:
-        return int(self.topics.shape[1])
-
-    @classmethod
-    def generate(cls, config: SimConfig, rng: np.random.Generator) -> Catalog:
-        """Draw a RecSim-style catalog of ``config.n_items`` items from ``rng``."""
-        n, k = config.n_items, config.n_topics
-        n_trashy = int(round(config.trashy_fraction * k))
-        # Cluster quality means: trashy clusters spread over [-3, 0], nutritious over [0, 3].
-        means = np.concatenate(
-            [np.linspace(-3.0, 0.0, n_trashy), np.linspace(0.0, 3.0, k - n_trashy)]
-        )
-        cluster = rng.integers(0, k, size=n)
-        mix = rng.dirichlet(np.full(k, 0.5), size=n)
-        topics = (1.0 - config.topic_purity) * mix
-        topics[np.arange(n), cluster] += config.topic_purity
-        quality = means[cluster] + config.quality_std * rng.standard_normal(n)
-        length = rng.uniform(*config.length_range, size=n)
-        appeal = config.clickbait_appeal * _sigmoid(-quality)
-        pop_logit = appeal - 0.5 * config.clickbait_appeal
-        popularity = _sigmoid(pop_logit + config.popularity_noise * rng.standard_normal(n))
-        return cls(topics, cluster, quality, length, appeal, popularity)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-# ----------------------------------------------------------------------------- choice model
-
-
-def choice_probabilities(
-    logits: np.ndarray, no_click_logit: float, position_bias: float = 1.0
-) -> np.ndarray:
-    """Multinomial-logit choice over a slate plus a no-click option.
-
-    Args:
-        logits: ``[B, S]`` item logits by slot; ``-inf`` marks an empty slot.
-        no_click_logit: logit of not clicking.
-        position_bias: slot ``k``'s weight is multiplied by ``position_bias ** k``.
-
-    Returns:
-        ``[B, S + 1]`` probabilities; column ``S`` is the no-click probability.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    b, s = logits.shape
-    full = np.empty((b, s + 1))
-    full[:, :s] = logits
-    if position_bias != 1.0:
-        full[:, :s] += np.arange(s) * math.log(position_bias)
-    full[:, s] = no_click_logit
-    full -= full.max(axis=1, keepdims=True)
-    np.exp(full, out=full)
-    full /= full.sum(axis=1, keepdims=True)
-    return full
-
-
-def sample_choices(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw of one option per row: ``[B, S + 1]``, ``[B]`` -> ``[B]`` in ``0..S``.
-
-    ``S`` (the last column) means no click; options with probability 0 are never drawn.
-    """
-    cdf = np.cumsum(probs, axis=1)
-    picks = (cdf <= uniforms[:, None]).sum(axis=1)
-    return np.minimum(picks, probs.shape[1] - 1)
+__all__ = ["ObsLayout", "StepOutcome", "UserBatchSimulator"]
 
 
 # ----------------------------------------------------------------------------- observations
@@ -401,8 +215,6 @@ class UserBatchSimulator:
 
         See :func:`envs.recommendation.ratings.world_from_ratings` (``seed`` seeds the fit).
         """
-        from envs.recommendation.ratings import world_from_ratings
-
         world = world_from_ratings(path, n_factors=n_factors, config=config, seed=seed)
         return cls(n_users, world.config, world.catalog, user_pool=world.user_pool)
 
@@ -488,7 +300,7 @@ class UserBatchSimulator:
         Args:
             slates: ``[n, S]`` int candidate *slots* (0..C-1, distinct per row) or -1 for an
                 empty slot; rows follow ``users``. Validate actions first
-                (:func:`envs.recommendation.env.check_slates`); this method trusts its input.
+                (:func:`envs.recommendation.task.check_slates`); this method trusts its input.
             users: the users to step (default all B, in order).
 
         Returns:
@@ -513,7 +325,7 @@ class UserBatchSimulator:
         affinity = ((interest - cfg.boredom_weight * profile) * topic).sum(axis=-1)
         watch = np.where(
             clicked,
-            cat.length[ids] * _sigmoid(cfg.affinity_scale * affinity + cat.appeal[ids]),
+            cat.length[ids] * sigmoid(cfg.affinity_scale * affinity + cat.appeal[ids]),
             0.0,
         )
         satisfaction = np.where(clicked, cat.quality[ids] + affinity, 0.0)
@@ -545,27 +357,3 @@ class UserBatchSimulator:
             terminated,
             truncated,
         )
-
-
-def distinct_items(uniforms: np.ndarray, n_items: int) -> np.ndarray:
-    """Uniforms ``[..., C]`` -> catalog ids ``floor(u * n_items)``, made distinct along the last axis.
-
-    A repeat of an earlier id in the same row is replaced by the next id (mod ``n_items``) not yet
-    in the row, so the result is a deterministic function of the uniforms (needs
-    ``n_items >= C``). Repeats are rare in large catalogs, so ids stay close to uniform.
-    """
-    items = np.minimum((uniforms * n_items).astype(np.int64), n_items - 1)
-    flat = items.reshape(-1, items.shape[-1])
-    ordered = np.sort(flat, axis=1)
-    bad = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
-    if bad.size == 0:
-        return items
-    rows = flat[bad]
-    for k in range(1, rows.shape[1]):
-        while True:
-            clash = (rows[:, :k] == rows[:, k : k + 1]).any(axis=1)
-            if not clash.any():
-                break
-            rows[clash, k] = (rows[clash, k] + 1) % n_items
-    flat[bad] = rows
-    return items

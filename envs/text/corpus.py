@@ -145,7 +145,7 @@ def _sentence(rng: np.random.Generator, domain: str, polarity: str) -> str:
     return clause[0].upper() + clause[1:] + "."
 
 
-def generate_corpus(n: int = 6000, seed: int = 0) -> list[str]:
+def generate_corpus(n: int = 6000, seed: int | np.random.SeedSequence = 0) -> list[str]:
     """``n`` template-generated reviews (1-3 sentences each), deterministic in ``seed``.
 
     Polarity is balanced: each review is positive, negative or neutral with equal probability,
@@ -205,10 +205,12 @@ def generate_demonstrations(n: int = 2000, seed: int = 2) -> list[tuple[str, str
     Each is a generated review split after its 2nd-4th word: the opening is the prompt (like
     :func:`generate_prompts`' openings) and the rest the completion. Polarity is balanced, so the
     SFT model continues prompts with no net sentiment: the RL stages have room to move it.
+    ``seed`` spawns two independent streams: the reviews and the cut points.
     """
-    rng = np.random.default_rng(seed)
+    review_seed, cut_seed = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(cut_seed)
     demos = []
-    for review in generate_corpus(n, seed=seed + 500):
+    for review in generate_corpus(n, seed=review_seed):
         words = review.split()
         if len(words) < 3:
             continue

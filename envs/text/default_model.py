@@ -152,11 +152,12 @@ class DefaultLMReport:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def _seeded(seed: np.random.SeedSequence) -> Iterator[None]:
+    """Run a block on a torch RNG stream seeded from ``seed``, leaving the global stream as it was."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(int(seed.generate_state(1)[0]))
         yield
 
 
@@ -202,7 +203,8 @@ def build_default_lm(
 
     Args:
         directory: output directory (created; existing model files are overwritten).
-        seed: seeds model init, corpus and batch order.
+        seed: spawns independent streams for the model init, the corpus and training (batch
+            order and dropout).
         train_steps: AdamW steps (linear warm-up over 10% of them, then cosine decay).
         batch_size: token blocks per step.
         block_size: tokens per block (the corpus is packed: reviews back to back).
@@ -227,14 +229,15 @@ def build_default_lm(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with _seeded(seed):
+    init_seed, corpus_seed, train_seed = np.random.SeedSequence(seed).spawn(3)
+    with _seeded(init_seed):
         model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"  # the default; naming it silences a transformers warning
     if block_size > config.n_positions:
         raise ValueError(f"block_size {block_size} exceeds n_positions {config.n_positions}")
-    blocks = _pack(_encode_corpus(tokenizer, generate_corpus(corpus_size, seed=seed + 1000)),
+    blocks = _pack(_encode_corpus(tokenizer, generate_corpus(corpus_size, seed=corpus_seed)),
                    block_size)  # fmt: skip
-    losses = _pretrain(model, blocks, seed, train_steps, batch_size, learning_rate)
+    losses = _pretrain(model, blocks, train_seed, train_steps, batch_size, learning_rate)
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -254,15 +257,19 @@ def build_default_lm(
 def _pretrain(
     model: torch.nn.Module,
     blocks: torch.Tensor,
-    seed: int,
+    seed: np.random.SeedSequence,
     train_steps: int,
     batch_size: int,
     learning_rate: float,
 ) -> list[float]:
-    """Causal-LM training loop; returns the loss of every step."""
+    """Causal-LM training loop; returns the loss of every step.
+
+    ``seed`` spawns the batch-order stream (numpy) and the dropout stream (torch).
+    """
     import torch
 
-    rng = np.random.default_rng(seed)
+    batch_seed, dropout_seed = seed.spawn(2)
+    rng = np.random.default_rng(batch_seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     warmup = max(1, train_steps // 10)
 
@@ -275,7 +282,7 @@ def _pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
     losses = []
-    with _seeded(seed):
+    with _seeded(dropout_seed):
         for _ in range(train_steps):
             ids = blocks[torch.from_numpy(rng.integers(len(blocks), size=batch_size))]
             loss = model(input_ids=ids, labels=ids).loss

@@ -11,6 +11,7 @@ import torch
 
 from agents.ppo_kl import PPOKL, SCHEMA_VERSION, CheckpointError, PPOKLConfig
 from agents.ppo_kl.checkpoint import checkpoint_path
+from prefenv import errors, reward_checkpoints
 
 # Every piece of resumable state in use: normalisers, adaptive KL with a frozen reference.
 CFG = PPOKLConfig(
@@ -49,16 +50,16 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path: Path) -> None:
     # A: never killed, checkpoints after iteration 1 like B does.
     a = PPOKL(make_env(), CFG)
     a.learn(ITER)
-    a.save_checkpoint(tmp_path / "a")
+    a.save(tmp_path / "a")
     (a2,) = a.learn(ITER)
 
     # B: killed after its checkpoint; a fresh process-like agent and env resume it.
     b = PPOKL(make_env(), CFG)
     b.learn(ITER)
-    b.save_checkpoint(tmp_path / "b")
+    b.save(tmp_path / "b")
     del b
     torch.manual_seed(999)  # global RNG noise must not matter
-    resumed = PPOKL.load_checkpoint(tmp_path / "b", make_env())
+    resumed = PPOKL.load(tmp_path / "b", make_env())
     (b2,) = resumed.learn(ITER)
 
     torch.testing.assert_close(state_of(resumed), state_of(a), rtol=0, atol=0)
@@ -71,36 +72,45 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path: Path) -> None:
 
 def test_checkpoint_is_written_atomically(tmp_path: Path) -> None:
     agent = PPOKL(make_env(), CFG)
-    path = agent.save_checkpoint(tmp_path)
-    agent.save_checkpoint(tmp_path)  # overwrite in place
+    path = agent.save(tmp_path)
+    agent.save(tmp_path)  # overwrite in place
     assert path == checkpoint_path(tmp_path) and path.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp files left
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
-    path = PPOKL(make_env(), CFG).save_checkpoint(tmp_path)
+    path = PPOKL(make_env(), CFG).save(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        PPOKL.load_checkpoint(tmp_path, make_env())
+        PPOKL.load(tmp_path, make_env())
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="earlier checkpoint"):
-        PPOKL.load_checkpoint(tmp_path, make_env())
+        PPOKL.load(tmp_path, make_env())
 
 
 def test_unknown_schema_and_missing_checkpoint(tmp_path: Path) -> None:
     torch.save({"schema_version": SCHEMA_VERSION + 1}, checkpoint_path(tmp_path))
     with pytest.raises(CheckpointError, match="schema version"):
-        PPOKL.load_checkpoint(tmp_path, make_env())
+        PPOKL.load(tmp_path, make_env())
     torch.save({"weights": torch.zeros(1)}, checkpoint_path(tmp_path))
-    with pytest.raises(CheckpointError, match="save_checkpoint"):
-        PPOKL.load_checkpoint(tmp_path, make_env())
-    with pytest.raises(CheckpointError, match="no PPO-KL checkpoint"):
-        PPOKL.load_checkpoint(tmp_path / "nowhere", make_env())
+    with pytest.raises(CheckpointError, match="PPOKL.save"):
+        PPOKL.load(tmp_path, make_env())
+    with pytest.raises(errors.CheckpointNotFoundError, match="no PPO-KL checkpoint"):
+        PPOKL.load(tmp_path / "nowhere", make_env())
+
+
+def test_one_checkpoint_error_hierarchy_for_agents_and_reward_models() -> None:
+    assert CheckpointError is errors.CheckpointError is reward_checkpoints.CheckpointError
+    # a missing checkpoint is also a FileNotFoundError; every checkpoint error a ValueError,
+    # which the command line reports as a one-line error
+    assert issubclass(errors.CheckpointNotFoundError, CheckpointError)
+    assert issubclass(errors.CheckpointNotFoundError, FileNotFoundError)
+    assert issubclass(CheckpointError, ValueError)
 
 
 def test_checkpoint_for_another_env_is_rejected(tmp_path: Path) -> None:
-    PPOKL(make_env(), CFG).save_checkpoint(tmp_path)
+    PPOKL(make_env(), CFG).save(tmp_path)
     pendulum = gym.make_vec("Pendulum-v1", num_envs=2, vectorization_mode="sync")
     with pytest.raises(CheckpointError, match="env it was trained on"):
-        PPOKL.load_checkpoint(tmp_path, pendulum)
+        PPOKL.load(tmp_path, pendulum)

@@ -11,7 +11,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import envs  # noqa: F401  (registers the ids)
 import prefenv
 from envs.recommendation import RecommendationVectorEnv
-from prefenv.app.runs import TrainingRun, TrainSpec, _make_vector_env, reward_uses_next_obs
+from prefenv.app.runs import TrainingRun, TrainSpec, make_vector_env, reward_uses_next_obs
 from prefenv.recording import TrajectoryRecorder
 from prefenv.reward_models import RewardEnsemble
 
@@ -145,10 +145,10 @@ def test_preference_reward_and_recorder_on_the_native_env(mode: AutoresetMode) -
 def test_training_runs_use_the_native_env(agent: str, mode: AutoresetMode) -> None:
     spec = TrainSpec(env="prefenv/RecSlate-v0", agent=agent, n_envs=3)
     assert spec.vectorization == "auto"
-    venv = _make_vector_env(spec)
+    venv = make_vector_env(spec)
     assert isinstance(venv, RecommendationVectorEnv)
     assert venv.metadata["autoreset_mode"] == mode
-    forced = _make_vector_env(TrainSpec(env="prefenv/RecSlate-v0", n_envs=3, vectorization="sync"))
+    forced = make_vector_env(TrainSpec(env="prefenv/RecSlate-v0", n_envs=3, vectorization="sync"))
     assert isinstance(forced, SyncVectorEnv)
     with pytest.raises(ValueError, match="vectorization must be one of"):
         TrainSpec(vectorization="threads")
