@@ -31,37 +31,26 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import torch
 
-from prefenv.app.runs import (
-    TrainingRun,
-    TrainSpec,
-    episode_returns,
-    evaluate_run,
-    ppo_kl_config,
-    save_spec,
-    sb3_agent,
-)
+from prefenv.agent import agent_factory
+from prefenv.app.reports import episode_returns
+from prefenv.app.runs import TrainingRun, evaluate_run, make_vector_env
+from prefenv.app.spec import TrainSpec, save_spec
 
 
 def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
     """The same agent with the same settings on the env's own reward (the upper reference).
 
-    PPO-KL as ``prefenv train`` builds it (obs + return normalisation); SB3 agents behind the same
-    return-scaling ``VecNormalize`` the preference run gives them.
+    Built by the agent's registered factory exactly as ``prefenv train`` builds it (PPO-KL with
+    obs + return normalisation; SB3 agents behind the same return-scaling ``VecNormalize``), on
+    the plain vector env instead of the learned-reward stack.
     """
     import gymnasium as gym
 
-    import prefenv
-
-    prefenv.register_task_envs()
-    if spec.agent == "ppo-kl":
-        from agents.ppo_kl import PPOKL
-
-        venv = gym.make_vec(spec.env, num_envs=spec.n_envs, vectorization_mode="sync")
-        agent = PPOKL(venv, ppo_kl_config(spec), log_dir=out / "agent_logs")
-    else:
-        from agents.sb3 import make_sb3_vec_env
-
-        agent = sb3_agent(spec, make_sb3_vec_env(spec.env, n_envs=spec.n_envs, seed=spec.seed))
+    seeds = spec.seeds()
+    agent = agent_factory(spec.agent).build(
+        spec, make_vector_env(spec), seed=seeds.agent, env_seed=seeds.env,
+        log_dir=out / "agent_logs",
+    )  # fmt: skip
     start, cpu_start = time.perf_counter(), time.process_time()
     agent.learn(spec.steps)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -42,10 +42,11 @@ from envs.recommendation import RecommendationVectorEnv
 from envs.recommendation.policies import (
     GreedyClickPolicy,
     PopularityPolicy,
-    ProductionPolicy,
     RandomPolicy,
 )
-from prefenv.app.runs import TrainingRun, TrainSpec, save_spec
+from prefenv.agent import agent_factory
+from prefenv.app.runs import TrainingRun
+from prefenv.app.spec import TrainSpec, save_spec
 
 EVAL_SEED = 12345
 ENV_ID = "prefenv/RecSlate-v0"
@@ -99,19 +100,12 @@ def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> Trai
 
 
 def true_utility_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """PPO-KL with TrainingRun's exact config, trained on the true utility (no reward model)."""
-    from agents.ppo_kl import PPOKL, PPOKLConfig
-
+    """PPO-KL built exactly as TrainingRun builds it, trained on the true utility (no reward model)."""
     venv = RecommendationVectorEnv(spec.n_envs, slate_size=3)
-    ref = ProductionPolicy.for_env(venv, kind=spec.reference.replace("-", "_"))
-    config = PPOKLConfig(
-        n_steps=spec.n_steps,
-        norm_obs=False,
-        norm_reward=True,
-        kl_coef=spec.kl_coef,
-        seed=spec.seed,
+    seeds = spec.seeds()
+    agent = agent_factory("ppo-kl").build(
+        spec, venv, seed=seeds.agent, env_seed=seeds.env, log_dir=out / "agent_logs"
     )
-    agent = PPOKL(venv, config, ref_policy=ref, log_dir=out / "agent_logs")
     agent.learn(spec.steps)
     return agent.predict
 

@@ -19,7 +19,8 @@ import numpy as np
 from envs.recommendation import RecommendationVectorEnv
 from envs.recommendation.evaluation import evaluate_sessions
 from envs.recommendation.policies import GreedyClickPolicy, PopularityPolicy, RandomPolicy
-from prefenv.app.runs import TrainingRun, TrainSpec, save_spec
+from prefenv.app.runs import TrainingRun
+from prefenv.app.spec import TrainSpec, save_spec
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Agent-agnostic (PEBBLE / imitation style). The loop owns nothing but the schedule: it receives
 an env stack whose top is a :class:`prefenv.recording.TrajectoryRecorder` over a
-:class:`prefenv.wrappers.VectorPreferenceReward`, an agent trained *on that env* with a
-``learn(n_steps)`` method that continues where it stopped (prefenv's PPO-KL, or SB3 through the
+:class:`prefenv.wrappers.VectorPreferenceReward`, an :class:`prefenv.agent.Agent` trained *on
+that env* (its ``learn(n_steps)`` continues where it stopped: prefenv's PPO-KL, or SB3 through the
 bridge), a teacher, a durable store and the reward model the wrapper reads. Each round returns a
 :class:`RoundMetrics`, including a reward-hacking alarm that fires when the learned return rises
 while the true return falls.
@@ -15,30 +15,26 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from prefenv.agent import Agent, RelabellingAgent, RewardFn
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
+from prefenv.records import Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
 from prefenv.sampling import QUERY_METHODS, select_queries
 from prefenv.store import ComparisonStore
 from prefenv.teachers import Teacher
+from prefenv.wrappers import VectorPreferenceReward
 
 __all__ = [
-    "Learner",
     "PreferenceLoop",
     "PreferenceLoopConfig",
     "RoundMetrics",
     "query_schedule",
     "hacking_alarm",
 ]
-
-
-class Learner(Protocol):
-    """What the loop needs from an agent: continue training for ``n_steps`` more env steps."""
-
-    def learn(self, total_timesteps: int) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -177,28 +173,33 @@ def hacking_alarm(stats: Sequence[EpisodeStats], min_episodes: int = 4) -> bool:
 
 @dataclass
 class PreferenceLoop:
-    """Runs the schedule. Mutable state: the round counter and timestep/label counters only.
+    """Runs the schedule. Mutable state: the round and timestep/label counters, the query RNG.
 
     Attributes:
         env: the recorder at the top of the agent's env stack.
-        agent: anything with ``learn(n_steps)`` that continues training on ``env``.
+        agent: an :class:`~prefenv.agent.Agent` that continues training on ``env``.
         teacher: labels pairs (synthetic, or a human front end with the same protocol).
         store: durable comparison store; every label is appended before the refit.
-        reward_model: the model the env's VectorPreferenceReward reads (refit in place).
+        reward_model: the model refit in place each round.
         config: the schedule.
         reward_fn: ``(obs, actions, next_obs, n) -> [n]`` learned rewards of stored transitions
-            (``VectorPreferenceReward.learned_rewards``). After each refit an agent with
-            ``relabel_rewards`` (off-policy SB3 agents: SAC) rescores its replay buffer with it,
-            as PEBBLE does; without it those rewards stay the older models'.
+            (``VectorPreferenceReward.learned_rewards``). After each refit an agent that is a
+            :class:`~prefenv.agent.RelabellingAgent` (SB3 agents; SAC keeps a replay buffer)
+            rescores its stored transitions with it, as PEBBLE does; other agents relabel
+            nothing (``RoundMetrics.relabelled == 0``).
+        reward_env: the env stack's learned-reward wrapper. Right after each refit (before any
+            relabelling) it gets the new snapshot ``reward_model.predictor()``; without it the
+            wrapper keeps scoring with the snapshot it was built with.
     """
 
     env: TrajectoryRecorder
-    agent: Learner
+    agent: Agent
     teacher: Teacher
     store: ComparisonStore
     reward_model: Any
     config: PreferenceLoopConfig
-    reward_fn: Callable[[Any, np.ndarray, Any, int], np.ndarray] | None = None
+    reward_fn: RewardFn | None = None
+    reward_env: VectorPreferenceReward | None = None
     round: int = 0
     timesteps: int = 0
     labels_used: int = 0
@@ -212,6 +213,7 @@ class PreferenceLoop:
         self._round_steps = [self.config.initial_timesteps] + _split(
             steps_after_initial, self.config.n_rounds + 1
         )
+        self._restored: list[Trajectory] = []
 
     @property
     def done(self) -> bool:
@@ -230,7 +232,6 @@ class PreferenceLoop:
         start = time.perf_counter()
         if self.round == 0:
             self.agent.learn(self._round_steps[0])
-            self.timesteps = self._agent_timesteps(self._round_steps[0])
             self.env.pop_episode_stats()
         # rows stored after the last finished round belong to this round (a killed run resumed):
         # keep them and ask only for the rest of the round's budget
@@ -247,14 +248,17 @@ class PreferenceLoop:
         reward_metrics = train_reward_model(
             self.reward_model, self.store.load(labelled_only=True), self.config.reward_train
         )
-        relabel = getattr(self.agent, "relabel_rewards", None)
-        relabelled = relabel(self.reward_fn) if relabel and self.reward_fn is not None else 0
+        if self.reward_env is not None:
+            self.reward_env.set_predictor(self.reward_model.predictor())
+        relabelled = 0
+        if isinstance(self.agent, RelabellingAgent) and self.reward_fn is not None:
+            relabelled = self.agent.relabel_rewards(self.reward_fn)
         self.agent.learn(self._round_steps[self.round + 1])
-        self.timesteps = self._agent_timesteps(self._round_steps[self.round + 1])
+        # on-policy agents round a learn call up to whole rollouts: count what they did
+        self.timesteps = int(self.agent.num_timesteps)
         stats = self.env.pop_episode_stats()
         true_return = float(np.mean([s.true_return for s in stats])) if stats else math.nan
         learned_return = float(np.mean([s.learned_return for s in stats])) if stats else math.nan
-        alarm = hacking_alarm(stats)
         metrics = RoundMetrics(
             round=self.round,
             timesteps=self.timesteps,
@@ -266,7 +270,7 @@ class PreferenceLoop:
             learned_return=learned_return,
             return_correlation=_correlation(stats),
             episodes=len(stats),
-            hacking_alarm=alarm,
+            hacking_alarm=hacking_alarm(stats),
             seconds=time.perf_counter() - start,
             relabelled=relabelled,
         )
@@ -274,26 +278,40 @@ class PreferenceLoop:
         self.round += 1
         return metrics
 
-    def _agent_timesteps(self, just_trained: int) -> int:
-        """The agent's own step counter when it has one (on-policy agents round up to rollouts)."""
-        counted = getattr(self.agent, "num_timesteps", None)
-        return int(counted) if counted is not None else self.timesteps + just_trained
+    def query_pool(self) -> list[Trajectory]:
+        """The finished episodes queries are cut from, oldest first.
+
+        The episodes restored by :meth:`restore_query_pool`, then the recorder's, within the
+        recorder's ``capacity_steps`` (oldest dropped first): the pool a recorder that never
+        stopped would hold. (Exact unless the recorder itself dropped episodes since the
+        restore, i.e. recorded more than ``capacity_steps`` steps before the next checkpoint.)
+        """
+        pool = [*self._restored, *self.env.trajectories]
+        steps = sum(len(t) for t in pool)
+        drop = 0
+        while steps > self.env.capacity_steps and len(pool) - drop > 1:
+            steps -= len(pool[drop])
+            drop += 1
+        self._restored = self._restored[drop:]
+        return pool[drop:]
+
+    def restore_query_pool(self, trajectories: Sequence[Trajectory]) -> None:
+        """Put back the :meth:`query_pool` of a checkpoint (a resumed run starts a new recorder)."""
+        self._restored = list(trajectories)
 
     def _ask(self, n_queries: int) -> list:
-        trajectories = self.env.trajectories
+        trajectories = self.query_pool()
         if not trajectories:
             raise RuntimeError(
                 "no finished episode recorded yet: raise initial_timesteps so the initial policy "
                 "finishes at least one episode per sub-env before the first queries"
             )
         recent = trajectories[-10:]  # B-Pref adapts thresholds to the last 10 episodes
-        adapt = getattr(self.teacher, "adapt", None)
-        if adapt is not None:
-            adapt(
-                float(np.mean([t.true_return for t in recent])),
-                int(np.mean([len(t) for t in recent])),
-                self.config.segment_length,
-            )
+        self.teacher.adapt(
+            float(np.mean([t.true_return for t in recent])),
+            int(np.mean([len(t) for t in recent])),
+            self.config.segment_length,
+        )
         method = self.config.query_method if self.round > 0 else "uniform"
         pairs = select_queries(
             trajectories,
@@ -308,7 +326,7 @@ class PreferenceLoop:
         return self.teacher.label(pairs)
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and RNG state, JSON-able, for resuming a killed run."""
+        """Counters and RNG state, JSON-able, for resuming a killed run (see :meth:`query_pool`)."""
         return {
             "round": self.round,
             "timesteps": self.timesteps,

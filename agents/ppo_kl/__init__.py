@@ -8,7 +8,7 @@ Quick start::
     env = gym.make_vec("HalfCheetah-v5", num_envs=8, vectorization_mode="sync")
     agent = PPOKL(env, PPOKLConfig(n_steps=256, kl_coef=0.0), log_dir="runs/ppo")
     metrics = agent.learn(100_000)      # call again to continue the same run
-    agent.save_checkpoint("runs/ppo/ckpt")
+    agent.save("runs/ppo/ckpt")      # PPOKL.load("runs/ppo/ckpt", env) resumes
 """
 
 from agents.ppo_kl.buffer import RolloutBatch, RolloutBuffer

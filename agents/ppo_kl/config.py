@@ -55,7 +55,14 @@ class PPOKLConfig:
     target_kl: float | None = None
     """Stop the update early once the approximate KL to the rollout policy exceeds 1.5 * target_kl."""
     kl_coef: float = 0.0
-    """Initial beta of the per-step KL penalty r_t - beta * KL_t to the reference; 0 = plain PPO."""
+    """Initial beta of the per-step KL penalty to the reference; 0 = plain PPO. The reward the
+    advantages see is r'_t - beta * KL_t: KL_t is the per-step estimate in nats (kl_estimator), and
+    r'_t the env reward as the agent scales it: divided by the running std of its discounted return
+    and clipped to +-clip_reward with norm_reward on (every prefenv train run: learned rewards
+    change scale at each refit), unscaled with it off. The penalty is subtracted after that scaling
+    and is itself neither scaled nor clipped. So beta is always nats traded against a reward whose
+    return has about unit standard deviation: the text pipeline whitens its reward-model score to
+    unit std (norm_reward off) and means the same beta."""
     kl_estimator: KLEstimator = "k1"
     """Per-step KL estimator: k1 = logp - ref_logp, k3 = (exp(ref_logp - logp) - 1) - (ref_logp - logp)."""
     adaptive_kl: bool = False
@@ -73,8 +80,10 @@ class PPOKLConfig:
     log_std_init: float = 0.0
     """Initial log standard deviation of the Gaussian policy (Box actions)."""
     seed: int = 0
-    """Seed of the agent's own torch and numpy RNG streams (init, sampling, shuffling) and of the
-    first env reset."""
+    """Seed of the agent's own torch and numpy RNG streams (init, sampling, shuffling)."""
+    env_seed: int | None = None
+    """Seed of the first env reset; the env restarts at checkpoints use its spawned children
+    (numpy SeedSequence). None = seed."""
     device: str = "cpu"
     """Torch device of the policy and the update."""
     torch_threads: int | None = 1

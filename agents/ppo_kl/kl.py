@@ -36,8 +36,11 @@ def kl_estimate(logp: np.ndarray, ref_logp: np.ndarray, estimator: str = "k1") -
 def kl_penalized_rewards(rewards: np.ndarray, kl: np.ndarray, kl_coef: float) -> np.ndarray:
     """Per-step RLHF reward ``r_t - beta * KL_t`` (Ziegler et al. 2019; Ouyang et al. 2022).
 
-    This is the only place the KL penalty is added to the reward. With ``kl_coef == 0`` the
-    rewards are returned unchanged (the trainer then never computes ``kl`` at all).
+    This is the only place the KL penalty is added to the reward. ``rewards`` ``[T, N]`` are the
+    env rewards as the trainer stores them, already scaled by the return scaler when
+    ``norm_reward`` is on; ``kl`` ``[T, N]`` is in nats and is not scaled (see
+    :attr:`PPOKLConfig.kl_coef` for what beta is relative to). With ``kl_coef == 0`` the rewards
+    are returned unchanged (the trainer then never computes ``kl`` at all).
     """
     if kl_coef == 0:
         return rewards

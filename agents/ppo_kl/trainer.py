@@ -8,6 +8,10 @@ Autoreset (Gymnasium 1.x NEXT_STEP, the default of ``make_vec``/``SyncVectorEnv`
 the env resets on the *next* step, ignoring that step's action and returning reward 0. So the
 value of the observation after a truncated step is exactly the bootstrap value GAE needs, and the
 reset step is stored with ``valid=False`` and left out of advantages, losses and statistics.
+
+(Over 400 lines: :class:`PPOKL` is one object whose rollout, iteration and
+exact save/load all read the same private state; the pieces that stand alone already live in
+``buffer``, ``kl``, ``losses``, ``normalize``, ``optim``, ``update`` and ``checkpoint``.)
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from agents.policies import MLPActorCritic, Policy
 from agents.ppo_kl.buffer import RolloutBuffer, obs_to_tensor
 from agents.ppo_kl.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from agents.ppo_kl.config import PPOKLConfig
-from agents.ppo_kl.episodes import EpisodeTracker, FinishedEpisodes, true_rewards_from_infos
 from agents.ppo_kl.kl import KLController, kl_estimate, kl_penalized_rewards
 from agents.ppo_kl.logger import IterationMetrics, MetricsLogger
 from agents.ppo_kl.losses import (
@@ -41,6 +44,7 @@ from agents.ppo_kl.losses import (
 from agents.ppo_kl.normalize import ObsNormalizer, ReturnScaler
 from agents.ppo_kl.optim import ClippedAdam
 from agents.ppo_kl.update import UpdateStats, ppo_update
+from prefenv.episodes import EpisodeAccountant, EpisodeStats
 
 Callback = Callable[[IterationMetrics], bool | None]
 
@@ -97,8 +101,14 @@ class PPOKL:
             torch.set_num_threads(cfg.torch_threads)
         # The agent owns its torch RNG stream (policy init, action sampling): runs are
         # reproducible and independent of other agents and code sharing the global generator.
-        self._torch_rng = torch.Generator().manual_seed(cfg.seed).get_state()
-        self.rng = np.random.default_rng(cfg.seed)
+        # Its torch and numpy (minibatch order) streams are spawned children of the seed, so
+        # neither replays the stream the env seeded with the same number draws from.
+        torch_seed, numpy_seed = np.random.SeedSequence(cfg.seed).spawn(2)
+        self._torch_rng = (
+            torch.Generator().manual_seed(int(torch_seed.generate_state(1)[0])).get_state()
+        )
+        self.rng = np.random.default_rng(numpy_seed)
+        self._env_seed = cfg.seed if cfg.env_seed is None else cfg.env_seed
         self.device = torch.device(cfg.device)
         self.num_envs = env.num_envs
         self.observation_space = env.single_observation_space
@@ -138,12 +148,12 @@ class PPOKL:
         self.buffer = RolloutBuffer(
             cfg.n_steps, self.num_envs, self.observation_space, self.action_space
         )
-        self.episodes = EpisodeTracker(self.num_envs)
+        self.episodes = EpisodeAccountant(self.num_envs, AutoresetMode.NEXT_STEP)
+        self._finished: list[EpisodeStats] = []
         self.num_timesteps = 0
         self.iterations = 0
         self._env_restarts = 0
         self._last_obs: Any = None
-        self._last_done = np.zeros(self.num_envs, dtype=bool)
         self.logger = MetricsLogger(log_dir) if log_dir is not None else None
 
     @contextlib.contextmanager
@@ -175,7 +185,7 @@ class PPOKL:
         """Train for ``total_timesteps`` more env steps (rounded up to whole iterations).
 
         Repeated calls continue the same run: the envs are reset only on the very first call
-        (with ``config.seed``), never between calls.
+        (with ``config.env_seed``, else ``config.seed``), never between calls.
 
         Args:
             total_timesteps: env steps to add, over all envs.
@@ -188,7 +198,7 @@ class PPOKL:
         if reset_num_timesteps:
             self.num_timesteps = self.iterations = 0
         if self._last_obs is None:
-            self._reset_envs(self.config.seed)
+            self._reset_envs(self._env_seed)
         target = self.num_timesteps + total_timesteps
         history: list[IterationMetrics] = []
         with tqdm(total=total_timesteps, disable=not progress_bar, unit="step") as bar:
@@ -242,7 +252,6 @@ class PPOKL:
 
     def _reset_envs(self, seed: int) -> None:
         self._last_obs, _ = self.env.reset(seed=seed)
-        self._last_done[:] = False
         self.episodes.reset()
         if self.return_scaler is not None:
             self.return_scaler.reset_returns()
@@ -260,19 +269,17 @@ class PPOKL:
             next_obs, rewards, terminated, truncated, infos = self.env.step(
                 self._env_actions(actions_np)
             )
-            valid = ~self._last_done  # False: reset step, the env ignored the action
             dones = terminated | truncated
             logp_np = log_probs.cpu().numpy()
             rewards = np.asarray(rewards, dtype=np.float32)
             kl = None
             if ref_lp is not None:
-                kl = np.where(
-                    valid, kl_estimate(logp_np, ref_lp.cpu().numpy(), cfg.kl_estimator), 0.0
-                )
-                buf.kl[t] = kl
-            self.episodes.step(
-                rewards, kl, true_rewards_from_infos(infos, self.num_envs), dones, valid
-            )
+                kl = kl_estimate(logp_np, ref_lp.cpu().numpy(), cfg.kl_estimator)
+            account = self.episodes.step(rewards, terminated, truncated, infos, kl)
+            valid = account.valid  # False: reset step, the env ignored the action
+            self._finished += account.finished
+            if kl is not None:
+                buf.kl[t] = np.where(valid, kl, 0.0)
             if self.return_scaler is not None:
                 rewards = self.return_scaler(rewards, dones, valid)
             buf.add_obs(t, obs)
@@ -283,7 +290,7 @@ class PPOKL:
             buf.terminated[t] = terminated & valid
             buf.truncated[t] = truncated & valid
             buf.valid[t] = valid
-            self._last_obs, self._last_done = next_obs, dones
+            self._last_obs = next_obs
         if not use_ref:
             buf.kl[:] = 0.0
         last_obs = obs_to_tensor(
@@ -306,9 +313,9 @@ class PPOKL:
             rewards, buf.values, next_values, buf.terminated, buf.truncated, buf.valid,
             cfg.gamma, cfg.gae_lambda,
         )  # fmt: skip
-        episodes = self.episodes.pop_finished()
-        episode_kl = _mean(episodes.kl_sums) if use_ref else float("nan")
-        self.kl_controller.update(episode_kl, len(episodes.lengths))
+        episodes, self._finished = self._finished, []
+        episode_kl = _mean([e.kl_sum for e in episodes]) if use_ref else float("nan")
+        self.kl_controller.update(episode_kl, len(episodes))
         stats = ppo_update(
             self.policy, self.optimizer, buf.batch(advantages, returns, self.device), cfg, self.rng
         )
@@ -328,7 +335,7 @@ class PPOKL:
         self,
         start: float,
         stats: UpdateStats,
-        episodes: FinishedEpisodes,
+        episodes: list[EpisodeStats],
         kl_coef: float,
         use_ref: bool,
         ev: float,
@@ -346,28 +353,27 @@ class PPOKL:
             explained_variance=ev,
             epochs=stats.epochs,
             kl_to_ref=float(buf.kl[buf.valid].mean()) if use_ref else float("nan"),
-            kl_to_ref_episode=_mean(episodes.kl_sums) if use_ref else float("nan"),
+            kl_to_ref_episode=_mean([e.kl_sum for e in episodes]) if use_ref else float("nan"),
             kl_coef=kl_coef,
-            episode_reward=_mean(episodes.rewards),
-            episode_true_return=_mean(episodes.true_returns),
-            episode_length=_mean([float(x) for x in episodes.lengths]),
-            episodes=len(episodes.lengths),
+            episode_reward=_mean([e.learned_return for e in episodes]),
+            episode_true_return=_mean([e.true_return for e in episodes]),
+            episode_length=_mean([float(e.length) for e in episodes]),
+            episodes=len(episodes),
         )
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        """Write an exactly-resumable checkpoint (atomic; returns the file path).
+    def save(self, directory: str | Path) -> Path:
+        """Write an exactly-resumable checkpoint ``directory/ppo_kl.pt`` (atomic; returns its path).
 
-        Env state cannot be saved, so saving *restarts the envs* with a seed derived from
-        ``(config.seed, restart count)`` and stores that seed; loading restarts fresh envs with the
-        same seed. The live run and a run resumed from this checkpoint therefore continue from the
+        Env state cannot be saved, so saving *restarts the envs* with the restart count's child
+        of the env seed (``SeedSequence(env_seed).spawn``) and stores that seed; :meth:`load`
+        restarts fresh envs with the same seed. The live run and a run resumed from this checkpoint therefore continue from the
         same state and produce identical parameters. Cost: episodes in flight are cut (not counted
         in the episode statistics; their last rollout step was already bootstrapped from V).
         """
-        seed = int(
-            np.random.SeedSequence([self.config.seed, self._env_restarts]).generate_state(1)[0]
-        )
+        child = np.random.SeedSequence(self._env_seed, spawn_key=(self._env_restarts,))
+        seed = int(child.generate_state(1)[0])
         self._env_restarts += 1
         self._reset_envs(seed)
         state = {
@@ -388,7 +394,7 @@ class PPOKL:
         return write_checkpoint(directory, state)
 
     @classmethod
-    def load_checkpoint(
+    def load(
         cls,
         directory: str | Path,
         env: gym.vector.VectorEnv,
@@ -396,7 +402,7 @@ class PPOKL:
         ref_policy: nn.Module | None = None,
         log_dir: str | Path | None = None,
     ) -> PPOKL:
-        """Rebuild an agent from :meth:`save_checkpoint` and restart ``env`` with the saved seed.
+        """Rebuild an agent from :meth:`save` and restart ``env`` with the saved seed.
 
         Pass ``policy``/``ref_policy`` modules when the run used custom ones (same architecture);
         the default MLPs are rebuilt from the stored config.
@@ -427,3 +433,7 @@ class PPOKL:
         agent._env_restarts = int(state["env_restarts"])
         agent._reset_envs(int(state["env_seed"]))
         return agent
+
+    # the text pipeline (prefenv.app.text_runs) still calls the old names
+    save_checkpoint = save
+    load_checkpoint = load

@@ -1,11 +1,15 @@
 """SB3 agents on prefenv's envs: SAME_STEP vector envs bridged to SB3, ready PPO / SAC / A2C
-configs, and :class:`SB3Agent`, the adapter the preference loop drives (continue training,
-relabel an off-policy replay buffer after a refit, checkpoint with the buffer)."""
+configs, and :class:`SB3Agent`, the :class:`prefenv.agent.Agent` adapter the preference loop
+drives (continue training, relabel an off-policy replay buffer after a refit, checkpoint with the
+buffer, resume exactly)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import pickle
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +17,18 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.sb3.bridge import SB3VecEnvBridge
+from prefenv.atomic import atomic_write
+from prefenv.errors import CheckpointNotFoundError
 
 __all__ = ["SB3_ALGOS", "SB3Agent", "SB3AlgoConfig", "make_sb3_agent", "make_sb3_vec_env"]
 
@@ -48,7 +56,8 @@ def make_sb3_vec_env(
         env_id_or_fn: A registered id (e.g. ``"prefenv/Reacher-v0"``) or a function returning
             a fresh env (it must be picklable by cloudpickle for ``"async"``).
         n_envs: Number of sub-envs.
-        seed: Sub-env ``i`` is reset with ``seed + i`` on the first ``reset()``; None = random.
+        seed: Sub-env ``i`` is reset with ``seed + i`` on the first ``reset()`` (SB3's
+            ``VecEnv.seed`` convention, the same as Gymnasium's vector envs); None = random.
         vectorization_mode: ``"sync"`` (one process) or ``"async"`` (one process per env).
         wrappers: Applied in order to every sub-env (e.g. a ``PreferenceReward`` factory).
         env_kwargs: Constructor arguments for ``gymnasium.make`` (ids only), e.g.
@@ -143,24 +152,39 @@ def make_sb3_agent(
 
 
 class SB3Agent:
-    """Adapter giving an SB3 model the small interface the preference loop drives.
+    """Adapter giving an SB3 model prefenv's :class:`prefenv.agent.Agent` interface.
 
     ``learn`` continues training (``reset_num_timesteps=False``), so a loop can interleave
     chunks of agent training with reward-model refits; the env is not reset between chunks.
+    It is a :class:`prefenv.agent.RelabellingAgent`: after a refit the loop rescores an
+    off-policy replay buffer (:meth:`relabel_rewards`).
 
     Args:
         model: A built SB3 model (``make_sb3_agent``).
+        env_seed: Seed whose spawned children restart the env at every :meth:`save`; None = the
+            model's seed.
     """
 
-    def __init__(self, model: BaseAlgorithm) -> None:
+    def __init__(self, model: BaseAlgorithm, env_seed: int | None = None) -> None:
         self.model = model
+        self._env_seed = int(model.seed or 0) if env_seed is None else env_seed
+        self._env_restarts = 0
 
     @classmethod
     def from_name(
-        cls, name: str, venv: VecEnv, seed: int | None = None, **overrides: Any
+        cls,
+        name: str,
+        venv: VecEnv,
+        seed: int | None = None,
+        env_seed: int | None = None,
+        **overrides: Any,
     ) -> SB3Agent:
-        """``SB3Agent(make_sb3_agent(name, venv, seed, **overrides))``."""
-        return cls(make_sb3_agent(name, venv, seed, **overrides))
+        """``SB3Agent(make_sb3_agent(name, venv, seed, **overrides))``; the env's first reset is
+        seeded with ``env_seed`` when given (SB3 seeds it with ``seed`` otherwise)."""
+        model = make_sb3_agent(name, venv, seed, **overrides)
+        if env_seed is not None:
+            venv.seed(env_seed)
+        return cls(model, env_seed)
 
     @property
     def num_timesteps(self) -> int:
@@ -177,12 +201,12 @@ class SB3Agent:
         return self
 
     def relabel_rewards(
-        self, score: Callable[[Any, np.ndarray, Any, int], np.ndarray], chunk: int = 65_536
+        self, reward_fn: Callable[[Any, np.ndarray, Any, int], np.ndarray], chunk: int = 65_536
     ) -> int:
         """Recompute every stored reward of an off-policy replay buffer (PEBBLE's relabelling).
 
         After a refit the rewards an off-policy agent (SAC) stored came from an older reward
-        model; this rescores them all with ``score(obs, actions, next_obs, n) -> [n]`` (e.g.
+        model; this rescores them all with ``reward_fn(obs, actions, next_obs, n) -> [n]`` (e.g.
         :meth:`prefenv.wrappers.VectorPreferenceReward.learned_rewards`). Observations are the
         ones stored (SB3 keeps the original, unnormalised ones; rewards are normalised when
         sampled), actions are unscaled from SAC's [-1, 1] back to the env's Box.
@@ -190,10 +214,10 @@ class SB3Agent:
         Returns:
             Transitions relabelled (0 for on-policy algorithms, which keep no buffer).
         """
-        buffer = getattr(self.model, "replay_buffer", None)
-        if buffer is None:
+        if not isinstance(self.model, OffPolicyAlgorithm) or self.model.replay_buffer is None:
             return 0
-        if getattr(buffer, "optimize_memory_usage", False):
+        buffer = self.model.replay_buffer
+        if buffer.optimize_memory_usage:
             raise ValueError(
                 "cannot relabel a replay buffer built with optimize_memory_usage=True (next "
                 "observations are not stored apart): build the SB3 agent without it"
@@ -215,7 +239,7 @@ class SB3Agent:
             acts = rows(buffer.actions, act_space, start, stop)
             if isinstance(act_space, spaces.Box):
                 acts = self.model.policy.unscale_action(acts)
-            new[start:stop] = score(
+            new[start:stop] = reward_fn(
                 rows(buffer.observations, obs_space, start, stop), acts,
                 rows(buffer.next_observations, obs_space, start, stop), stop - start,
             )  # fmt: skip
@@ -227,39 +251,99 @@ class SB3Agent:
         actions, _ = self.model.predict(obs, deterministic=deterministic)
         return actions
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model zip atomically (a temp file renamed over ``path``).
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write an exactly-resumable checkpoint into ``directory``; returns the model zip's path.
 
-        An off-policy model's replay buffer goes next to it (``<stem>_replay_buffer.pkl``, also
-        atomic), so a resumed SAC run continues from the transitions it had, not an empty buffer.
+        Files (each written atomically): ``sb3.zip`` (the model), ``sb3_replay_buffer.pkl``
+        (off-policy models: a resumed SAC run continues from the transitions it had),
+        ``vecnormalize.pkl`` (when the env is a ``VecNormalize``) and ``sb3_state.json``.
+
+        As with PPO-KL, env state cannot be saved, so saving *restarts the env*: the next
+        ``learn`` resets it with the restart count's child of the env seed. SB3 draws from the
+        process-wide torch, numpy and ``random`` generators; their states are saved too, and
+        :meth:`load` restores them, so a resumed run continues exactly as the live one.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.zip")
-        self.model.save(tmp)
-        os.replace(tmp, path)
-        if getattr(self.model, "replay_buffer", None) is not None:
-            buffer_path = _replay_buffer_path(path)
-            tmp_buffer = buffer_path.with_name(f".{buffer_path.stem}.tmp.pkl")
-            self.model.save_replay_buffer(tmp_buffer)
-            os.replace(tmp_buffer, buffer_path)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        child = np.random.SeedSequence(self._env_seed, spawn_key=(self._env_restarts,))
+        restart_seed = int(child.generate_state(1)[0])
+        self._env_restarts += 1
+        env = self.model.get_env()
+        env.seed(restart_seed)
+        self.model.set_env(env, force_reset=True)  # the next learn() resets the env
+        path = directory / MODEL_FILE
+        atomic_write(path, lambda handle: self.model.save(handle), binary=True)
+        if isinstance(self.model, OffPolicyAlgorithm):
+            atomic_write(directory / REPLAY_BUFFER_FILE, self._dump_replay_buffer, binary=True)
+        normalize = self.model.get_vec_normalize_env()
+        if normalize is not None:
+            atomic_write(directory / VECNORMALIZE_FILE, lambda h: pickle.dump(normalize, h),
+                         binary=True)  # fmt: skip
+        state = {
+            "env_seed": self._env_seed,
+            "env_restarts": self._env_restarts,
+            "restart_seed": restart_seed,
+            "rng": _global_rng_state(),
+        }
+        atomic_write(directory / STATE_FILE, lambda handle: json.dump(state, handle))
         return path
 
+    def _dump_replay_buffer(self, handle: Any) -> None:
+        self.model.save_replay_buffer(handle)
+
     @classmethod
-    def load(cls, path: str | os.PathLike[str], name: str, venv: VecEnv) -> SB3Agent:
-        """Load a model saved by :meth:`save` onto ``venv`` (the env it trained on, rebuilt)."""
+    def load(cls, directory: str | os.PathLike[str], name: str, env: VecEnv) -> SB3Agent:
+        """Continue the agent :meth:`save` wrote into ``directory``, on ``env``.
+
+        Args:
+            directory: the folder given to :meth:`save`.
+            name: the agent's ``SB3_ALGOS`` name (``"sb3-sac"``, ...).
+            env: the env it trained on, rebuilt, *without* ``VecNormalize``: the saved one
+                (statistics included) is put back on top of it.
+        """
         if name not in SB3_ALGOS:
             raise ValueError(f"unknown SB3 agent {name!r}: choose one of {sorted(SB3_ALGOS)}")
-        if not Path(path).exists():
-            raise FileNotFoundError(
-                f"no SB3 checkpoint at {path}: was the run started with {name}?"
+        directory = Path(directory)
+        if not (directory / MODEL_FILE).exists():
+            raise CheckpointNotFoundError(
+                f"no SB3 checkpoint {directory / MODEL_FILE}: pass the directory given to "
+                f"SB3Agent.save(); was the run started with {name}?"
             )
-        agent = cls(SB3_ALGOS[name].algo.load(path, env=venv, device="cpu"))
-        buffer_path = _replay_buffer_path(Path(path))
-        if getattr(agent.model, "replay_buffer", None) is not None and buffer_path.exists():
-            agent.model.load_replay_buffer(buffer_path)
+        if (directory / VECNORMALIZE_FILE).exists():
+            env = VecNormalize.load(str(directory / VECNORMALIZE_FILE), env)
+        model = SB3_ALGOS[name].algo.load(directory / MODEL_FILE, env=env, device="cpu")
+        if isinstance(model, OffPolicyAlgorithm) and (directory / REPLAY_BUFFER_FILE).exists():
+            model.load_replay_buffer(directory / REPLAY_BUFFER_FILE)
+        state = json.loads((directory / STATE_FILE).read_text())
+        agent = cls(model, env_seed=int(state["env_seed"]))
+        agent._env_restarts = int(state["env_restarts"])
+        env.seed(int(state["restart_seed"]))
+        _set_global_rng_state(state["rng"])
         return agent
 
 
-def _replay_buffer_path(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.stem}_replay_buffer.pkl")
+MODEL_FILE = "sb3.zip"
+REPLAY_BUFFER_FILE = "sb3_replay_buffer.pkl"
+VECNORMALIZE_FILE = "vecnormalize.pkl"
+STATE_FILE = "sb3_state.json"
+
+
+def _global_rng_state() -> dict[str, Any]:
+    """The process-wide generators SB3 samples from, JSON-able."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (SB3 samples from it)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "random": [version, list(internal), gauss_next],
+    }
+
+
+def _set_global_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(  # noqa: NPY002 (SB3 samples from the legacy global generator)
+        (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+    )
+    version, internal, gauss_next = state["random"]
+    random.setstate((version, tuple(internal), gauss_next))

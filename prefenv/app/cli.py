@@ -21,15 +21,9 @@ import logging
 import sys
 from pathlib import Path
 
-from prefenv.app.runs import (
-    AGENTS,
-    REFERENCES,
-    TrainingRun,
-    TrainSpec,
-    evaluate_run,
-    load_spec,
-    save_spec,
-)
+from prefenv.app.fields import add_field_options, from_options
+from prefenv.app.runs import TrainingRun, evaluate_run
+from prefenv.app.spec import TrainSpec, load_spec, save_spec
 
 __all__ = ["main", "QUICKSTART"]
 
@@ -46,52 +40,11 @@ QUICKSTART = TrainSpec(
 )
 """The embedded default that ``prefenv train`` runs with no options."""
 
-_HELP = {
-    "env": "Gymnasium id (prefenv/HalfCheetah-v0, prefenv/Hopper-v0, ... or any registered id)",
-    "agent": f"agent: one of {', '.join(AGENTS)}",
-    "teacher": "synthetic teacher preset or '+'-composition: oracle, noisy, mistake, skip, myopic, equal",
-    "queries": "total query budget (skipped queries count)",
-    "steps": "total agent env steps",
-    "rounds": "reward-model refits after the initial one",
-    "n_envs": "parallel sub-envs",
-    "seed": "seed for envs, agent, teacher and query sampling",
-    "segment_length": "steps per compared segment (B-Pref: 50)",
-    "query_method": "uniform, disagreement or entropy",
-    "ensemble": "reward-model ensemble members (B-Pref: 3)",
-    "initial_steps": "env steps of the initial policy before the first queries",
-    "kl_coef": "PPO-KL leash to the reference: the initial policy, or --reference (0 = plain PPO)",
-    "n_steps": "PPO rollout steps per sub-env",
-    "reward_epochs": "max epochs per reward refit (early stopping on held-out loss)",
-    "reward_width": "hidden units per reward-network layer (B-Pref: 256)",
-    "reward_depth": "hidden layers per reward network (B-Pref: 3)",
-    "shaping": "uncertainty shaping k: reward = mean + k * std of the ensemble",
-    "vectorization": "auto (the native vector env when the id has one, else sync), sync, async or "
-    "vector_entry_point",
-    "reference": f"PPO-KL's frozen reference: a production recommender ({', '.join(REFERENCES)}) "
-    "for prefenv/RecSlate-v0 / RecSingle-v0 (needs --kl-coef > 0); empty: the initial policy",
-    "ref_temperature": "softmax temperature of the --reference recommender (lower = sharper)",
-}
-
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """``prefenv train``: one option per :class:`TrainSpec` field, its docstring the help."""
     parser = sub.add_parser("train", help="train an agent from preference feedback")
-    for field in dataclasses.fields(TrainSpec):
-        if field.name == "env_kwargs":
-            continue
-        default = getattr(QUICKSTART, field.name)
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            type=type(default),
-            default=default,
-            help=f"{_HELP[field.name]} (default: {default})",
-        )
-    parser.add_argument(
-        "--env-kwargs",
-        type=json.loads,
-        default={},
-        help='JSON keyword arguments for gymnasium.make, e.g. \'{"objective_weights": '
-        '{"reward_forward": 1, "reward_ctrl": 3}}\'',
-    )
+    add_field_options(parser, TrainSpec, defaults=QUICKSTART)
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder")
     parser.add_argument("--overwrite", action="store_true", help="allow reusing a run folder")
 
@@ -108,8 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.overwrite and out.exists():
         for name in ("comparisons.sqlite", "comparisons.sqlite-wal", "comparisons.sqlite-shm"):
             (out / name).unlink(missing_ok=True)
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec)}
-    spec = TrainSpec(**fields)
+    spec = from_options(TrainSpec, args)
     out.mkdir(parents=True, exist_ok=True)
     save_spec(spec, out)
     return _run(TrainingRun(spec, out), out)

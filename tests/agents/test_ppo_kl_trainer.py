@@ -12,7 +12,7 @@ import torch
 from gymnasium import spaces
 
 from agents.policies import MLPActorCritic
-from agents.ppo_kl import PPOKL, PPOKLConfig
+from agents.ppo_kl import PPOKL, PPOKLConfig, ReturnScaler, trainer
 
 TINY = {"n_steps": 16, "batch_size": 16, "n_epochs": 2, "hidden_sizes": (16,)}
 
@@ -124,6 +124,53 @@ def test_positive_beta_changes_the_update() -> None:
     (m,) = leashed.learn(32)
     assert np.isfinite(m.kl_to_ref) and m.kl_coef == 0.5
     assert any(not torch.equal(a, b) for a, b in zip(params(plain), params(leashed), strict=True))
+
+
+class RecordSteps(gym.vector.VectorWrapper):
+    """Keeps every step's raw rewards ``[N]`` and ends ``terminated | truncated`` ``[N]``."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        self.rewards: list[np.ndarray] = []
+        self.dones: list[np.ndarray] = []
+
+    def step(self, actions: Any) -> Any:
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        self.rewards.append(np.asarray(rewards, dtype=np.float32))
+        self.dones.append(terminated | truncated)
+        return obs, rewards, terminated, truncated, infos
+
+
+def _scaled(rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray, cfg: PPOKLConfig) -> Any:
+    """``[T, N]`` rewards through a fresh return scaler, reset steps zeroed, as the trainer does."""
+    scaler = ReturnScaler(rewards.shape[1], cfg.gamma, cfg.clip_reward)
+    out = np.stack([scaler(r, d, v) for r, d, v in zip(rewards, dones, valid, strict=True)])
+    return np.where(valid, out, 0.0)
+
+
+def test_kl_penalty_is_subtracted_after_return_scaling(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PPOKLConfig.kl_coef: the advantages see scale(r) - beta * KL, not scale(r - beta * KL)
+    beta = 2.0
+    cfg = PPOKLConfig(**{**TINY, "n_steps": 12}, norm_reward=True, kl_coef=beta, gamma=0.9)
+    env = RecordSteps(toy_vec(2, horizon=5))
+    torch.manual_seed(7)  # a reference unlike the initial policy: KL > 0 from the first step
+    ref = MLPActorCritic(env.single_observation_space, env.single_action_space, hidden_sizes=(16,))
+    agent = PPOKL(env, cfg, ref_policy=ref)
+    seen: list[np.ndarray] = []
+    gae = trainer.compute_gae
+
+    def spy(rewards: np.ndarray, *args: Any) -> Any:
+        seen.append(rewards.copy())
+        return gae(rewards, *args)
+
+    monkeypatch.setattr(trainer, "compute_gae", spy)
+    agent.learn(24)
+    buf = agent.buffer
+    raw, dones, kl = np.stack(env.rewards), np.stack(env.dones), buf.kl
+    assert np.abs(kl[buf.valid]).min() > 0  # nats, unscaled; reset steps carry none
+    np.testing.assert_allclose(seen[0], _scaled(raw, dones, buf.valid, cfg) - beta * kl, rtol=1e-6)
+    penalised_then_scaled = _scaled(raw - beta * kl, dones, buf.valid, cfg)
+    assert not np.allclose(seen[0], penalised_then_scaled, rtol=0, atol=1e-3)
 
 
 def test_default_reference_is_a_frozen_copy_of_the_initial_policy() -> None:

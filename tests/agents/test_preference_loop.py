@@ -46,7 +46,8 @@ def test_preference_loop_raises_true_return(tmp_path):
     model = RewardEnsemble.for_spaces(
         venv.single_observation_space, venv.single_action_space, n_members=2, hidden_sizes=(32, 32)
     )
-    env = TrajectoryRecorder(VectorPreferenceReward(venv, model))
+    reward_env = VectorPreferenceReward(venv, model)
+    env = TrajectoryRecorder(reward_env)
     agent = PPOKL(
         env,
         PPOKLConfig(
@@ -59,6 +60,7 @@ def test_preference_loop_raises_true_return(tmp_path):
         teacher=make_teacher("oracle", np.random.default_rng(0)),
         store=ComparisonStore(tmp_path / "comparisons.sqlite"),
         reward_model=model,
+        reward_env=reward_env,
         config=PreferenceLoopConfig(
             total_timesteps=24_576,
             total_queries=150,
@@ -70,6 +72,10 @@ def test_preference_loop_raises_true_return(tmp_path):
     )
     history = loop.run()
     assert [m.round for m in history] == [0, 1, 2, 3]
+    probe = (np.ones((3, 2), dtype=np.float32),) * 3  # the wrapper scores with the last refit
+    np.testing.assert_array_equal(
+        reward_env.predictor.predict(*probe).mean, model.predictor().predict(*probe).mean
+    )
     assert history[-1].labels_used == 150 and len(loop.store) == 150
     initial, final = history[0].true_return, history[-1].true_return
     # random steering hovers around -1.4 per step; reaching the origin gives about -0.5
@@ -101,16 +107,19 @@ class Wobble(gym.Env):
 
 
 class RandomLearner:
-    """Steps the env with seeded random actions: the loop's ``learn`` contract, nothing more."""
+    """Steps the env with seeded random actions: what the loop calls on an agent (``learn`` and
+    ``num_timesteps``), nothing more."""
 
     def __init__(self, env) -> None:
         self.env = env
         self.env.reset(seed=0)
         self.env.action_space.seed(0)
+        self.num_timesteps = 0
 
     def learn(self, total_timesteps: int) -> None:
         for _ in range(-(-total_timesteps // self.env.num_envs)):
             self.env.step(self.env.action_space.sample())
+            self.num_timesteps += self.env.num_envs
 
 
 def _stored_segments(tmp_path, cut_at_termination: bool) -> list:
@@ -118,13 +127,15 @@ def _stored_segments(tmp_path, cut_at_termination: bool) -> list:
     model = RewardEnsemble.for_spaces(
         venv.single_observation_space, venv.single_action_space, n_members=1, hidden_sizes=(8,)
     )
-    env = TrajectoryRecorder(VectorPreferenceReward(venv, model))
+    reward_env = VectorPreferenceReward(venv, model)
+    env = TrajectoryRecorder(reward_env)
     loop = PreferenceLoop(
         env=env,
         agent=RandomLearner(env),
         teacher=make_teacher("oracle", np.random.default_rng(0)),
         store=ComparisonStore(tmp_path / f"cut{cut_at_termination}.sqlite"),
         reward_model=model,
+        reward_env=reward_env,
         config=PreferenceLoopConfig(
             total_timesteps=2_400,
             total_queries=60,

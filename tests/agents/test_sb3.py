@@ -374,12 +374,13 @@ def test_relabel_rescores_the_sac_buffer_exactly() -> None:
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.5)
+    reward_env.refresh()  # the wrapper scores with the new snapshot, as the loop hands it over
     n = agent.relabel_rewards(reward_env.learned_rewards)
     assert n == buffer.buffer_size * 2 == 40  # SB3 splits buffer_size over the envs
     obs = buffer.observations.reshape(-1, 3)
     acts = agent.model.policy.unscale_action(buffer.actions.reshape(-1, 2))
     assert acts.min() >= 0.0 and acts.max() > 1.0  # env units, not SAC's [-1, 1]
-    expected = model.predict(obs, acts, buffer.next_observations.reshape(-1, 3))
+    expected = model.predictor().predict(obs, acts, buffer.next_observations.reshape(-1, 3)).mean
     np.testing.assert_allclose(buffer.rewards.reshape(-1), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(buffer.rewards[: len(stored)], stored)
     bridge.close()
@@ -401,11 +402,38 @@ def test_sac_checkpoint_keeps_its_replay_buffer(tmp_path) -> None:
         "sb3-sac", bridge, seed=0, policy_kwargs={"net_arch": [16]}, **kwargs
     )
     agent.learn(40)
-    agent.save(tmp_path / "sb3.zip")
+    agent.save(tmp_path)
     assert (tmp_path / "sb3_replay_buffer.pkl").exists()
-    restored = SB3Agent.load(tmp_path / "sb3.zip", "sb3-sac", bridge)
+    restored = SB3Agent.load(tmp_path, "sb3-sac", bridge)
     before, after = agent.model.replay_buffer, restored.model.replay_buffer
     assert after.pos == before.pos == 40
     np.testing.assert_array_equal(after.observations, before.observations)
     np.testing.assert_array_equal(after.rewards, before.rewards)
     bridge.close()
+
+
+@pytest.mark.parametrize("name", ["sb3-ppo", "sb3-sac"])
+def test_a_loaded_agent_continues_exactly_as_the_saved_one(tmp_path, name: str) -> None:
+    kwargs = {"n_steps": 16, "batch_size": 16, "n_epochs": 1} if name == "sb3-ppo" else {
+        "learning_starts": 16, "buffer_size": 200, "batch_size": 8}  # fmt: skip
+
+    def make(seed: int) -> SB3Agent:
+        bridge = make_sb3_vec_env("Pendulum-v1", n_envs=2, seed=seed)
+        venv = VecNormalize(bridge, norm_obs=False, norm_reward=True)
+        net = {"net_arch": [16]}  # a fresh dict: SB3 adds keys to the policy_kwargs it is given
+        return SB3Agent.from_name(name, venv, seed=seed, env_seed=seed + 1, policy_kwargs=net,
+                                  **kwargs)  # fmt: skip
+
+    live = make(0)
+    live.learn(64)
+    live.save(tmp_path)
+    live.learn(64)  # restarted env, the process-wide RNG as saved
+    other = make(7)  # another process would rebuild the env and agent, then load
+    resumed = SB3Agent.load(tmp_path, name, other.model.get_env().venv)
+    resumed.learn(64)
+    assert resumed.num_timesteps == live.num_timesteps == 128
+    pairs = zip(_params(live.model), _params(resumed.model), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert resumed.model.get_vec_normalize_env().ret_rms.count == (
+        live.model.get_vec_normalize_env().ret_rms.count
+    )

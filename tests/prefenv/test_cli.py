@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from agents.ppo_kl import PPOKL
 from prefenv.app.cli import main
+from prefenv.app.runs import TrainingRun
+from prefenv.app.spec import load_spec
+from prefenv.store import ComparisonStore
 
 TINY = [
     "--env", "prefenv/Reacher-v0", "--steps", "1600", "--initial-steps", "400",
@@ -35,6 +44,56 @@ def test_train_writes_a_complete_run_folder(tmp_path, agent, capsys):
         r["relabelled"] for r in json.loads((out / "loop_state.json").read_text())["history"]
     ]
     assert all(relabelled) if agent == "sb3-sac" else not any(relabelled), relabelled
+
+
+def _final_state(out: Path) -> dict:
+    """A finished run's comparisons, round metrics, and reward-model and agent tensors."""
+    with ComparisonStore(out / "comparisons.sqlite") as store:
+        comparisons = store.load(labelled_only=False)
+    run = TrainingRun(load_spec(out), out, resume=True)
+    policy = run.agent.policy if isinstance(run.agent, PPOKL) else run.agent.model.policy
+    run.store.close()
+    history = json.loads((out / "loop_state.json").read_text())["history"]
+    return {
+        "labels": [(c.label, c.teacher) for c in comparisons],
+        "segments": [(s.obs, s.acts, s.true_rewards)
+                     for c in comparisons for s in (c.segment0, c.segment1)],
+        "rounds": [json.dumps({k: v for k, v in r.items() if k != "seconds"}
+                   | {"reward_model": {k: v for k, v in r["reward_model"].items() if k != "seconds"}})
+                   for r in history],  # JSON text: NaN metrics compare equal
+        "tensors": {"reward_model": run.reward_model.state_dict(), "agent": policy.state_dict()},
+        "timesteps": run.agent.num_timesteps,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("agent", ["ppo-kl", "sb3-ppo"])
+def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(tmp_path, agent, monkeypatch):
+    argv = ["train", *TINY, "--rounds", "3", "--agent", agent]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    checkpoint = TrainingRun.checkpoint
+
+    def checkpoint_then_die(run: TrainingRun) -> None:
+        checkpoint(run)
+        if run.loop.round == 2:  # killed right after round 1's checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingRun, "checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--out", str(tmp_path / "killed")])
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "killed" / "loop_state.json").read_text())["loop"]["round"] == 2
+    torch.manual_seed(12345)  # a fresh process: the global RNG state it starts with must not matter
+    np.random.seed(12345)  # noqa: NPY002 (SB3 draws from the legacy global generator)
+    assert main(["resume", "--out", str(tmp_path / "killed")]) == 0
+    whole, resumed = _final_state(tmp_path / "whole"), _final_state(tmp_path / "killed")
+    assert len(whole["labels"]) == 24 and whole["timesteps"] >= 1600
+    # bit-identical: every comparison, round metric, reward-model and agent tensor
+    assert resumed["labels"] == whole["labels"] and resumed["rounds"] == whole["rounds"]
+    for got, expected in zip(resumed["segments"], whole["segments"], strict=True):
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+    torch.testing.assert_close(resumed["tensors"], whole["tensors"], rtol=0, atol=0)
+    assert resumed["timesteps"] == whole["timesteps"]
 
 
 def test_resume_continues_an_interrupted_run_and_eval_reports_returns(tmp_path, capsys):
@@ -68,7 +127,99 @@ def test_unknown_teacher_and_agent_are_clear_errors(tmp_path, capsys):
     assert main(["train", *TINY, "--teacher", "orcale", "--out", str(tmp_path / "a")]) == 2
     assert "unknown teacher 'orcale'" in capsys.readouterr().err
     assert main(["train", *TINY, "--agent", "dqn", "--out", str(tmp_path / "b")]) == 2
-    assert "unknown agent 'dqn'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown agent 'dqn'" in err and "ppo-kl" in err and "sb3-sac" in err
+    assert "register_agent('dqn', factory)" in err and "--agent-module" in err
+    argv = ["train", *TINY, "--agent-module", "no_such_module", "--out", str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert "--agent-module 'no_such_module' cannot be imported" in capsys.readouterr().err
+
+
+USER_AGENTS = textwrap.dedent(
+    '''
+    """A user's own agent for `prefenv train`: seeded uniform-random actions."""
+
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from gymnasium.vector import AutoresetMode
+
+    from prefenv.agent import register_agent
+
+
+    class RandomAgent:
+        def __init__(self, env, seed, env_seed, num_timesteps=0):
+            self.env, self.seed, self.env_seed = env, seed, env_seed
+            self.num_timesteps = num_timesteps
+            self.rng = np.random.default_rng(seed)
+            self.started = False
+
+        def _actions(self, n):
+            space = self.env.single_action_space
+            return self.rng.uniform(space.low, space.high, (n, *space.shape)).astype(space.dtype)
+
+        def learn(self, total_timesteps):
+            if not self.started:
+                self.env.reset(seed=self.env_seed)
+                self.started = True
+            for _ in range(-(-total_timesteps // self.env.num_envs)):
+                self.env.step(self._actions(self.env.num_envs))
+                self.num_timesteps += self.env.num_envs
+
+        def predict(self, obs, deterministic=True):
+            return self._actions(len(obs))
+
+        def save(self, directory):
+            path = Path(directory) / "random.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = {"seed": self.seed, "env_seed": self.env_seed, "steps": self.num_timesteps}
+            path.write_text(json.dumps(state))
+            return path
+
+
+    class RandomFactory:
+        autoreset_mode = AutoresetMode.NEXT_STEP
+        on_policy = True
+
+        def check(self, settings):
+            if settings.kl_coef:
+                raise ValueError("random-walk has no KL leash")
+
+        def build(self, settings, env, *, seed, env_seed, log_dir):
+            return RandomAgent(env, seed, env_seed)
+
+        def load(self, settings, env, directory, *, log_dir):
+            state = json.loads((directory / "random.json").read_text())
+            return RandomAgent(env, state["seed"], state["env_seed"], state["steps"])
+
+
+    register_agent("random-walk", RandomFactory())
+    '''
+)
+
+
+def test_an_agent_registered_by_a_user_module_trains_resumes_and_evaluates(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "user_agents_cli.py").write_text(USER_AGENTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_agents_cli", raising=False)
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--agent-module", "user_agents_cli", "--agent", "random-walk"]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["agent"] == "random-walk" and summary["labels_used"] == 24
+    assert summary["timesteps"] == 1600 and summary["on_policy"] is True
+    assert json.loads((out / "agent" / "random.json").read_text())["steps"] == 1600
+    assert load_spec(out).agent_module == "user_agents_cli"  # resume and eval import it again
+    capsys.readouterr()
+    assert main(["resume", "--out", str(out)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert main(["eval", "--out", str(out), "--episodes", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
+    assert main([*argv, "--kl-coef", "0.1", "--out", str(tmp_path / "leash")]) == 2
+    assert "random-walk has no KL leash" in capsys.readouterr().err
 
 
 def test_resume_of_a_non_run_folder_is_a_clear_error(tmp_path, capsys):

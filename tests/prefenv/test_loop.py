@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
-from prefenv.loop import PreferenceLoopConfig, hacking_alarm, query_schedule
-from prefenv.recording import EpisodeStats
+from prefenv.loop import PreferenceLoop, PreferenceLoopConfig, hacking_alarm, query_schedule
+from prefenv.recording import EpisodeStats, TrajectoryRecorder
+from prefenv.store import ComparisonStore
+from prefenv.teachers import make_teacher
 
 
 @pytest.mark.parametrize("schedule", ["constant", "hyperbolic"])
@@ -45,3 +49,42 @@ def test_invalid_loop_configs_name_the_fix():
         ),
         7,
     )
+
+
+def _recorder(point_env_cls, capacity_steps: int) -> TrajectoryRecorder:
+    venv = gym.vector.SyncVectorEnv([lambda: point_env_cls(horizon=5)])
+    recorder = TrajectoryRecorder(venv, capacity_steps=capacity_steps)
+    recorder.reset(seed=0)
+    return recorder
+
+
+def _record_episodes(recorder: TrajectoryRecorder, n: int) -> None:
+    for _ in range(n * 6):  # 5 steps, then NEXT_STEP's reset step
+        recorder.step(np.zeros((1, 2), dtype=np.float32))
+
+
+def test_a_restored_query_pool_precedes_new_episodes_within_the_recorders_capacity(
+    point_env_cls, tmp_path
+):
+    before = _recorder(point_env_cls, capacity_steps=12)  # room for two 5-step episodes
+    _record_episodes(before, 3)
+    saved = before.trajectories
+    assert len(saved) == 2
+    recorder = _recorder(point_env_cls, capacity_steps=12)  # the resumed process's recorder
+    loop = PreferenceLoop(
+        env=recorder,
+        agent=None,  # type: ignore[arg-type]  (the pool needs no agent)
+        teacher=make_teacher("oracle", np.random.default_rng(0)),
+        store=ComparisonStore(tmp_path / "c.sqlite"),
+        reward_model=None,
+        config=PreferenceLoopConfig(total_timesteps=100, initial_timesteps=10),
+    )
+    loop.restore_query_pool(saved)
+    assert loop.query_pool() == saved
+    _record_episodes(recorder, 1)
+    (new,) = recorder.trajectories
+    pool = loop.query_pool()
+    assert pool[0] is saved[1] and pool[1] is new  # oldest dropped first, as one recorder would
+    _record_episodes(recorder, 1)
+    assert loop.query_pool() == recorder.trajectories  # every restored episode has aged out
+    loop.store.close()

@@ -1,0 +1,164 @@
+"""prefenv's own agents for ``prefenv train``: PPO-KL and the Stable-Baselines3 baselines.
+
+Importing this module registers ``ppo-kl``, ``sb3-ppo``, ``sb3-sac`` and ``sb3-a2c`` with
+:func:`prefenv.agent.register_agent`. The factories import ``agents`` (and, for a production
+reference, ``envs``) inside their methods, so ``import prefenv.app`` stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode
+
+from prefenv.agent import Agent, register_agent
+
+if TYPE_CHECKING:
+    from agents.ppo_kl import PPOKLConfig
+    from prefenv.app.spec import TrainSpec
+
+__all__ = ["PPOKLFactory", "SB3Factory", "make_reference", "ppo_kl_config"]
+
+
+def ppo_kl_config(spec: TrainSpec, seed: int, env_seed: int, norm_obs: bool = True) -> PPOKLConfig:
+    """The ``PPOKLConfig`` ``prefenv train`` gives PPO-KL for ``spec``."""
+    from agents.ppo_kl import PPOKLConfig
+
+    return PPOKLConfig(
+        n_steps=spec.n_steps,
+        norm_obs=norm_obs,
+        norm_reward=True,  # learned rewards change scale at every refit
+        kl_coef=spec.kl_coef,
+        seed=seed,
+        env_seed=env_seed,
+    )
+
+
+def make_reference(spec: TrainSpec, venv: gym.vector.VectorEnv) -> Any:
+    """The frozen production reference named by ``spec.reference`` (None when unset).
+
+    Raises:
+        ValueError: the env is not a recommendation env (the production recommenders read the
+            ``prefenv/RecSlate`` / ``RecSingle`` observation layout).
+    """
+    if not spec.reference:
+        return None
+    from envs.recommendation.policies import ProductionPolicy
+
+    try:
+        return ProductionPolicy.for_env(
+            venv, kind=spec.reference.replace("-", "_"), temperature=spec.ref_temperature
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"--reference {spec.reference} is a production recommender for the recommendation "
+            f"envs (prefenv/RecSlate-v0, prefenv/RecSingle-v0), not {spec.env}: {exc}"
+        ) from exc
+
+
+class PPOKLFactory:
+    """PPO with a KL leash (:class:`agents.ppo_kl.PPOKL`), observation and return normalised.
+
+    The leash's reference is the frozen initial policy, or ``spec.reference``'s production
+    recommender; that one scores raw observations, so observation normalisation is then off.
+    """
+
+    autoreset_mode: ClassVar[AutoresetMode] = AutoresetMode.NEXT_STEP
+    on_policy: ClassVar[bool] = True
+
+    def check(self, settings: TrainSpec) -> None:
+        """Every :class:`TrainSpec` suits PPO-KL (the spec itself validates ``reference``)."""
+
+    def build(
+        self,
+        settings: TrainSpec,
+        env: gym.vector.VectorEnv,
+        *,
+        seed: int,
+        env_seed: int,
+        log_dir: Path | None,
+    ) -> Agent:
+        from agents.ppo_kl import PPOKL
+
+        ref_policy = make_reference(settings, env)
+        config = ppo_kl_config(settings, seed, env_seed, norm_obs=ref_policy is None)
+        return PPOKL(env, config, ref_policy=ref_policy, log_dir=log_dir)
+
+    def load(
+        self,
+        settings: TrainSpec,
+        env: gym.vector.VectorEnv,
+        directory: Path,
+        *,
+        log_dir: Path | None,
+    ) -> Agent:
+        from agents.ppo_kl import PPOKL
+
+        ref_policy = make_reference(settings, env)
+        return PPOKL.load(directory, env, ref_policy=ref_policy, log_dir=log_dir)
+
+
+@dataclass(frozen=True)
+class SB3Factory:
+    """An SB3 algorithm of :data:`agents.sb3.SB3_ALGOS` behind :class:`agents.sb3.SB3Agent`.
+
+    The env is bridged to SB3's VecEnv API and wrapped in a rewards-only ``VecNormalize``:
+    learned rewards change scale at every refit, as PPO-KL's ``norm_reward`` handles.
+
+    Attributes:
+        name: the ``SB3_ALGOS`` key.
+        on_policy: True for PPO and A2C, False for SAC (a replay buffer the loop relabels).
+        uses_n_steps: ``TrainSpec.n_steps`` sets the rollout length (sb3-ppo; A2C keeps SB3's).
+    """
+
+    autoreset_mode: ClassVar[AutoresetMode] = AutoresetMode.SAME_STEP
+
+    name: str
+    on_policy: bool
+    uses_n_steps: bool = False
+
+    def check(self, settings: TrainSpec) -> None:
+        """SB3 agents have no KL leash: refuse ``kl_coef`` and ``reference``."""
+        if settings.kl_coef > 0 or settings.reference:
+            raise ValueError(
+                f"--kl-coef and --reference leash PPO-KL to a reference policy; agent {self.name!r} "
+                "has no KL leash: use --agent ppo-kl, or drop --kl-coef / --reference"
+            )
+
+    def build(
+        self,
+        settings: TrainSpec,
+        env: gym.vector.VectorEnv,
+        *,
+        seed: int,
+        env_seed: int,
+        log_dir: Path | None,
+    ) -> Agent:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        from agents.sb3 import SB3Agent, SB3VecEnvBridge
+
+        venv = VecNormalize(SB3VecEnvBridge(env), norm_obs=False, norm_reward=True)
+        overrides = {"n_steps": settings.n_steps} if self.uses_n_steps else {}
+        return SB3Agent.from_name(self.name, venv, seed=seed, env_seed=env_seed, **overrides)
+
+    def load(
+        self,
+        settings: TrainSpec,
+        env: gym.vector.VectorEnv,
+        directory: Path,
+        *,
+        log_dir: Path | None,
+    ) -> Agent:
+        from agents.sb3 import SB3Agent, SB3VecEnvBridge
+
+        return SB3Agent.load(directory, self.name, SB3VecEnvBridge(env))
+
+
+register_agent("ppo-kl", PPOKLFactory())
+register_agent("sb3-ppo", SB3Factory("sb3-ppo", on_policy=True, uses_n_steps=True))
+register_agent("sb3-sac", SB3Factory("sb3-sac", on_policy=False))
+register_agent("sb3-a2c", SB3Factory("sb3-a2c", on_policy=True))
