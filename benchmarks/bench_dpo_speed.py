@@ -56,7 +56,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.text.dpo import DPOConfig, PreferencePair, encode_pairs, reference_logps, train_dpo  # noqa: E402
+from agents.text.dpo import DPOConfig, reference_logps, train_dpo  # noqa: E402
+from agents.text.optim import LMOptimConfig  # noqa: E402
+from agents.text.pairs import PreferencePair, encode_pairs  # noqa: E402
 from envs.text.corpus import generate_corpus, generate_prompts  # noqa: E402
 from envs.text.default_model import default_tokenizer, tiny_gpt2_config  # noqa: E402
 
@@ -96,10 +98,9 @@ class Run:
 
 
 def run_prefenv(model, tokenizer, pairs, epochs: int, lr: float) -> Run:
-    config = DPOConfig(
-        beta=BETA, learning_rate=lr, epochs=epochs, batch_size=BATCH, max_length=128,
-        shuffle=False, precompute_ref=True, ref_batch_size=64, max_grad_norm=1.0,
-    )  # fmt: skip
+    optim = LMOptimConfig(learning_rate=lr, batch_size=BATCH, epochs=epochs, max_length=128,
+                          shuffle=False, max_grad_norm=1.0)  # fmt: skip
+    config = DPOConfig(beta=BETA, precompute_ref=True, ref_batch_size=64, optim=optim)
     cpu = time.process_time()
     metrics = train_dpo(model, None, tokenizer, pairs, config)
     cpu = time.process_time() - cpu

@@ -18,6 +18,7 @@ Writes ``benchmarks/figures/text_overoptimisation_T<max_new_tokens>.png`` and pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prefenv.app.text_config import TEXT_PPO
 from prefenv.app.text_monitor import read_monitor
 from prefenv.app.text_runs import TextPipelineConfig, run_pipeline
 
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(first / folder, out / folder, dirs_exist_ok=True)
         config = TextPipelineConfig(
             task="concise", teacher=teacher, seed=args.seed, queries=args.queries,
-            ppo_steps=args.ppo_steps, kl_coef=args.kl_coef, adaptive_kl=False,
-            max_new_tokens=args.max_new_tokens,
+            ppo_steps=args.ppo_steps, max_new_tokens=args.max_new_tokens,
+            ppo=dataclasses.replace(TEXT_PPO, kl_coef=args.kl_coef, adaptive_kl=False),
         )  # fmt: skip
         run_pipeline(config, out, stages=("base", "sft", "rm", "ppo"))
         curves[teacher] = read_monitor(out / "ppo" / "monitor.csv")

@@ -28,13 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.ppo_kl.config import PPOKLConfig
+from prefenv.app.text_config import PPO_OPTIONS, TEXT_PPO
 from prefenv.app.text_runs import TextPipelineConfig, run_pipeline
 
 OUT = Path(__file__).parent / "out" / "text_pipeline"
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    types = {f.name: f.type for f in dataclasses.fields(TextPipelineConfig)}
+    """Config overrides from ``field=value`` pairs; the PPO-KL options (``kl_coef=0.1``) go into
+    the composed ``ppo`` config."""
+    types = {f.name: f.type for f in dataclasses.fields(TextPipelineConfig) if f.name != "ppo"}
+    types |= {f.name: f.type for f in dataclasses.fields(PPOKLConfig) if f.name in PPO_OPTIONS}
     values: dict[str, object] = {}
     for pair in pairs:
         key, _, text = pair.partition("=")
@@ -47,7 +52,8 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
             else int(text) if "int" in kind
             else text
         )  # fmt: skip
-    return values
+    ppo = {k: values.pop(k) for k in PPO_OPTIONS if k in values}
+    return {**values, "ppo": dataclasses.replace(TEXT_PPO, **ppo)} if ppo else values
 
 
 def main(argv: list[str] | None = None) -> int:

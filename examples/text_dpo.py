@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,13 @@ import torch
 
 from agents.text.dpo import DPOConfig, pairs_from_comparisons, train_dpo
 from agents.text.iterative_dpo import iterative_dpo
+from agents.text.optim import DPO_OPTIM, SFT_OPTIM
+from agents.text.sampling import sample_completions
 from agents.text.sft import TextSFTConfig, train_text_sft
 from envs.text import VaderSentiment, build_default_lm, load_lm
 from envs.text.corpus import generate_demonstrations, generate_prompts
 from envs.text.feedback import make_text_teacher
-from prefenv.app.text_eval import evaluate_text_model, sample_completions
+from prefenv.app.text_eval import evaluate_text_model
 from prefenv.jsonl import export_jsonl, import_jsonl
 
 
@@ -47,7 +50,7 @@ def main() -> None:
     build_default_lm(args.out / "base", train_steps=args.base_steps)
     model, tokenizer = load_lm(args.out / "base")
     train_text_sft(model, tokenizer, generate_demonstrations(1000),
-                   TextSFTConfig(max_steps=args.sft_steps))  # fmt: skip
+                   TextSFTConfig(replace(SFT_OPTIM, max_steps=args.sft_steps)))  # fmt: skip
     sft = copy.deepcopy(model).eval()
     held_out = generate_prompts(128, seed=999)
 
@@ -67,7 +70,7 @@ def main() -> None:
     pairs = pairs_from_comparisons(import_jsonl(args.out / "comparisons.jsonl"))
     print(f"{written} comparisons -> {args.out / 'comparisons.jsonl'} -> {len(pairs)} DPO pairs")
 
-    config = DPOConfig(beta=0.1, epochs=args.epochs)
+    config = DPOConfig(beta=0.1, optim=replace(DPO_OPTIM, epochs=args.epochs))
     metrics = train_dpo(model, sft, tokenizer, pairs, config)
     print(f"offline DPO: loss {metrics.first_loss:.3f} -> {metrics.final_loss:.3f}, "
           f"{metrics.pairs_per_second:.0f} pairs/s")  # fmt: skip

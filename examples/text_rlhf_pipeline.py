@@ -5,9 +5,11 @@ PPO with a per-token KL leash to the SFT model. Offline, on CPU, with the defaul
    (prompt, completion) demonstrations: the SFT model, which is also the frozen reference;
 2. sample two completions per prompt from it; a simulated annotator labels them (the true score
    is the VADER sentiment of the completion); the comparisons go to a durable store;
-3. fit a text reward model to them (Bradley-Terry);
-4. PPO-KL on `prefenv/TextSentiment-v0` whose reward is the reward model's score, with
-   reward - beta * KL(pi || pi_sft) per token and beta adapted toward a per-sequence KL target.
+3. fit a text reward model to them (the one Bradley-Terry trainer every prefenv reward model uses);
+4. PPO-KL on `prefenv/TextSentiment-v0` whose reward is the reward model's score, given by the
+   same learned-reward wrapper as every other task family (one batched scoring call per vector
+   step, whitened), with reward - beta * KL(pi || pi_sft) per token and beta adapted toward a
+   per-sequence KL target.
 
 `prefenv text pipeline --out runs/sentiment` runs the same stages (plus DPO and an evaluation)
 with run folders, resume and plots.
@@ -18,6 +20,7 @@ with run folders, resume and plots.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -26,15 +29,20 @@ import torch
 
 from agents.ppo_kl import PPOKL, PPOKLConfig
 from agents.text.lm_policy import CausalLMPolicy, frozen_reference
+from agents.text.optim import SFT_OPTIM
+from agents.text.sampling import sample_completions
 from agents.text.sft import TextSFTConfig, train_text_sft
 from envs.text import TextTask, VaderSentiment, build_default_lm, load_lm
 from envs.text.corpus import generate_demonstrations, generate_prompts
 from envs.text.feedback import make_text_teacher
+from envs.text.reward_config import text_reward_config
 from envs.text.reward_model import TextRewardModel
-from envs.text.reward_training import text_reward_config, train_text_reward_model
-from prefenv.app.text_eval import evaluate_text_model, sample_completions
+from envs.text.reward_predictor import Whitening
+from prefenv.app.text_eval import evaluate_text_model
 from prefenv.app.text_monitor import EpisodeLog, TextMonitor
+from prefenv.reward_training import train_reward_model
 from prefenv.store import ComparisonStore
+from prefenv.wrappers import VectorPreferenceReward
 
 
 def main() -> None:
@@ -55,7 +63,8 @@ def main() -> None:
     build_default_lm(args.out / "base", train_steps=args.base_steps)
     model, tokenizer = load_lm(args.out / "base")
     sft = train_text_sft(model, tokenizer, generate_demonstrations(1000),
-                         TextSFTConfig(max_steps=args.sft_steps), out_dir=args.out / "sft")  # fmt: skip
+                         TextSFTConfig(replace(SFT_OPTIM, max_steps=args.sft_steps)),
+                         out_dir=args.out / "sft")  # fmt: skip
     print(f"SFT: loss {sft.first_loss:.2f} -> {sft.final_loss:.2f}")
 
     # 2. Two SFT samples per prompt, labelled by a simulated annotator, stored durably.
@@ -70,15 +79,20 @@ def main() -> None:
 
     # 3. The text reward model.
     reward = TextRewardModel.build(tokenizer=tokenizer, seed=0)
-    fit = train_text_reward_model(reward, comparisons, text_reward_config(max_epochs=8))
+    fit = train_reward_model(reward, comparisons, text_reward_config(max_epochs=8))
     print(f"reward model: validation accuracy {fit.val_accuracy:.3f} on the teacher's labels")
 
-    # 4. PPO-KL on the learned reward, KL leash to the SFT model.
-    episodes: list[dict] = []
-    env = gym.vector.SyncVectorEnv([
-        lambda: EpisodeLog(TextTask("sentiment", tokenizer, generate_prompts(400), reward_fn=reward,
-                                    max_new_tokens=args.max_new_tokens), episodes)
+    # 4. PPO-KL on the learned reward, KL leash to the SFT model. The wrapper scores the episodes
+    # that end at each vector step in one batch, whitened by the scores of the SFT samples.
+    venv = gym.vector.SyncVectorEnv([
+        lambda: TextTask("sentiment", tokenizer, generate_prompts(400),
+                         max_new_tokens=args.max_new_tokens)
     ] * args.n_envs)  # fmt: skip
+    whitening = Whitening.fit(reward.predict(prompts, first.texts), clip=5.0)
+    predictor = reward.predictor(venv.single_observation_space, venv.single_action_space,
+                                 tokenizer, whitening)  # fmt: skip
+    episodes: list[dict] = []
+    env = EpisodeLog(VectorPreferenceReward(venv, predictor), episodes)
     policy = CausalLMPolicy(model, action_dim=len(tokenizer))
     config = PPOKLConfig(
         n_steps=args.max_new_tokens, batch_size=args.n_envs * args.max_new_tokens // 4, n_epochs=4,

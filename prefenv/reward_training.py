@@ -1,9 +1,15 @@
-"""Bradley-Terry training of reward models from pairwise comparisons.
+"""Bradley-Terry training of reward models from pairwise comparisons: one trainer for all.
 
-One trainer serves every :class:`prefenv.reward_models.RewardModel`: a segment's predicted return
-is the sum of its step rewards, and the probability that segment 1 is preferred is
+Every reward model trains through :func:`train_reward_model`, numeric or text. The model is a
+:class:`PairSource`: it turns a list of segments into differentiable predicted returns
+(``segment_returns``; a per-step model sums its step rewards, a text model scores the segment's
+``(prompt, completion)``), and the probability that segment 1 is preferred is
 ``sigmoid(R1 - R0)`` (Bradley-Terry). The loss is the cross-entropy between that probability and
-the label (1 = segment 1 preferred, 0 = segment 0, 0.5 = equally good).
+the label (1 = segment 1 preferred, 0 = segment 0, 0.5 = equally good). Early stopping, gradient
+clipping, the NaN check (:class:`~prefenv.predictors.RewardModelError`), the validation split
+and the metrics live here once, which is why the module is over 400 lines: splitting the loss,
+config, metrics and pair-source protocol from the loop that uses them would scatter one
+algorithm.
 """
 
 from __future__ import annotations
@@ -13,34 +19,28 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prefenv.records import Comparison
-from prefenv.reward_models import (
-    RewardEnsemble,
-    RewardModelError,
-    SegmentBatch,
-    _module_device,
-    check_finite,
-)
+from prefenv.predictors import RewardModelError
+from prefenv.records import Comparison, Segment
 
 __all__ = [
     "bradley_terry_loss",
+    "EnsemblePairSource",
+    "NormalizedInputs",
+    "PairSource",
     "RewardTrainConfig",
     "MemberTrainMetrics",
     "RewardTrainMetrics",
     "train_reward_model",
     "evaluate_reward_model",
     "split_comparisons",
-    "training_metrics",
 ]
-
-_EVAL_CHUNK = 1024  # pairs per no-grad forward when evaluating
 
 
 def bradley_terry_loss(
@@ -111,25 +111,27 @@ class RewardTrainConfig:
     """Weight of the return-centring term (TRL: 1e-2)."""
     max_grad_norm: float = 0.0
     """Clip the gradient's global norm to this before each step; 0 disables clipping."""
+    eval_batch_size: int = 1024
+    """Pairs per no-grad ``segment_returns`` call when evaluating (lower it for large text
+    models)."""
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (
-                0 <= self.val_fraction < 1,
-                f"val_fraction must be in [0, 1), got {self.val_fraction}",
-            ),
-            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
-            (self.centering_coef >= 0, f"centering_coef must be >= 0, got {self.centering_coef}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"RewardTrainConfig: {message}")
+        for name in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"RewardTrainConfig: {name} must be >= 1, got {getattr(self, name)}"
+                )
+        for name in ("weight_decay", "margin", "centering_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"RewardTrainConfig: {name} must be >= 0, got {getattr(self, name)}"
+                )
+        if not self.lr > 0:
+            raise ValueError(f"RewardTrainConfig: lr must be > 0, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(
+                f"RewardTrainConfig: val_fraction must be in [0, 1), got {self.val_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,55 +163,79 @@ class RewardTrainMetrics:
     seconds: float
 
 
-class _Pairs:
-    """Comparisons pre-stacked into tensors once; minibatches are index lookups."""
+@runtime_checkable
+class PairSource(Protocol):
+    """What Bradley-Terry training needs from a reward model (an ``nn.Module``).
 
-    def __init__(self, comparisons: Sequence[Comparison], device: torch.device) -> None:
-        self.segments0 = SegmentBatch.from_segments([c.segment0 for c in comparisons], device)
-        self.segments1 = SegmentBatch.from_segments([c.segment1 for c in comparisons], device)
-        labels = [c.label for c in comparisons]
-        self.labels = torch.tensor(labels, dtype=torch.float32, device=device)
+    A model turns a list of segments into differentiable predicted returns. Per-step models sum
+    their step rewards (:class:`prefenv.reward_models.MLPRewardModel`); a text reward model
+    scores each segment's ``(prompt, completion)`` once (``envs.text.reward_model``). The trainer
+    calls nothing else on the model besides the ``nn.Module`` methods (``parameters``,
+    ``train``/``eval``, ``state_dict``/``load_state_dict``).
+    """
+
+    def segment_returns(self, segments: Sequence[Segment]) -> Tensor:
+        """``[B]`` differentiable predicted returns of ``B`` segments; raises
+        :class:`~prefenv.predictors.RewardModelError` on NaN/inf."""
+        ...
+
+
+@runtime_checkable
+class EnsemblePairSource(PairSource, Protocol):
+    """A :class:`PairSource` made of ``K`` members, each itself a :class:`PairSource`.
+
+    The trainer fits every member separately (on its own bootstrap resample when
+    ``RewardTrainConfig.bootstrap``); ``segment_returns`` is the member mean.
+    """
+
+    members: Sequence[nn.Module]
+
+    def member_segment_returns(self, segments: Sequence[Segment]) -> Tensor:
+        """``[K, B]`` each member's predicted returns."""
+        ...
+
+
+@runtime_checkable
+class NormalizedInputs(Protocol):
+    """A model with an input normaliser, fitted to the training steps before training."""
+
+    def fit_normalizer(self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray) -> None:
+        """Set the normaliser from ``[N, D]`` transitions."""
+        ...
+
+
+class _Pairs:
+    """Labelled comparisons as two aligned segment lists; minibatches are index lookups."""
+
+    def __init__(self, comparisons: Sequence[Comparison]) -> None:
+        self.segments0 = [c.segment0 for c in comparisons]
+        self.segments1 = [c.segment1 for c in comparisons]
+        self.labels = torch.tensor([c.label for c in comparisons], dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def returns(self, model: nn.Module, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``([b], [b])`` predicted returns of both sides, one forward pass when lengths match."""
-        s0, s1 = self.segments0, self.segments1
-        if index is not None:
-            s0, s1 = s0.take(index), s1.take(index)
-        if s0.acts.shape[1] != s1.acts.shape[1]:
-            return s0.sum_steps(model(*s0.flat())), s1.sum_steps(model(*s1.flat()))
-        if s0.mask is None and s1.mask is None:
-            mask = None
-        else:
-            ones = torch.ones(s0.acts.shape[:2], device=s0.acts.device)
-            mask = torch.cat([ones if s.mask is None else s.mask for s in (s0, s1)])
-        both = SegmentBatch(*(torch.cat([a, b]) for a, b in zip(s0[:3], s1[:3], strict=True)), mask)
-        returns = both.sum_steps(model(*both.flat()))
-        return returns[: len(s0)], returns[len(s0) :]
+    def returns(self, model: PairSource, index: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """``([b], [b], [b])`` returns of both sides and the labels, one ``segment_returns`` call."""
+        segments = [self.segments0[i] for i in index] + [self.segments1[i] for i in index]
+        returns = model.segment_returns(segments)
+        labels = self.labels[torch.from_numpy(index)].to(returns.device)
+        return returns[: len(index)], returns[len(index) :], labels
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, config: RewardTrainConfig) -> tuple[float, float]:
-        """``(loss, accuracy)`` over all pairs, in chunks, without gradients."""
+    def evaluate(self, model: PairSource, config: RewardTrainConfig) -> tuple[float, float]:
+        """``(loss, accuracy)`` over all pairs, ``config.eval_batch_size`` at a time; NaN if empty."""
         if len(self) == 0:
             return math.nan, math.nan
-        chunks = torch.arange(len(self), device=self.labels.device).split(_EVAL_CHUNK)
-        returns = [self.returns(model, chunk) for chunk in chunks]
-        returns0 = torch.cat([r[0] for r in returns])
-        returns1 = torch.cat([r[1] for r in returns])
-        check_finite(torch.cat([returns0, returns1]))
-        loss = bradley_terry_loss(
-            returns0, returns1, self.labels, config.margin, config.centering_coef
-        )
-        return float(loss), _accuracy(returns0, returns1, self.labels)
-
-
-class _EmptyPairs(_Pairs):
-    """No validation split: evaluates to NaN and has length 0."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.labels = torch.zeros(0, device=device)
+        parts = [
+            self.returns(model, index)
+            for index in np.array_split(
+                np.arange(len(self)), math.ceil(len(self) / config.eval_batch_size)
+            )
+        ]
+        returns0, returns1, labels = (torch.cat([p[i] for p in parts]) for i in range(3))
+        loss = bradley_terry_loss(returns0, returns1, labels, config.margin, config.centering_coef)
+        return float(loss), _accuracy(returns0, returns1, labels)
 
 
 def _labelled(comparisons: Sequence[Comparison]) -> list[Comparison]:
@@ -220,15 +246,12 @@ def _training_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     pairs: _Pairs,
-    index: Tensor,
+    index: np.ndarray,
     config: RewardTrainConfig,
 ) -> float:
-    returns0, returns1 = pairs.returns(model, index)
-    loss = bradley_terry_loss(
-        returns0, returns1, pairs.labels[index], config.margin, config.centering_coef
-    )
+    returns0, returns1, labels = pairs.returns(model, index)  # type: ignore[arg-type]
+    loss = bradley_terry_loss(returns0, returns1, labels, config.margin, config.centering_coef)
     if not torch.isfinite(loss):
-        check_finite(torch.cat([returns0, returns1]).detach())
         raise RewardModelError(
             "Bradley-Terry loss is NaN/inf: lower the learning rate or check the labels"
         )
@@ -247,46 +270,37 @@ def _train_member(
     val: _Pairs,
     config: RewardTrainConfig,
     rng: np.random.Generator,
-    progress: object | None,
+    progress: Any | None,
 ) -> MemberTrainMetrics:
-    """Minibatch Adam over ``train[sample]`` with early stopping on ``val`` (or train) loss."""
+    """Minibatch AdamW over ``train[sample]`` with early stopping on ``val`` (or train) loss."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    device = train.labels.device
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
-        order = torch.from_numpy(rng.permutation(sample)).to(device)
+        order = rng.permutation(sample)
         epoch_losses = [
-            _training_step(model, optimizer, train, index, config)
-            for index in order.split(config.batch_size)
+            _training_step(
+                model, optimizer, train, order[start : start + config.batch_size], config
+            )
+            for start in range(0, len(order), config.batch_size)
         ]
         model.eval()
-        monitored = val.evaluate(model, config)[0] if len(val) else float(np.mean(epoch_losses))
+        monitored = val.evaluate(model, config)[0] if len(val) else float(np.mean(epoch_losses))  # type: ignore[arg-type]
         if progress is not None:
-            progress.update(1)  # type: ignore[attr-defined]
-            progress.set_postfix(train=np.mean(epoch_losses), val=monitored)  # type: ignore[attr-defined]
+            progress.update(1)
+            progress.set_postfix(train=np.mean(epoch_losses), val=monitored)
         if monitored < best_loss - 1e-6:
             best_loss, best_epoch = monitored, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
-    train_loss, _ = train.evaluate(model, config)
-    val_loss, val_accuracy = val.evaluate(model, config)
+    train_loss, _ = train.evaluate(model, config)  # type: ignore[arg-type]
+    val_loss, val_accuracy = val.evaluate(model, config)  # type: ignore[arg-type]
     return MemberTrainMetrics(train_loss, val_loss, val_accuracy, epoch, best_epoch)
-
-
-def _split(
-    comparisons: list[Comparison], config: RewardTrainConfig, rng: np.random.Generator
-) -> tuple[list[Comparison], list[Comparison]]:
-    n_val = int(len(comparisons) * config.val_fraction)
-    if n_val == 0 or n_val == len(comparisons):
-        return comparisons, []
-    order = rng.permutation(len(comparisons))
-    return [comparisons[i] for i in order[n_val:]], [comparisons[i] for i in order[:n_val]]
 
 
 def split_comparisons(
@@ -307,31 +321,87 @@ def split_comparisons(
             f"no labelled comparisons to train on ({len(comparisons)} given, all skipped or "
             "none): collect more feedback or lower the teacher's skip threshold"
         )
-    if val_comparisons is None:
-        return _split(labelled, config, rng)
-    return labelled, _labelled(val_comparisons)
+    if val_comparisons is not None:
+        return labelled, _labelled(val_comparisons)
+    n_val = int(len(labelled) * config.val_fraction)
+    if n_val == 0 or n_val == len(labelled):
+        return labelled, []
+    order = rng.permutation(len(labelled))
+    return [labelled[i] for i in order[n_val:]], [labelled[i] for i in order[:n_val]]
 
 
-class EvaluablePairs(Protocol):
-    """Training pairs of any reward-model kind: ``len`` and ``(loss, accuracy)`` of a model."""
+def _fit_normalizer(model: nn.Module, pairs: _Pairs) -> None:
+    """Fit the input normaliser (if the model has one) to every step of the training segments."""
+    if not isinstance(model, NormalizedInputs):
+        return
+    segments = pairs.segments0 + pairs.segments1
+    model.fit_normalizer(
+        np.concatenate([s.obs[:-1] for s in segments]),
+        np.concatenate([s.acts for s in segments]),
+        np.concatenate([s.obs[1:] for s in segments]),
+    )
 
-    def __len__(self) -> int: ...
 
-    def evaluate(self, model: Any, config: RewardTrainConfig) -> tuple[float, float]: ...
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module) or not isinstance(model, PairSource):
+        raise TypeError(
+            f"train_reward_model needs a torch nn.Module with segment_returns(segments) (the "
+            f"PairSource protocol), got {type(model).__name__}: wrap a per-step module with "
+            "prefenv.reward_models.as_reward_model"
+        )
 
 
-def training_metrics(
-    model: Any,
-    train: EvaluablePairs,
-    val: EvaluablePairs,
-    config: RewardTrainConfig,
-    members: Sequence[MemberTrainMetrics],
-    started: float,
+def train_reward_model(
+    model: nn.Module,
+    comparisons: Sequence[Comparison],
+    config: RewardTrainConfig = RewardTrainConfig(),  # noqa: B008 (frozen, immutable)
+    val_comparisons: Sequence[Comparison] | None = None,
 ) -> RewardTrainMetrics:
-    """The :class:`RewardTrainMetrics` of a trained ``model`` (put in eval mode)."""
+    """Fit ``model`` in place to labelled comparisons with the Bradley-Terry loss.
+
+    Works for every :class:`PairSource`: numeric per-step models and text reward models alike.
+    Skipped comparisons (label ``None``) are ignored. Unless ``val_comparisons`` is given, a
+    ``config.val_fraction`` share is held out for early stopping; without a validation split the
+    training loss is monitored instead. The best weights are restored at the end. A model with an
+    input normaliser (:class:`NormalizedInputs`) has it fitted to the training segments first. An
+    :class:`EnsemblePairSource` trains each member separately, on its own bootstrap resample when
+    ``config.bootstrap``. Torch's CPU generator is seeded per member from ``config.seed`` (dropout
+    is reproducible) and restored afterwards.
+
+    Raises:
+        ValueError: no labelled comparisons, or (text models) a segment without text.
+        TypeError: ``model`` is not an ``nn.Module`` :class:`PairSource`.
+        RewardModelError: the predicted returns or the loss became NaN/inf.
+    """
+    _check_model(model)
+    started = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    train_list, val_list = split_comparisons(comparisons, config, rng, val_comparisons)
+    train, val = _Pairs(train_list), _Pairs(val_list)
+    _fit_normalizer(model, train)
+
+    ensemble = isinstance(model, EnsemblePairSource)
+    networks = list(model.members) if ensemble else [model]  # type: ignore[attr-defined]
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.max_epochs * len(networks), desc="reward model", unit="epoch")
+    members = []
+    for network, member_rng in zip(networks, rng.spawn(len(networks)), strict=True):
+        n = len(train)
+        sample = (
+            member_rng.integers(0, n, size=n) if ensemble and config.bootstrap else np.arange(n)
+        )
+        torch_seed = int(member_rng.spawn(1)[0].integers(2**31))  # leaves member_rng's draws alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            members.append(_train_member(network, train, sample, val, config, member_rng, progress))
+    if progress is not None:
+        progress.close()
     model.eval()
-    train_loss, train_accuracy = train.evaluate(model, config)
-    val_loss, val_accuracy = val.evaluate(model, config)
+    train_loss, train_accuracy = train.evaluate(model, config)  # type: ignore[arg-type]
+    val_loss, val_accuracy = val.evaluate(model, config)  # type: ignore[arg-type]
     return RewardTrainMetrics(
         train_loss=train_loss,
         val_loss=val_loss,
@@ -345,81 +415,22 @@ def training_metrics(
     )
 
 
-def _fit_normalizer(model: nn.Module, pairs: _Pairs) -> None:
-    if not hasattr(model, "fit_normalizer"):
-        return
-    steps = [s.flat() for s in (pairs.segments0, pairs.segments1)]
-    masks = [s.mask for s in (pairs.segments0, pairs.segments1)]
-    keep = [None if m is None else m.reshape(-1) > 0 for m in masks]
-    obs, acts, next_obs = (
-        torch.cat([x[i] if k is None else x[i][k] for x, k in zip(steps, keep, strict=True)])
-        .cpu()
-        .numpy()
-        for i in range(3)
-    )
-    model.fit_normalizer(obs, acts, next_obs)
-
-
-def train_reward_model(
+def evaluate_reward_model(
     model: nn.Module,
     comparisons: Sequence[Comparison],
     config: RewardTrainConfig = RewardTrainConfig(),  # noqa: B008 (frozen, immutable)
-    val_comparisons: Sequence[Comparison] | None = None,
-) -> RewardTrainMetrics:
-    """Fit ``model`` in place to labelled comparisons with the Bradley-Terry loss.
-
-    Skipped comparisons (label ``None``) are ignored. Unless ``val_comparisons`` is given, a
-    ``config.val_fraction`` share is held out for early stopping. The model's input normaliser (if
-    it has ``fit_normalizer``) is fitted to the training segments first. A
-    :class:`~prefenv.reward_models.RewardEnsemble` trains each member separately, on its own
-    bootstrap resample when ``config.bootstrap``.
-
-    Raises:
-        ValueError: no labelled comparisons.
-        TypeError: ``model`` is not an ``nn.Module`` (wrap it with ``as_reward_model``).
-        RewardModelError: the loss became NaN/inf.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"train_reward_model needs a torch nn.Module, got {type(model).__name__}: wrap your "
-            "module with prefenv.reward_models.as_reward_model"
-        )
-    started = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
-    train_list, val_list = split_comparisons(comparisons, config, rng, val_comparisons)
-    device = _module_device(model)
-    train = _Pairs(train_list, device)
-    val = _Pairs(val_list, device) if val_list else _EmptyPairs(device)
-    _fit_normalizer(model, train)
-
-    networks = list(model.members) if isinstance(model, RewardEnsemble) else [model]
-    bootstrap = config.bootstrap and isinstance(model, RewardEnsemble)
-    progress = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=config.max_epochs * len(networks), desc="reward model", unit="epoch")
-    members = []
-    for network, member_rng in zip(networks, rng.spawn(len(networks)), strict=True):
-        n = len(train)
-        sample = member_rng.integers(0, n, size=n) if bootstrap else np.arange(n)
-        members.append(_train_member(network, train, sample, val, config, member_rng, progress))
-    if progress is not None:
-        progress.close()
-    return training_metrics(model, train, val, config, members, started)
-
-
-def evaluate_reward_model(
-    model: nn.Module, comparisons: Sequence[Comparison]
 ) -> tuple[float, float]:
-    """``(Bradley-Terry loss, accuracy on non-tie pairs)`` of ``model`` on labelled comparisons."""
+    """``(Bradley-Terry loss, accuracy on non-tie pairs)`` of ``model`` on labelled comparisons.
+
+    ``config`` supplies the margin, the centring weight and the evaluation batch size.
+    """
+    _check_model(model)
     labelled = _labelled(comparisons)
     if not labelled:
         raise ValueError("no labelled comparisons to evaluate (all skipped or none given)")
-    device = _module_device(model)
     was_training = model.training
     model.eval()
     try:
-        return _Pairs(labelled, device).evaluate(model, RewardTrainConfig())
+        return _Pairs(labelled).evaluate(model, config)  # type: ignore[arg-type]
     finally:
         model.train(was_training)

@@ -18,14 +18,19 @@ The synthetic teacher follows B-Pref (Lee et al. 2021, rll-research/BPref ``rewa
 
 The thresholds follow the policy: before each feedback round call :meth:`SyntheticTeacher.adapt`
 with the mean true return of recent episodes; ``delta = eps * mean * H / T``.
+
+Presets combine with ``'+'`` through :func:`merge_presets`, the one preset merge (the text
+teachers of ``envs.text.feedback`` merge theirs with it too). This module is over 400 lines: the
+teacher protocol, B-Pref's teacher, its presets and their merge are one unit, and the merge
+reads the presets' dataclasses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -38,6 +43,7 @@ __all__ = [
     "TeacherConfig",
     "Thresholds",
     "make_teacher",
+    "merge_presets",
 ]
 
 
@@ -97,9 +103,6 @@ PRESETS: dict[str, TeacherConfig] = {
     "equal": TeacherConfig(name="equal", eps_equal=0.1),
 }
 
-_DEFAULTS = TeacherConfig()
-_PARAMETERS = tuple(f.name for f in fields(TeacherConfig) if f.name != "name")
-
 
 class Thresholds(NamedTuple):
     """Absolute return thresholds set by :meth:`SyntheticTeacher.adapt`.
@@ -115,7 +118,11 @@ class Thresholds(NamedTuple):
 
 @runtime_checkable
 class Teacher(Protocol):
-    """Anything that labels segment pairs: a synthetic teacher, a text annotator, a human queue."""
+    """Anything that labels segment pairs: a synthetic teacher, a text annotator, a human queue.
+
+    A class that subclasses ``Teacher`` explicitly inherits the no-op :meth:`adapt`; one that
+    implements the protocol structurally defines ``adapt`` itself.
+    """
 
     name: str
 
@@ -123,32 +130,88 @@ class Teacher(Protocol):
         """Label each pair; skipped pairs come back with ``label=None``, in the same order."""
         ...
 
+    def adapt(self, mean_episode_return: float, episode_length: int, segment_length: int) -> None:
+        """Follow the policy's current returns before a feedback round (the preference loop calls
+        it with the last 10 episodes' mean true return and length). Default: nothing to adapt;
+        :meth:`SyntheticTeacher.adapt` rescales its skip and equal thresholds."""
+        return None
 
-def _resolve_spec(spec: str) -> TeacherConfig:
-    """Merge the presets named in a '+'-joined spec such as ``"noisy+mistake"``."""
+
+PresetConfig = TypeVar("PresetConfig")
+
+
+def _changes(config: Any, default: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """``{field path: value}`` of the fields where ``config`` differs from ``default``.
+
+    Nested dataclass fields (a text teacher's B-Pref ``bpref``) are compared field by field;
+    ``name`` fields are not parameters and never count.
+    """
+    changed: dict[tuple[str, ...], Any] = {}
+    for f in fields(config):
+        value, base = getattr(config, f.name), getattr(default, f.name)
+        if f.name == "name":
+            continue
+        if is_dataclass(value) and type(value) is type(base):
+            changed.update(_changes(value, base, (*path, f.name)))
+        elif value != base:
+            changed[(*path, f.name)] = value
+    return changed
+
+
+def _apply(default: Any, changes: dict[tuple[str, ...], Any], name: str) -> Any:
+    """``default`` with ``changes`` applied at their paths and every ``name`` field set to ``name``."""
+    values: dict[str, Any] = {}
+    for f in fields(default):
+        base = getattr(default, f.name)
+        if f.name == "name":
+            values[f.name] = name
+        elif (f.name,) in changes:
+            values[f.name] = changes[(f.name,)]
+        elif is_dataclass(base):
+            inner = {path[1:]: v for path, v in changes.items() if path[0] == f.name}
+            values[f.name] = _apply(base, inner, name)
+    return replace(default, **values)
+
+
+def merge_presets(
+    spec: str, presets: Mapping[str, PresetConfig], kind: str = "teacher"
+) -> PresetConfig:
+    """The config of a '+'-joined preset spec such as ``"noisy+mistake"`` (the one preset merge).
+
+    Each named preset contributes the fields where it differs from its class's default
+    (``type(preset)()``); nested dataclass fields merge field by field; the result's ``name``
+    fields (nested ones included) are the spec. Synthetic teachers merge
+    :data:`PRESETS`; text teachers (``envs.text.feedback``) merge theirs with this too.
+
+    Args:
+        spec: preset names joined by ``'+'``.
+        presets: name -> config (frozen dataclasses of one class, constructible without arguments).
+        kind: what the presets configure, for error messages (``"teacher"``, ``"text teacher"``).
+
+    Raises:
+        ValueError: an unknown preset, or two presets setting one parameter to different values.
+    """
     parts = [part.strip() for part in spec.split("+")]
-    unknown = [part for part in parts if part not in PRESETS]
+    unknown = [part for part in parts if part not in presets]
     if unknown:
+        names = list(presets)
         raise ValueError(
-            f"unknown teacher {unknown[0]!r}: choose one of {', '.join(PRESETS)} "
-            "or combine them with '+' (e.g. 'noisy+mistake')"
+            f"unknown {kind} {unknown[0]!r}: choose one of {', '.join(names)} "
+            f"or combine them with '+' (e.g. '{'+'.join(names[1:3])}')"
         )
-    merged: dict[str, Any] = {}
-    source: dict[str, str] = {}
+    default = type(presets[parts[0]])()
+    merged: dict[tuple[str, ...], Any] = {}
+    source: dict[tuple[str, ...], str] = {}
     for part in parts:
-        preset = PRESETS[part]
-        for attr in _PARAMETERS:
-            value = getattr(preset, attr)
-            if value == getattr(_DEFAULTS, attr):
-                continue
-            if attr in merged and merged[attr] != value:
+        for path, value in _changes(presets[part], default).items():
+            if path in merged and merged[path] != value:
                 raise ValueError(
-                    f"teacher {spec!r} sets {attr} twice: {merged[attr]} by {source[attr]!r} and "
-                    f"{value} by {part!r}; combine presets that change different parameters"
+                    f"{kind} {spec!r} sets {path[-1]} twice: {merged[path]} by "
+                    f"{source[path]!r} and {value} by {part!r}; combine presets that change "
+                    "different parameters"
                 )
-            merged[attr] = value
-            source[attr] = part
-    return TeacherConfig(name="+".join(parts), **merged)
+            merged[path], source[path] = value, part
+    return _apply(default, merged, "+".join(parts))
 
 
 def make_teacher(
@@ -171,7 +234,7 @@ def make_teacher(
     Raises:
         ValueError: unknown preset, conflicting composition or invalid parameter.
     """
-    config = spec if isinstance(spec, TeacherConfig) else _resolve_spec(spec)
+    config = spec if isinstance(spec, TeacherConfig) else merge_presets(spec, PRESETS)
     if overrides:
         valid = {f.name for f in fields(TeacherConfig)}
         bad = sorted(set(overrides) - valid)

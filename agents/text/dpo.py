@@ -17,10 +17,13 @@ step is one forward over the chosen and rejected rows concatenated (``[2B, L]``,
 and log-softmax is taken only at completion positions. There is no dataset library, trainer or
 logging machinery in the loop.
 
-Inputs: :class:`PreferencePair` s (or ``(prompt, chosen, rejected)`` tuples), e.g. from
-:func:`pairs_from_comparisons` over ``prefenv.jsonl.import_jsonl(path)`` or ``store.load()``.
-:func:`iterative_dpo` alternates sampling two completions per prompt, labelling them with any
-callable teacher, and DPO on all pairs so far.
+Inputs: :class:`~agents.text.pairs.PreferencePair` s (or ``(prompt, chosen, rejected)``
+tuples), e.g. from :func:`~agents.text.pairs.pairs_from_comparisons` over
+``prefenv.jsonl.import_jsonl(path)`` or ``store.load()`` (:mod:`agents.text.pairs` holds the
+pair data; both names are re-exported here). The optimisation loop is the one
+:mod:`agents.text.optim` gives SFT and DPO. :func:`agents.text.iterative_dpo.iterative_dpo`
+alternates sampling two completions per prompt, labelling them with any callable teacher, and
+DPO on all pairs so far.
 """
 
 from __future__ import annotations
@@ -32,41 +35,42 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.text.sft import (
+from agents.text.optim import (
+    DPO_OPTIM,
+    LMOptimConfig,
     batch_indices,
-    check_context,
-    check_length,
-    encode_prompt_completion,
     make_optimizer,
     n_steps,
     optimizer_step,
-    pad_id,
     progress_bar,
     save_model,
-    validate_common,
 )
-from prefenv.text_records import check_vocab, segment_texts
+from agents.text.pairs import (
+    EncodedPair,
+    PairBatch,
+    PreferencePair,
+    collate_pairs,
+    encode_pairs,
+    pairs_from_comparisons,
+)
+from agents.text.sft import check_context, pad_id
+from prefenv.text_records import check_vocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from prefenv.records import Comparison
-
 __all__ = [
     "DPOConfig",
     "DPOMetrics",
-    "PairBatch",
     "PreferencePair",
-    "collate_pairs",
     "dpo_loss",
-    "encode_pairs",
     "frozen_copy",
     "pair_logps",
     "pairs_from_comparisons",
@@ -74,26 +78,6 @@ __all__ = [
     "sequence_logps",
     "train_dpo",
 ]
-
-
-class PreferencePair(NamedTuple):
-    """One comparison of two completions of a prompt.
-
-    Attributes:
-        prompt: the context both completions continue.
-        chosen: the preferred completion (for a tie, either one).
-        rejected: the other completion.
-        tie: the two were judged equally good (trained with the soft label 0.5).
-    """
-
-    prompt: str
-    chosen: str
-    rejected: str
-    tie: bool = False
-
-
-"""``label_fn(prompt, completion_a, completion_b)``: 0 if ``a`` is better, 1 if ``b`` is, 0.5 for
-equally good, None to skip (the convention of :class:`prefenv.records.Comparison`)."""
 
 
 def dpo_loss(
@@ -129,109 +113,6 @@ def dpo_loss(
     logits = beta * (chosen_logratios - rejected_logratios)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
-
-
-@dataclass(frozen=True)
-class PairBatch:
-    """Chosen and rejected sequences of ``B`` pairs stacked into one right-padded batch.
-
-    Rows ``0..B-1`` are ``[BOS] + prompt + chosen + [EOS]``, rows ``B..2B-1`` the same prompts
-    with the rejected completions.
-
-    Attributes:
-        input_ids: ``[2B, L]`` int64.
-        attention_mask: ``[2B, L]`` int64, 1 on real tokens.
-        completion_mask: ``[2B, L]`` bool, True on completion tokens (EOS included).
-        label_smoothing: ``[B]`` float, 0.5 for ties and the config's label smoothing otherwise.
-        index: ``[B]`` int64 positions of the pairs in the encoded list.
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    completion_mask: Tensor
-    label_smoothing: Tensor
-    index: Tensor
-
-    def to(self, device: torch.device) -> PairBatch:
-        return PairBatch(*(t.to(device) for t in vars(self).values()))
-
-
-class EncodedPair(NamedTuple):
-    prompt: list[int]
-    chosen: list[int]
-    rejected: list[int]
-    tie: bool
-
-
-def as_pair(index: int, pair: Any) -> PreferencePair:
-    if isinstance(pair, PreferencePair):
-        return pair
-    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) in (3, 4):
-        if all(isinstance(text, str) for text in pair[:3]):
-            return PreferencePair(*pair)
-    raise ValueError(
-        f"pair {index} must be (prompt, chosen, rejected[, tie]) with string texts, got {pair!r}; "
-        "rows of a prompt/chosen/rejected JSONL file convert with "
-        "pairs_from_comparisons(prefenv.jsonl.import_jsonl(path))"
-    )
-
-
-def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[PreferencePair | tuple[str, ...]],
-    max_length: int,
-    add_bos: bool = True,
-) -> list[EncodedPair]:
-    """Tokenize pairs once (see :func:`agents.text.sft.encode_prompt_completion`).
-
-    Raises:
-        ValueError: no pairs, a malformed pair, or a sequence longer than ``max_length``.
-    """
-    if len(pairs) == 0:
-        raise ValueError(
-            "no preference pairs to train on: pass (prompt, chosen, rejected) tuples, e.g. "
-            "pairs_from_comparisons(store.load()); if they came from comparisons, were they all "
-            "skipped or ties?"
-        )
-    encoded = []
-    for index, raw in enumerate(pairs):
-        pair = as_pair(index, raw)
-        prompt_ids, chosen_ids = encode_prompt_completion(
-            tokenizer, pair.prompt, pair.chosen, add_bos
-        )
-        rejected_ids = encode_prompt_completion(tokenizer, "", pair.rejected, False)[1]
-        for name, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
-            check_length(prompt_ids, ids, max_length, f"pair {index} (prompt + {name})")
-        encoded.append(EncodedPair(prompt_ids, chosen_ids, rejected_ids, bool(pair.tie)))
-    return encoded
-
-
-def collate_pairs(
-    pairs: Sequence[EncodedPair],
-    pad_token_id: int,
-    label_smoothing: float = 0.0,
-    index: Sequence[int] | None = None,
-) -> PairBatch:
-    """Stack encoded pairs into one :class:`PairBatch` (chosen rows first, then rejected)."""
-    rows = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
-    length = max(len(prompt) + len(completion) for prompt, completion in rows)
-    flat = np.full((len(rows), length), pad_token_id, dtype=np.int64)
-    attention = np.zeros((len(rows), length), dtype=np.int64)
-    completion_mask = np.zeros((len(rows), length), dtype=bool)
-    for row, (prompt, completion) in enumerate(rows):
-        n_prompt, n = len(prompt), len(prompt) + len(completion)
-        flat[row, :n_prompt] = prompt
-        flat[row, n_prompt:n] = completion
-        attention[row, :n] = 1
-        completion_mask[row, n_prompt:n] = True
-    smoothing = torch.tensor([0.5 if p.tie else label_smoothing for p in pairs])
-    return PairBatch(
-        torch.from_numpy(flat),
-        torch.from_numpy(attention),
-        torch.from_numpy(completion_mask),
-        smoothing,
-        torch.as_tensor(np.asarray(index if index is not None else range(len(pairs)))),
-    )
 
 
 def sequence_logps(
@@ -271,45 +152,29 @@ def pair_logps(model: nn.Module, batch: PairBatch) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """DPO settings (validated on construction)."""
+    """DPO settings (validated on construction): the shared LM loop plus DPO's own."""
 
     beta: float = 0.1
     """KL strength: larger keeps the policy closer to the reference (0.5 for TL;DR)."""
-    learning_rate: float = 5e-5
-    """Peak AdamW rate (TRL defaults to 1e-6 for billion-parameter models; tiny models need more)."""
-    epochs: int = 1
-    """Passes over the pairs (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Stop after this many optimiser steps (cycling through the pairs as needed)."""
-    batch_size: int = 32
-    """Pairs per step (one forward over ``2 * batch_size`` sequences)."""
-    max_length: int = 128
-    """Longest ``prompt + completion`` in tokens (BOS/EOS included); longer ones are an error."""
-    seed: int = 0
-    """Seeds the batch order."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up from 0 over this many steps, then constant."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float | None = 1.0
-    """Clip the gradient's global norm to this (None: no clipping)."""
     label_smoothing: float = 0.0
     """cDPO: probability that a label is flipped, in ``[0, 0.5)``; ties always use 0.5."""
     precompute_ref: bool = True
     """Compute the reference log-probs once before training (else once per batch)."""
     ref_batch_size: int = 64
     """Pairs per reference forward when precomputing."""
-    add_bos: bool = True
-    """Prepend the tokenizer's BOS to each prompt (as the text envs do)."""
-    shuffle: bool = True
-    """Shuffle the pairs every epoch."""
     disable_dropout: bool = True
     """Train in eval mode (no dropout), as TRL does: log-probs match the reference's exactly."""
-    progress: bool = False
-    """Show a tqdm progress bar."""
+    optim: LMOptimConfig = DPO_OPTIM
+    """Learning rate, pairs per step (one forward over ``2 * batch_size`` sequences), epochs or
+    steps, warm-up, clipping, seeding (see :class:`~agents.text.optim.LMOptimConfig`); vary it
+    with ``replace(DPO_OPTIM, ...)``."""
 
     def __post_init__(self) -> None:
-        validate_common(self)
+        if not isinstance(self.optim, LMOptimConfig):
+            raise TypeError(
+                f"DPOConfig.optim must be an LMOptimConfig, got {type(self.optim).__name__}: "
+                "write DPOConfig(optim=replace(DPO_OPTIM, epochs=3))"
+            )
         if not (self.beta > 0 and math.isfinite(self.beta)):
             raise ValueError(f"beta must be a positive number, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -429,14 +294,15 @@ def train_dpo(
 
     Raises:
         VocabMismatchError: the tokenizer emits ids a model cannot embed.
-        ValueError: no pairs, or a sequence longer than ``config.max_length``.
+        ValueError: no pairs, or a sequence longer than ``config.optim.max_length``.
     """
     config = config or DPOConfig()
+    optim = config.optim
     start = time.perf_counter()
     check_vocab(tokenizer, model)
     if ref_model is not None:
         check_vocab(tokenizer, ref_model)
-    encoded = encode_pairs(tokenizer, pairs, config.max_length, config.add_bos)
+    encoded = encode_pairs(tokenizer, pairs, optim.max_length, optim.add_bos)
     check_context(model, max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in encoded))
     pad = pad_id(tokenizer)
     metrics = DPOMetrics(n_pairs=len(encoded))
@@ -449,17 +315,10 @@ def train_dpo(
     elif ref_model is None:
         ref_model = frozen_copy(model)
     device = next(model.parameters()).device
-    optimizer, scheduler = make_optimizer(
-        model, config.learning_rate, config.weight_decay, config.warmup_steps
-    )
-    total = n_steps(len(encoded), config.batch_size, config.epochs, config.max_steps)
-    batches = batch_indices(
-        len(encoded), config.batch_size, config.epochs, config.max_steps, config.shuffle,
-        config.seed,
-    )  # fmt: skip
+    optimizer, scheduler = make_optimizer(model, optim)
     model.train(not config.disable_dropout)
-    with progress_bar(total, config.progress, "DPO") as bar:
-        for index in batches:
+    with progress_bar(n_steps(len(encoded), optim), optim.progress, "DPO") as bar:
+        for index in batch_indices(len(encoded), optim):
             batch = collate_pairs(
                 [encoded[i] for i in index], pad, config.label_smoothing, index
             ).to(device)
@@ -472,7 +331,7 @@ def train_dpo(
                 chosen, rejected, ref_chosen, ref_rejected, config.beta, batch.label_smoothing
             )
             loss = losses.mean()
-            optimizer_step(model, loss, optimizer, scheduler, config.max_grad_norm)
+            optimizer_step(model, loss, optimizer, scheduler, optim.max_grad_norm)
             _record(metrics, loss, chosen_rewards, rejected_rewards)
             metrics.n_pairs_seen += len(index)
             bar.update(1)
@@ -505,30 +364,3 @@ def _record(metrics: DPOMetrics, loss: Tensor, chosen: Tensor, rejected: Tensor)
         strict=True,
     ):  # fmt: skip
         values.append(value)
-
-
-def pairs_from_comparisons(
-    comparisons: Sequence[Comparison], ties: str = "skip"
-) -> list[PreferencePair]:
-    """Text comparisons (``context["prompt"]`` / ``["completion"]``) as DPO pairs.
-
-    Args:
-        comparisons: e.g. ``prefenv.jsonl.import_jsonl(path)`` or ``ComparisonStore.load()``.
-        ties: ``"skip"`` drops label-0.5 comparisons; ``"keep"`` keeps them as tie pairs
-            (trained towards equal implicit rewards). Skipped comparisons are always dropped.
-
-    Raises:
-        ValueError: a labelled comparison's segments carry no prompt/completion text.
-    """
-    if ties not in ("skip", "keep"):
-        raise ValueError(f"ties must be 'skip' or 'keep', got {ties!r}")
-    pairs = []
-    for index, comparison in enumerate(comparisons):
-        if comparison.label is None or (comparison.label == 0.5 and ties == "skip"):
-            continue
-        segments = (comparison.segment0, comparison.segment1)
-        winner = 1 if comparison.label == 1.0 else 0
-        prompt, chosen = segment_texts(segments[winner], f"comparison {index}")
-        _, rejected = segment_texts(segments[1 - winner], f"comparison {index}")
-        pairs.append(PreferencePair(prompt, chosen, rejected, comparison.label == 0.5))
-    return pairs

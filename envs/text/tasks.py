@@ -42,7 +42,6 @@ class TextTask(TextGenerationEnv):
         tokenizer: tokenizer object or local directory; None = the project's default tokenizer
             (the one :func:`envs.text.build_default_lm` saves with the default model).
         prompts: prompt pool; None = 200 generated opinion-free review openings.
-        reward_fn: the returned reward's scorer; None = the true score.
         scorer_kwargs: constructor arguments of the task's scorer, e.g.
             ``{"keywords": ["soundtrack"]}`` or ``{"length_cost": 0.05}``.
         max_prompt_tokens: longest prompt in tokens.
@@ -55,7 +54,6 @@ class TextTask(TextGenerationEnv):
         task: str,
         tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
         prompts: str | os.PathLike[str] | Iterable[str] | None = None,
-        reward_fn: Scorer | None = None,
         scorer_kwargs: Mapping[str, Any] | None = None,
         max_prompt_tokens: int = 16,
         max_new_tokens: int = 48,
@@ -68,7 +66,6 @@ class TextTask(TextGenerationEnv):
             prompts=generate_prompts() if prompts is None else prompts,
             true_scorer=TASKS[task](**(scorer_kwargs or {})),
             tokenizer=tokenizer,
-            reward_fn=reward_fn,
             max_prompt_tokens=max_prompt_tokens,
             max_new_tokens=max_new_tokens,
             render_mode=render_mode,

@@ -2,13 +2,16 @@
 
 One step = one generated token. The env holds only a tokenizer (no language model): the agent's
 policy *is* the language model, so any local Hugging Face causal LM whose embedding covers the
-tokenizer can act in it.
+tokenizer can act in it. The env's own reward is the task's true score; a learned text reward
+model replaces it through the same wrapper as every other family
+(:class:`prefenv.wrappers.VectorPreferenceReward` holding the model's
+:mod:`~envs.text.reward_predictor`), scored in one batch per vector step.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsFloat
 
@@ -21,7 +24,7 @@ from envs.text.scorers import Scorer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["TextGenerationEnv", "load_prompts", "resolve_tokenizer"]
+__all__ = ["TextGenerationEnv", "decode_completions", "load_prompts", "resolve_tokenizer"]
 
 ObsDict = dict[str, np.ndarray]
 
@@ -70,6 +73,16 @@ def _prompt_of(item: Any, key: str) -> Any:
     return item
 
 
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase, completions: Sequence[Sequence[int]]
+) -> list[str]:
+    """Completion texts of generated token ids: a final EOS dropped, special tokens removed,
+    surrounding spaces stripped (how the env reports ``info["completion"]``)."""
+    eos = tokenizer.eos_token_id
+    trimmed = [list(ids[:-1]) if len(ids) and ids[-1] == eos else list(ids) for ids in completions]
+    return [text.strip() for text in tokenizer.batch_decode(trimmed, skip_special_tokens=True)]
+
+
 def resolve_tokenizer(
     tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None,
 ) -> PreTrainedTokenizerBase:
@@ -100,13 +113,17 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
     - ``"input_ids"``: ``Box(0, vocab - 1, (L,), int64)``: ``[pad ... pad, prompt, generated]``
       (the prompt starts with the BOS token when the tokenizer has one and ``add_bos``).
     - ``"attention_mask"``: ``MultiBinary(L)`` (int8): 1 on real tokens, 0 on padding.
+    - ``"prompt_length"``: ``Box(1, L, (1,), int64)``: how many of the real tokens are the
+      prompt (BOS included; at most ``max_prompt_tokens``), so the observation alone splits
+      ``(prompt, completion)`` (what a learned text reward reads). Its bound is the window, so
+      sub-envs with equal windows share one observation space.
 
     Action: ``Discrete(vocab)``, the next token id (``vocab = len(tokenizer)``).
 
-    Reward: 0 on every step but the last; on the last step ``reward_fn(prompt, completion)``
-    (the task's true score when ``reward_fn`` is None, a learned text reward model in RLHF).
-    ``info["true_reward"]`` holds the hidden true score ``true_scorer(prompt, completion)`` on the
-    last step and 0 before, so a segment's summed true reward is the episode's true score. The
+    Reward: 0 on every step but the last; on the last step the true score
+    ``true_scorer(prompt, completion)``. Under RLHF a learned-reward wrapper replaces it with a
+    text reward model's score. ``info["true_reward"]`` holds the true score on the last step and
+    0 before, so a segment's summed true reward is the episode's true score. The
     last step's info also has ``"prompt"``, ``"completion"`` (decoded, EOS and special tokens
     removed) and ``"completion_tokens"``; reset's info has ``"prompt"`` and ``"prompt_index"``.
 
@@ -122,7 +139,6 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         true_scorer: the hidden true score of ``(prompt, completion)``.
         tokenizer: a Hugging Face tokenizer, a local tokenizer directory, or None for the
             project's default tokenizer. It needs an EOS token.
-        reward_fn: the returned reward's scorer; None = ``true_scorer``.
         max_prompt_tokens: longest prompt (in tokens, BOS included); longer prompts are an error.
         max_new_tokens: generated tokens before truncation.
         add_bos: prepend the tokenizer's BOS token to every prompt (if it has one).
@@ -136,7 +152,6 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         prompts: str | os.PathLike[str] | Iterable[str] | Iterable[Mapping[str, Any]],
         true_scorer: Scorer,
         tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
-        reward_fn: Scorer | None = None,
         max_prompt_tokens: int = 16,
         max_new_tokens: int = 48,
         add_bos: bool = True,
@@ -156,7 +171,6 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
                 "tokenizer.add_special_tokens({'eos_token': '<|eos|>'}) (and resize the model)"
             )
         self.true_scorer = true_scorer
-        self.reward_fn = reward_fn
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.add_bos = add_bos
@@ -172,11 +186,13 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
             {
                 "input_ids": spaces.Box(0, self.vocab_size - 1, (self.window,), np.int64),
                 "attention_mask": spaces.MultiBinary(self.window),
+                "prompt_length": spaces.Box(1, self.window, (1,), np.int64),
             }
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self._ids = np.full(self.window, self.pad_token_id, dtype=np.int64)
         self._mask = np.zeros(self.window, dtype=np.int8)
+        self._prompt_length = np.ones(1, dtype=np.int64)
         self._prompt = ""
         self._completion: list[int] = []
         self._done = True
@@ -236,6 +252,7 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         self._mask.fill(0)
         self._ids[-len(ids) :] = ids
         self._mask[-len(ids) :] = 1
+        self._prompt_length[0] = len(ids)
         self._completion = []
         self._done = False
         return self._obs(), {"prompt": self._prompt, "prompt_index": index}
@@ -258,15 +275,13 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         self._done = True
         completion = self.completion_text()
         true_score = float(self.true_scorer(self._prompt, completion))
-        scorer = self.reward_fn
-        reward = true_score if scorer is None else float(scorer(self._prompt, completion))
         info = {
             "true_reward": true_score,
             "prompt": self._prompt,
             "completion": completion,
             "completion_tokens": len(self._completion),
         }
-        return self._obs(), reward, terminated, truncated, info
+        return self._obs(), true_score, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -277,10 +292,11 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
 
     def completion_text(self) -> str:
         """The completion so far, decoded without special tokens and surrounding spaces."""
-        ids = self._completion
-        if ids and ids[-1] == self.eos_token_id:
-            ids = ids[:-1]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return decode_completions(self.tokenizer, [self._completion])[0]
 
     def _obs(self) -> ObsDict:
-        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        return {
+            "input_ids": self._ids.copy(),
+            "attention_mask": self._mask.copy(),
+            "prompt_length": self._prompt_length.copy(),
+        }

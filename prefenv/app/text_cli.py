@@ -5,59 +5,43 @@
     prefenv text rm --out runs/sentiment --teacher verbose     # ...with another annotator
     prefenv text pipeline --out runs/mine --base-model path/to/local/hf_model
 
-Every option is a field of :class:`prefenv.app.text_runs.TextPipelineConfig` (its docstring is the
-help). A run folder remembers its settings: resuming a killed pipeline is the same command again.
+Every option is a field of :class:`prefenv.app.text_config.TextPipelineConfig`, or one of the
+PPO-KL fields it composes (``--learning-rate``, ``--kl-coef``, ``--adaptive-kl``, ``--kl-target``,
+``--kl-estimator``, ``--kl-horizon``: :data:`~prefenv.app.text_config.PPO_OPTIONS` of
+:class:`~agents.ppo_kl.config.PPOKLConfig`); each option's help is the docstring of the field
+where it is declared (:mod:`prefenv.app.fields`). A run folder remembers its settings: resuming a
+killed pipeline is the same command again.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import functools
-import inspect
 import json
 import sys
+import typing
 from pathlib import Path
-from typing import Any
 
-from prefenv.app.text_config import TextPipelineConfig
+from agents.ppo_kl.config import KLEstimator, PPOKLConfig
+from prefenv.app.fields import add_field_options, field_docs, from_options
+from prefenv.app.text_config import PPO_OPTIONS, TEXT_PPO, TextPipelineConfig
 from prefenv.app.text_runs import STAGES, run_pipeline, run_stage
 
-__all__ = ["add_text_parser", "cmd_text", "field_docs"]
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """``{field: docstring}`` of a dataclass whose fields carry attribute docstrings."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+__all__ = ["add_text_parser", "cmd_text"]
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    docs = field_docs(TextPipelineConfig)
-    for field in dataclasses.fields(TextPipelineConfig):
-        flag = "--" + field.name.replace("_", "-")
-        help_text = f"{docs.get(field.name, '')} (default: {field.default})"
-        if field.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=help_text)  # fmt: skip
-        elif field.type in ("str | None", "str"):
-            parser.add_argument(flag, type=str, default=field.default, help=help_text)
-        else:
-            kind = float if "float" in str(field.type) else int
-            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+    """``--field`` options of the pipeline's settings and of the PPO-KL fields it exposes."""
+    add_field_options(parser, TextPipelineConfig, skip={"ppo"})
+    # add_field_options has no form for Literal fields: kl_estimator gets its choices here.
+    skip = {f.name for f in dataclasses.fields(PPOKLConfig)} - set(PPO_OPTIONS) | {"kl_estimator"}
+    add_field_options(parser, PPOKLConfig, defaults=TEXT_PPO, skip=skip)
+    parser.add_argument(
+        "--kl-estimator",
+        choices=typing.get_args(KLEstimator),
+        default=TEXT_PPO.kl_estimator,
+        help=f"{field_docs(PPOKLConfig)['kl_estimator']} (default: {TEXT_PPO.kl_estimator})",
+    )
 
 
 def add_text_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,10 +64,8 @@ def add_text_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> TextPipelineConfig:
-    values: dict[str, Any] = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TextPipelineConfig)
-    }
-    return TextPipelineConfig(**values)
+    ppo = dataclasses.replace(TEXT_PPO, **{name: getattr(args, name) for name in PPO_OPTIONS})
+    return from_options(TextPipelineConfig, args, ppo=ppo)
 
 
 def cmd_text(args: argparse.Namespace) -> int:

@@ -1,6 +1,10 @@
 """Settings of the text RLHF pipeline (:mod:`prefenv.app.text_runs`), one validated dataclass.
 
-Each field's docstring is its ``prefenv text`` command-line help.
+Each field's docstring is its ``prefenv text`` command-line help. The ppo stage's PPO-KL settings
+are a :class:`~agents.ppo_kl.config.PPOKLConfig` (field ``ppo``), not copies of its fields: the
+KL leash (``kl_coef``, ``adaptive_kl``, ``kl_target``, ``kl_horizon``, ``kl_estimator``) and the
+learning rate are declared, documented and validated there once, and the command line offers
+them as ``--kl-coef`` etc. (:data:`PPO_OPTIONS`) with that documentation as help.
 """
 
 from __future__ import annotations
@@ -9,7 +13,31 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TextPipelineConfig"]
+import numpy as np
+
+from agents.ppo_kl.config import PPOKLConfig
+
+__all__ = ["PPO_OPTIONS", "TEXT_PPO", "TextPipelineConfig"]
+
+TEXT_PPO = PPOKLConfig(
+    learning_rate=3e-5, n_epochs=4, gamma=1.0, gae_lambda=0.95, kl_coef=0.3, adaptive_kl=True,
+    kl_target=6.0, kl_horizon=10000, kl_estimator="k1", torch_threads=None,
+)  # fmt: skip
+"""PPO-KL defaults of the text pipeline (undiscounted episodes, 4 epochs, Adam 3e-5).
+
+``kl_coef`` 0.3: over the default 24k tokens the Ziegler controller (horizon 10000) moves beta by
+only a few percent, so this initial value sets the KL reached: 0.3 keeps the sentiment task under
+the 6-nat target (0.1 overshot it to 9-12 nats on two of three seeds; benchmarks/RESULTS.md).
+The reward is the whitened reward-model score (unit std), so beta has the meaning
+:attr:`PPOKLConfig.kl_coef` documents. ``n_steps``, ``batch_size`` and ``seed`` are set by the
+ppo stage (``max_new_tokens``, ``n_envs * max_new_tokens // 4``, ``seed``)."""
+
+STREAMS = ("train_prompts", "eval_prompts", "demonstrations", "rm_samples", "rm_oracle",
+           "rm_heldout", "eval_sampling")  # fmt: skip
+"""The pipeline's random streams, each seeded by :meth:`TextPipelineConfig.stream_seed`."""
+
+PPO_OPTIONS = ("learning_rate", "kl_coef", "adaptive_kl", "kl_target", "kl_estimator", "kl_horizon")
+"""The :class:`PPOKLConfig` fields ``prefenv text`` sets from the command line."""
 
 
 @dataclass(frozen=True)
@@ -45,21 +73,9 @@ class TextPipelineConfig:
     """PPO-KL env steps (tokens generated) over all envs."""
     n_envs: int = 16
     """Parallel text envs for PPO-KL."""
-    learning_rate: float = 3e-5
-    """PPO-KL Adam learning rate."""
-    kl_coef: float = 0.3
-    """Initial beta of the per-token KL penalty to the SFT reference. Over the default 24k tokens
-    the Ziegler controller (horizon 10000) moves beta by only a few percent, so this initial value
-    sets the KL reached: 0.3 keeps the sentiment task under the 6-nat target (0.1 overshot it to
-    9-12 nats on two of three seeds; benchmarks/RESULTS.md)."""
-    adaptive_kl: bool = True
-    """Adapt beta toward kl_target nats per sequence (Ziegler et al.)."""
-    kl_target: float = 6.0
-    """Target KL per sequence for the adaptive controller, nats."""
-    kl_estimator: str = "k1"
-    """Per-token KL estimator in the reward: k1 = logp - ref_logp, k3 = (r - 1) - log r."""
-    kl_horizon: int = 10000
-    """Horizon of the adaptive controller, in episodes (Ziegler et al.: 10000)."""
+    ppo: PPOKLConfig = TEXT_PPO
+    """PPO-KL settings of the ppo stage: learning rate and the per-token KL leash to the SFT
+    reference (see TEXT_PPO); n_steps, batch_size and seed are set by the stage."""
     dpo_beta: float = 0.1
     """DPO beta (reference = SFT)."""
     dpo_epochs: int = 3
@@ -86,12 +102,47 @@ class TextPipelineConfig:
                 raise ValueError(
                     f"TextPipelineConfig.{name} must be >= 1, got {getattr(self, name)}"
                 )
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(
-                f"TextPipelineConfig.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}"
+        if not isinstance(self.ppo, PPOKLConfig):
+            raise TypeError(
+                f"TextPipelineConfig.ppo must be a PPOKLConfig, got {type(self.ppo).__name__}: "
+                "write ppo=dataclasses.replace(TEXT_PPO, kl_coef=0.1)"
             )
         if self.ppo_steps < 0:
             raise ValueError(f"TextPipelineConfig.ppo_steps must be >= 0, got {self.ppo_steps}")
 
+    def stream_seed(self, stream: str, *index: int) -> int:
+        """An int seed for one random stream of the pipeline (and an index within it).
+
+        Every stream is a named child of ``seed`` (``SeedSequence`` spawn keys), so streams never
+        overlap the way offset seeds (seed + 1, seed + 7, ...) can across seeds.
+        """
+        if stream not in STREAMS:
+            raise ValueError(f"unknown random stream {stream!r}: one of {STREAMS}")
+        key = (STREAMS.index(stream), *index)
+        return int(np.random.SeedSequence(self.seed, spawn_key=key).generate_state(1)[0])
+
+    def changed_from(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (saved, given)}`` where this config differs from a saved ``to_dict()``.
+
+        Fields added since the folder was saved compare at their defaults.
+        """
+        saved_flat = _flat_settings(saved)
+        defaults = _flat_settings(TextPipelineConfig().to_dict())
+        return {
+            k: (saved_flat.get(k, defaults[k]), v)
+            for k, v in _flat_settings(self.to_dict()).items()
+            if saved_flat.get(k, defaults[k]) != v
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able form; ``ppo`` is :meth:`PPOKLConfig.to_dict`."""
+        return {**dataclasses.asdict(self), "ppo": self.ppo.to_dict()}
+
+
+def _flat_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config flattened to one level (``ppo.kl_coef``), so a field added to
+    ``PPOKLConfig`` later resumes at its default; run folders from before the pipeline composed
+    ``PPOKLConfig`` saved its command-line fields (``kl_coef``...) at the top level."""
+    flat = {k: v for k, v in config.items() if k != "ppo" and k not in PPO_OPTIONS}
+    legacy = {f"ppo.{k}": config[k] for k in PPO_OPTIONS if k in config}
+    return {**flat, **legacy, **{f"ppo.{k}": v for k, v in config.get("ppo", {}).items()}}

@@ -1,163 +1,28 @@
-"""Sampling and scoring a causal LM on a text task: the numbers every text stage reports.
+"""Evaluating a causal LM on a text task: the numbers every text stage reports.
 
-:func:`sample_completions` draws completions with Hugging Face ``generate`` (pure sampling,
-temperature 1, no top-k/top-p, so the samples follow the policy the KL is measured on), laid out
-exactly as :class:`envs.text.TextGenerationEnv` lays out its prompts (BOS first, left padding).
-:func:`completion_logps` sums the log-probabilities of the sampled tokens under any model, so the
-per-sequence KL to a reference is the Monte-Carlo estimate ``mean(logp_pi - logp_ref)``.
-:func:`evaluate_text_model` combines both with the task's true score and a learned scorer.
-
-``torch`` and ``transformers`` are imported by the caller's objects only; this module works with
-any causal LM whose ``forward(input_ids, attention_mask)`` returns ``logits``.
+:func:`evaluate_text_model` samples a completion per held-out prompt
+(:func:`agents.text.sampling.sample_completions`) and reports the task's true score, a learned
+scorer's score, the per-sequence KL to a reference (:func:`agents.text.sampling.completion_logps`),
+lengths and the EOS rate. :func:`eval_markdown` and :func:`plot_eval` render the eval stage's
+``summary.md`` and ``eval.png``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-__all__ = [
-    "SampledCompletions",
-    "TextEvalResult",
-    "completion_logps",
-    "encode_prompts",
-    "evaluate_text_model",
-    "sample_completions",
-]
+from agents.text.sampling import SampledCompletions, completion_logps, sample_completions
+from prefenv.app.text_config import TextPipelineConfig
+
+__all__ = ["TextEvalResult", "eval_markdown", "evaluate_text_model", "plot_eval"]
 
 Scorer = Callable[[str, str], float]
 BatchScorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class SampledCompletions:
-    """Completions sampled for a list of prompts.
-
-    Attributes:
-        prompts: the prompts, length N.
-        texts: decoded completions (EOS and special tokens removed, stripped), length N.
-        prompt_ids: left-padded prompt ids ``[N, P]`` (BOS first when the tokenizer has one).
-        prompt_mask: ``[N, P]``, 1 on real prompt tokens.
-        completion_ids: ``[N, C]`` sampled tokens; positions after the EOS hold the pad id.
-        completion_mask: ``[N, C]``, 1 on sampled tokens up to and including the EOS.
-        eos: ``[N]`` bool, whether the completion ended with EOS (else it hit the length cap).
-    """
-
-    prompts: list[str]
-    texts: list[str]
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    completion_ids: torch.Tensor
-    completion_mask: torch.Tensor
-    eos: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per completion, EOS included, ``[N]``."""
-        return self.completion_mask.sum(1).numpy()
-
-
-def encode_prompts(
-    tokenizer: Any, prompts: Sequence[str], add_bos: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``(ids, mask)`` ``[N, P]`` of the prompts, as the text env encodes them."""
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if add_bos and bos is not None:
-        encoded = [[int(bos), *ids] for ids in encoded]
-    if any(len(ids) == 0 for ids in encoded):
-        raise ValueError("a prompt encodes to no tokens: drop empty prompts or use add_bos=True")
-    width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, seq in enumerate(encoded):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-@torch.inference_mode()
-def sample_completions(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    seed: int,
-    batch_size: int = 64,
-) -> SampledCompletions:
-    """Sample one completion per prompt (temperature 1, full distribution), seeded.
-
-    Args:
-        model: a Hugging Face causal LM (``generate``).
-        tokenizer: its tokenizer (needs an EOS token).
-        prompts: the prompts (repeat a prompt to sample it several times).
-        max_new_tokens: the length cap (the env's ``max_new_tokens``).
-        seed: seeds torch's generator for the sampling (restored afterwards).
-        batch_size: prompts per ``generate`` call.
-    """
-    eos, pad = int(tokenizer.eos_token_id), tokenizer.pad_token_id
-    pad = eos if pad is None else int(pad)
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
-    chunks = []
-    was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            ids = prompt_ids[start : start + batch_size]
-            out = model.generate(
-                input_ids=ids, attention_mask=prompt_mask[start : start + batch_size],
-                do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-            )  # fmt: skip
-            new = out[:, ids.shape[1] :]
-            chunks.append(
-                torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=pad)
-            )
-    model.train(was_training)
-    completion_ids = torch.cat(chunks)
-    is_eos = completion_ids == eos
-    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), completion_ids.shape[1])
-    positions = torch.arange(completion_ids.shape[1])
-    completion_mask = (positions[None, :] <= first_eos[:, None]).long()
-    ended = is_eos.any(1)
-    completion_ids = torch.where(completion_mask.bool(), completion_ids, pad)
-    texts = [
-        tokenizer.decode(row[: int(n)][~(row[: int(n)] == eos)], skip_special_tokens=True).strip()
-        for row, n in zip(completion_ids, completion_mask.sum(1), strict=True)
-    ]
-    return SampledCompletions(
-        list(prompts), texts, prompt_ids, prompt_mask, completion_ids, completion_mask,
-        ended.numpy(),
-    )  # fmt: skip
-
-
-@torch.inference_mode()
-def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 64) -> np.ndarray:
-    """Sum of log p(completion token | prefix) over each completion's tokens (EOS included), ``[N]``."""
-    was_training = model.training
-    model.eval()
-    ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
-    mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
-    n_prompt = samples.prompt_ids.shape[1]
-    out = []
-    for start in range(0, ids.shape[0], batch_size):
-        batch_ids, batch_mask = ids[start : start + batch_size], mask[start : start + batch_size]
-        position_ids = (batch_mask.cumsum(1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=batch_ids, attention_mask=batch_mask, position_ids=position_ids
-        ).logits[:, n_prompt - 1 : -1]
-        logp = torch.log_softmax(logits.float(), -1)
-        targets = batch_ids[:, n_prompt:]
-        token_logp = logp.gather(-1, targets[..., None])[..., 0]
-        out.append((token_logp * samples.completion_mask[start : start + batch_size]).sum(1))
-    model.train(was_training)
-    return torch.cat(out).numpy()
 
 
 @dataclass(frozen=True)
@@ -225,3 +90,51 @@ def evaluate_text_model(
         eos_rate=float(samples.eos.mean()),
     )
     return result, samples, true, learned
+
+
+def eval_markdown(
+    config: TextPipelineConfig, results: dict[str, Any], stages: dict[str, Any]
+) -> str:
+    """``summary.md``: the eval table of every finished model and the reward model's accuracy."""
+    lines = [
+        f"# Text RLHF pipeline: {config.task}, seed {config.seed}",
+        "",
+        f"Teacher `{config.teacher}`, {config.queries} queries, PPO-KL {config.ppo_steps} tokens, "
+        f"DPO beta {config.dpo_beta}; {config.eval_prompts} held-out prompts, one sample each.",
+        "",
+        "| model | true score | learned score | KL to SFT (nats/seq) | length | EOS rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['true_score']:.3f} ± {r['true_score_sem']:.3f} | "
+            f"{r['learned_score']:.3f} | {r['kl_to_ref']:.2f} | {r['mean_length']:.1f} | "
+            f"{r['eos_rate']:.2f} |"
+        )
+    rm = stages.get("rm")
+    if rm:
+        lines += ["", f"Reward model: held-out accuracy against the true score "
+                      f"{rm['true_order_accuracy']:.3f} (fresh SFT pairs), validation accuracy "
+                      f"{rm['val_accuracy']:.3f} on the teacher's labels."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot_eval(results: dict[str, Any], path: Path, task: str) -> None:
+    """``eval.png``: true score and KL to SFT per model (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    axes[0].bar(names, [results[n]["true_score"] for n in names],
+                yerr=[results[n]["true_score_sem"] for n in names], color="tab:blue")  # fmt: skip
+    axes[0].set_ylabel(f"true score ({task})")
+    axes[1].bar(names, [results[n]["kl_to_ref"] for n in names], color="tab:red")
+    axes[1].set_ylabel("KL to SFT (nats / sequence)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,53 +1,82 @@
 """Per-iteration monitoring of RL on text: KL, entropy, length, EOS rate, learned vs true score.
 
-:class:`EpisodeLog` wraps a text env and keeps every finished episode (prompt, completion, the
-reward the agent saw, the hidden true score, tokens, whether it ended with EOS).
-:class:`TextMonitor` is a ``PPOKL.learn`` callback: after each iteration it drains the log of
-all sub-envs, writes a row to ``monitor.csv`` and a few sampled generations to
+:class:`EpisodeLog` wraps the vector text env *above* its learned-reward wrapper and keeps every
+finished episode (prompt, completion, the reward the agent saw, the hidden true score, tokens,
+whether it ended with EOS). :class:`TextMonitor` is a ``PPOKL.learn`` callback: after each
+iteration it drains the log, writes a row to ``monitor.csv`` and a few sampled generations to
 ``samples.jsonl`` in the run folder, and keeps the rows for the summary and the plot
-(:func:`plot_monitor`). A reward-hacking alarm fires when the learned score keeps rising over
-``alarm_window`` iterations while the true score falls.
+(:func:`plot_monitor`). The reward-hacking alarm is the core's
+(:func:`prefenv.loop.hacking_alarm`), read over the episodes of the last ``alarm_window``
+iterations: the text reward model is fixed during PPO, so their learned scores are comparable.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, SupportsFloat
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+
+from prefenv.episodes import EpisodeAccountant, EpisodeStats
+from prefenv.loop import hacking_alarm
 
 __all__ = ["EpisodeLog", "MonitorRow", "TextMonitor", "plot_monitor", "read_monitor"]
 
 
-class EpisodeLog(gym.Wrapper):
-    """Record each finished episode of a text env into a shared list (``episodes``).
+def _info_at(infos: Mapping[str, Any], key: str, i: int, default: Any) -> Any:
+    """Sub-env ``i``'s entry ``key`` of a vector step's infos (``default`` when it has none)."""
+    if key in infos and bool(np.asarray(infos.get(f"_{key}", np.ones(i + 1, bool)))[i]):
+        return infos[key][i]
+    return default
 
-    The list may be shared by all sub-envs of a ``SyncVectorEnv`` (same process). Each entry:
-    ``{"prompt", "completion", "reward", "true_score", "tokens", "eos"}``.
+
+class EpisodeLog(VectorWrapper):
+    """Record each finished episode of a vector text env into a shared list (``episodes``).
+
+    Wrap the learned-reward wrapper (``EpisodeLog(VectorPreferenceReward(venv, predictor), log)``)
+    so the recorded ``reward`` is the learned one the agent saw. Each entry:
+    ``{"prompt", "completion", "reward", "true_score", "tokens", "eos"}``; the episode's learned
+    and true returns (``reward``, ``true_score``: the terminal scores, as a text episode is
+    rewarded at its end only) come from :class:`prefenv.episodes.EpisodeAccountant`, which also
+    handles the vector env's autoreset mode.
     """
 
-    def __init__(self, env: gym.Env, episodes: list[dict[str, Any]]) -> None:
+    def __init__(self, env: VectorEnv, episodes: list[dict[str, Any]]) -> None:
         super().__init__(env)
         self.episodes = episodes
+        mode = AutoresetMode(env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP))
+        self._texts_in_final_info = mode == AutoresetMode.SAME_STEP
+        self._accountant = EpisodeAccountant(self.num_envs, mode)
 
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        self._accountant.reset()
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        account = self._accountant.step(rewards, terminated, truncated, infos)
+        texts = infos.get("final_info", {}) if self._texts_in_final_info else infos
+        for stats in account.finished:
+            i = stats.env_index
             self.episodes.append(
                 {
-                    "prompt": info.get("prompt", ""),
-                    "completion": info.get("completion", ""),
-                    "reward": float(reward),
-                    "true_score": float(info.get("true_reward", float("nan"))),
-                    "tokens": int(info.get("completion_tokens", 0)),
-                    "eos": bool(terminated),
+                    "prompt": str(_info_at(texts, "prompt", i, "")),
+                    "completion": str(_info_at(texts, "completion", i, "")),
+                    "reward": stats.learned_return,
+                    "true_score": stats.true_return,
+                    "tokens": int(_info_at(texts, "completion_tokens", i, 0)),
+                    "eos": stats.terminated,
                 }
             )
-        return obs, reward, terminated, truncated, info
+        return obs, rewards, terminated, truncated, infos
 
 
 @dataclass(frozen=True)
@@ -83,7 +112,8 @@ class TextMonitor:
         episodes: the list the :class:`EpisodeLog` wrappers append to (drained every iteration).
         out: run folder (created).
         samples_per_iteration: generations written to ``samples.jsonl`` per iteration.
-        alarm_window: iterations over which a learned-up / true-down trend raises the alarm.
+        alarm_window: iterations whose episodes the hacking alarm reads (it stays off until
+            that many iterations have run).
     """
 
     def __init__(
@@ -99,6 +129,7 @@ class TextMonitor:
         self.samples_per_iteration = samples_per_iteration
         self.alarm_window = alarm_window
         self.rows: list[MonitorRow] = []
+        self._window: deque[list[EpisodeStats]] = deque(maxlen=alarm_window)
         self._csv = self.out / "monitor.csv"
         self._samples = self.out / "samples.jsonl"
 
@@ -126,20 +157,18 @@ class TextMonitor:
             value_loss=float(metrics.value_loss),
             hacking_alarm=False,
         )
-        row = MonitorRow(**{**asdict(row), "hacking_alarm": self._alarm(row)})
+        row = MonitorRow(**{**asdict(row), "hacking_alarm": self._alarm(finished)})
         self.rows.append(row)
         self._write(row, finished)
 
-    def _alarm(self, row: MonitorRow) -> bool:
-        recent = [*self.rows[-(self.alarm_window - 1) :], row]
-        if len(recent) < self.alarm_window:
+    def _alarm(self, finished: list[dict[str, Any]]) -> bool:
+        """The core hacking alarm over the episodes of the last ``alarm_window`` iterations."""
+        self._window.append(
+            [EpisodeStats(e["true_score"], e["reward"], e["tokens"]) for e in finished]
+        )
+        if len(self._window) < self.alarm_window:
             return False
-        learned = np.array([r.learned_score for r in recent])
-        true = np.array([r.true_score for r in recent])
-        if not (np.isfinite(learned).all() and np.isfinite(true).all()):
-            return False
-        steps = np.arange(len(recent))
-        return bool(np.polyfit(steps, learned, 1)[0] > 0 and np.polyfit(steps, true, 1)[0] < 0)
+        return hacking_alarm([stats for iteration in self._window for stats in iteration])
 
     def _write(self, row: MonitorRow, finished: list[dict[str, Any]]) -> None:
         new_file = not self._csv.exists()

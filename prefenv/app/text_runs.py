@@ -11,16 +11,15 @@ sft        supervised fine-tuning on (prompt, completion) demonstrations     ``s
 rm         SFT samples two completions per prompt -> teacher labels ->       ``comparisons.sqlite``,
            comparison store -> text reward model (Bradley-Terry)            ``comparisons.jsonl``,
                                                                             ``reward_model/``
-ppo        PPO-KL on the env whose reward is the reward model, per-token      ``ppo/`` (+ monitor)
-           KL leash to the SFT model (adaptive beta)
+ppo        PPO-KL, the reward model's score through the learned-reward       ``ppo/`` (+ monitor)
+           wrapper, per-token KL leash to the SFT model (adaptive beta)
 dpo        DPO on the same comparisons, reference = SFT                      ``dpo/``
 eval       SFT vs PPO vs DPO on held-out prompts: true score, learned        ``summary.json``,
            score, KL to SFT, length, EOS rate                                 ``summary.md``, PNG
 =========  ===============================================================  =====================
 
 Every model directory is a Hugging Face ``save_pretrained`` folder (model + tokenizer) and holds
-``stage.json`` (the stage's metrics) once complete. ``prefenv`` imports ``envs`` and ``agents``
-only inside these functions (the CLI calls them).
+``stage.json`` (the stage's metrics) once complete.
 """
 
 from __future__ import annotations
@@ -35,9 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.text.sampling import sample_completions
 from prefenv.app.runs import write_json_atomic
 from prefenv.app.text_config import TextPipelineConfig
-from prefenv.app.text_eval import evaluate_text_model, sample_completions
+from prefenv.app.text_eval import eval_markdown, evaluate_text_model, plot_eval
+from prefenv.errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["STAGES", "TextPipelineConfig", "run_pipeline", "run_stage"]
 
@@ -58,7 +59,7 @@ def _finish(directory: Path, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _require(directory: Path, stage: str) -> Path:
     if not _done(directory):
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"{directory} is not a finished '{stage}' stage output: run `prefenv text {stage} "
             f"--out {directory.parent}` first (or `prefenv text pipeline`)"
         )
@@ -86,17 +87,17 @@ def _scorer(config: TextPipelineConfig) -> Any:
 def _train_prompts(config: TextPipelineConfig) -> list[str]:
     from envs.text.corpus import generate_prompts
 
-    return generate_prompts(400, seed=1 + config.seed)
+    return generate_prompts(400, seed=config.stream_seed("train_prompts"))
 
 
 def _eval_prompts(config: TextPipelineConfig) -> list[str]:
     from envs.text.corpus import generate_prompts
 
-    return generate_prompts(config.eval_prompts, seed=10_000 + config.seed)
+    return generate_prompts(config.eval_prompts, seed=config.stream_seed("eval_prompts"))
 
 
 def _reward_model(out: Path) -> Any:
-    from envs.text.reward_model import load_text_reward_model
+    from envs.text.reward_ensemble import load_text_reward_model
 
     return load_text_reward_model(_require(out / "reward_model", "rm"))
 
@@ -120,12 +121,16 @@ def stage_base(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 
 def stage_sft(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """Supervised fine-tuning on generated (prompt, completion) demonstrations (the reference)."""
+    from agents.text.optim import SFT_OPTIM
     from agents.text.sft import TextSFTConfig, train_text_sft
     from envs.text.corpus import generate_demonstrations
 
     model, tokenizer = _load(_require(out / "base", "base"))
-    demos = generate_demonstrations(config.sft_demos, seed=2 + config.seed)
-    sft_config = TextSFTConfig(max_steps=config.sft_steps, seed=config.seed, progress=True)
+    demos = generate_demonstrations(config.sft_demos, seed=config.stream_seed("demonstrations"))
+    optim = dataclasses.replace(
+        SFT_OPTIM, max_steps=config.sft_steps, seed=config.seed, progress=True
+    )
+    sft_config = TextSFTConfig(optim)
     metrics = train_text_sft(model, tokenizer, demos, sft_config, out_dir=out / "sft")
     return _finish(
         out / "sft",
@@ -139,21 +144,23 @@ def _sample_pairs(
 ) -> tuple[list[str], list[str], list[str]]:
     """``n`` prompts (cycled) with two independent completions of the model each."""
     chosen = [prompts[i % len(prompts)] for i in range(n)]
-    first = sample_completions(model, tokenizer, chosen, max_new_tokens, seed=seed)
-    second = sample_completions(model, tokenizer, chosen, max_new_tokens, seed=seed + 1)
+    first_seed, second_seed = (
+        int(child.generate_state(1)[0]) for child in np.random.SeedSequence(seed).spawn(2)
+    )
+    first = sample_completions(model, tokenizer, chosen, max_new_tokens, seed=first_seed)
+    second = sample_completions(model, tokenizer, chosen, max_new_tokens, seed=second_seed)
     return chosen, first.texts, second.texts
 
 
 def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """Teacher-labelled SFT samples -> comparison store + JSONL -> text reward model."""
     from envs.text.feedback import make_text_teacher
-    from envs.text.reward_model import TextRewardEnsemble, TextRewardModel
-    from envs.text.reward_training import (
-        evaluate_text_reward_model,
-        text_reward_config,
-        train_text_reward_model,
-    )
+    from envs.text.reward_config import text_reward_config
+    from envs.text.reward_ensemble import TextRewardEnsemble
+    from envs.text.reward_model import TextRewardModel
+    from envs.text.reward_predictor import Whitening
     from prefenv.jsonl import export_jsonl, import_jsonl
+    from prefenv.reward_training import evaluate_reward_model, train_reward_model
     from prefenv.store import ComparisonStore
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
@@ -166,7 +173,7 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         elif missing > 0:  # resumable: only the queries not yet stored are asked
             teacher = make_text_teacher(config.teacher, _scorer(config), rng)
             texts = _sample_pairs(model, tokenizer, _train_prompts(config), missing,
-                                  config.max_new_tokens, seed=config.seed + store.count())  # fmt: skip
+                                  config.max_new_tokens, seed=config.stream_seed("rm_samples", store.count()))  # fmt: skip
             store.append(teacher.label_texts(*texts))
         comparisons = store.load(labelled_only=False)
     export_jsonl(comparisons, out / "comparisons.jsonl")
@@ -176,38 +183,30 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         else TextRewardEnsemble.build(config.rm_ensemble, tokenizer=tokenizer, seed=config.seed)
     )
     train_config = text_reward_config(max_epochs=config.rm_epochs, seed=config.seed, progress=True)
-    metrics = train_text_reward_model(reward, comparisons, train_config)
+    metrics = train_reward_model(reward, comparisons, train_config)
     # Held-out accuracy against the *true* score on fresh SFT samples (oracle labels).
-    oracle = make_text_teacher("oracle", _scorer(config), np.random.default_rng(config.seed + 7))
+    oracle = make_text_teacher(
+        "oracle", _scorer(config), np.random.default_rng(config.stream_seed("rm_oracle"))
+    )
     fresh = oracle.label_texts(*_sample_pairs(model, tokenizer, _eval_prompts(config), 500,
-                                              config.max_new_tokens, seed=99_000 + config.seed))  # fmt: skip
-    _, true_accuracy = evaluate_text_reward_model(reward, fresh)
-    # Whitening statistics on the SFT policy's own samples: PPO sees (score - mean) / std.
-    scores = reward.predict([c.segment0.context["prompt"] for c in fresh],
-                            [c.segment0.context["completion"] for c in fresh])  # fmt: skip
+                                              config.max_new_tokens, seed=config.stream_seed("rm_heldout")))  # fmt: skip
+    _, true_accuracy = evaluate_reward_model(reward, fresh, train_config)
+    # Whitening statistics on the SFT policy's own samples: PPO's reward predictor returns
+    # clip((score - mean) / std, -reward_clip, reward_clip).
+    whitening = Whitening.fit(reward.predict([c.segment0.context["prompt"] for c in fresh],
+                                             [c.segment0.context["completion"] for c in fresh]))  # fmt: skip
     reward.save_pretrained(out / "reward_model")
     return _finish(
         out / "reward_model",
         {"comparisons": len(comparisons), "labelled": sum(c.label is not None for c in comparisons),
          "teacher": config.teacher, "train_accuracy": metrics.train_accuracy,
          "val_accuracy": metrics.val_accuracy, "true_order_accuracy": true_accuracy,
-         "score_mean": float(scores.mean()), "score_std": float(scores.std() + 1e-8)},
+         "score_mean": whitening.mean, "score_std": whitening.std},
     )  # fmt: skip
 
 
-class WhitenedScorer:
-    """``clip((reward(prompt, completion) - mean) / std, -clip, clip)``: the PPO reward."""
-
-    def __init__(self, reward: Any, mean: float, std: float, clip: float) -> None:
-        self.reward, self.mean, self.std, self.clip = reward, mean, std, clip
-
-    def __call__(self, prompt: str, completion: str) -> float:
-        value = (float(self.reward(prompt, completion)) - self.mean) / self.std
-        return float(np.clip(value, -self.clip, self.clip))
-
-
 def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, model: Any) -> Any:
-    from agents.ppo_kl import PPOKL, PPOKLConfig
+    from agents.ppo_kl import PPOKL
     from agents.text.lm_policy import CausalLMPolicy, frozen_reference
 
     policy = CausalLMPolicy(model, action_dim=len(tokenizer))
@@ -216,38 +215,46 @@ def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, 
     if checkpoint.is_dir():  # a killed run resumes exactly where its last checkpoint left it
         return PPOKL.load_checkpoint(checkpoint, env, policy=policy, ref_policy=ref_policy,
                                      log_dir=out / "ppo" / "logs")  # fmt: skip
-    ppo_config = PPOKLConfig(
-        n_steps=config.max_new_tokens, batch_size=config.n_envs * config.max_new_tokens // 4,
-        n_epochs=4, gamma=1.0, gae_lambda=0.95, learning_rate=config.learning_rate,
-        kl_coef=config.kl_coef, adaptive_kl=config.adaptive_kl, kl_target=config.kl_target,
-        kl_horizon=config.kl_horizon, kl_estimator=config.kl_estimator, seed=config.seed,
-        torch_threads=None,
+    ppo_config = dataclasses.replace(
+        config.ppo, n_steps=config.max_new_tokens,
+        batch_size=config.n_envs * config.max_new_tokens // 4, seed=config.seed,
     )  # fmt: skip
     return PPOKL(
         env, ppo_config, policy=policy, ref_policy=ref_policy, log_dir=out / "ppo" / "logs"
     )
 
 
-def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
-    """PPO-KL on the learned (whitened) reward with a per-token KL leash to the SFT model."""
+def _reward_env(config: TextPipelineConfig, out: Path, tokenizer: Any, episodes: list) -> Any:
+    """The vector text env whose ``VectorPreferenceReward`` scores every episode that ends in a
+    vector step in one batched call (whitened with the rm stage's statistics, clipped to
+    ``reward_clip``), with the :class:`~prefenv.app.text_monitor.EpisodeLog` above it."""
     import gymnasium as gym
 
     from envs.text import TextTask
-    from prefenv.app.text_monitor import EpisodeLog, TextMonitor, plot_monitor, read_monitor
+    from envs.text.reward_predictor import Whitening
+    from prefenv.app.text_monitor import EpisodeLog
+    from prefenv.wrappers import VectorPreferenceReward
+
+    rm_stats = json.loads((_require(out / "reward_model", "rm") / "stage.json").read_text())
+    prompts = _train_prompts(config)
+    venv = gym.vector.SyncVectorEnv(
+        [lambda: TextTask(config.task, tokenizer, prompts, max_new_tokens=config.max_new_tokens)]
+        * config.n_envs
+    )
+    whitening = Whitening(rm_stats["score_mean"], rm_stats["score_std"], config.reward_clip)
+    predictor = _reward_model(out).predictor(
+        venv.single_observation_space, venv.single_action_space, tokenizer, whitening
+    )
+    return EpisodeLog(VectorPreferenceReward(venv, predictor), episodes)
+
+
+def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
+    """PPO-KL on the learned (whitened) reward with a per-token KL leash to the SFT model."""
+    from prefenv.app.text_monitor import TextMonitor, plot_monitor, read_monitor
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
-    rm_stats = json.loads((_require(out / "reward_model", "rm") / "stage.json").read_text())
-    reward = WhitenedScorer(_reward_model(out), rm_stats["score_mean"], rm_stats["score_std"],
-                            clip=config.reward_clip)  # fmt: skip
     episodes: list[dict[str, Any]] = []
-    prompts = _train_prompts(config)
-
-    def make() -> gym.Env:
-        task = TextTask(config.task, tokenizer, prompts, reward_fn=reward,
-                        max_new_tokens=config.max_new_tokens)  # fmt: skip
-        return EpisodeLog(task, episodes)
-
-    env = gym.vector.SyncVectorEnv([make] * config.n_envs)
+    env = _reward_env(config, out, tokenizer, episodes)
     agent = _ppo_agent(config, out, tokenizer, env, model)
     monitor = TextMonitor(episodes, out / "ppo")
     chunk = 10 * config.n_envs * config.max_new_tokens
@@ -274,14 +281,16 @@ def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 def stage_dpo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """DPO on the stored comparisons, reference = the SFT model."""
     from agents.text.dpo import DPOConfig, pairs_from_comparisons, train_dpo
+    from agents.text.optim import DPO_OPTIM
     from prefenv.store import ComparisonStore
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
     ref_model, _ = _load(out / "sft")
     with ComparisonStore(out / "comparisons.sqlite") as store:
         pairs = pairs_from_comparisons(store.load())
-    dpo_config = DPOConfig(beta=config.dpo_beta, learning_rate=config.dpo_learning_rate,
-                           epochs=config.dpo_epochs, seed=config.seed, progress=True)  # fmt: skip
+    optim = dataclasses.replace(DPO_OPTIM, learning_rate=config.dpo_learning_rate,
+                                epochs=config.dpo_epochs, seed=config.seed, progress=True)  # fmt: skip
+    dpo_config = DPOConfig(beta=config.dpo_beta, optim=optim)
     metrics = train_dpo(model, ref_model, tokenizer, pairs, dpo_config)
     _save(model, tokenizer, out / "dpo")
     return _finish(
@@ -303,7 +312,7 @@ def stage_eval(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         model = sft_model if name == "sft" else _load(out / name)[0]
         result, samples, true, _ = evaluate_text_model(
             model, tokenizer, prompts, _scorer(config), config.max_new_tokens,
-            seed=20_000 + config.seed, ref_model=sft_model, learned_scorer=reward.predict,
+            seed=config.stream_seed("eval_sampling"), ref_model=sft_model, learned_scorer=reward.predict,
         )  # fmt: skip
         results[name] = result.to_dict()
         examples = [{"prompt": p, "completion": c, "true_score": float(s)}
@@ -311,8 +320,8 @@ def stage_eval(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         results[name]["examples"] = examples
     summary = {"config": config.to_dict(), "stages": _stage_metrics(out), "eval": results}
     write_json_atomic(out / "summary.json", summary)
-    (out / "summary.md").write_text(_markdown(config, results, summary["stages"]))
-    _plot_eval(results, out / "eval.png", config.task)
+    (out / "summary.md").write_text(eval_markdown(config, results, summary["stages"]))
+    plot_eval(results, out / "eval.png", config.task)
     return summary
 
 
@@ -323,50 +332,6 @@ def _stage_metrics(out: Path) -> dict[str, Any]:
         for stage, folder in folders.items()
         if _done(out / folder)
     }
-
-
-def _markdown(config: TextPipelineConfig, results: dict[str, Any], stages: dict[str, Any]) -> str:
-    lines = [
-        f"# Text RLHF pipeline: {config.task}, seed {config.seed}",
-        "",
-        f"Teacher `{config.teacher}`, {config.queries} queries, PPO-KL {config.ppo_steps} tokens, "
-        f"DPO beta {config.dpo_beta}; {config.eval_prompts} held-out prompts, one sample each.",
-        "",
-        "| model | true score | learned score | KL to SFT (nats/seq) | length | EOS rate |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['true_score']:.3f} ± {r['true_score_sem']:.3f} | "
-            f"{r['learned_score']:.3f} | {r['kl_to_ref']:.2f} | {r['mean_length']:.1f} | "
-            f"{r['eos_rate']:.2f} |"
-        )
-    rm = stages.get("rm")
-    if rm:
-        lines += ["", f"Reward model: held-out accuracy against the true score "
-                      f"{rm['true_order_accuracy']:.3f} (fresh SFT pairs), validation accuracy "
-                      f"{rm['val_accuracy']:.3f} on the teacher's labels."]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _plot_eval(results: dict[str, Any], path: Path, task: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    names = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    axes[0].bar(names, [results[n]["true_score"] for n in names],
-                yerr=[results[n]["true_score_sem"] for n in names], color="tab:blue")  # fmt: skip
-    axes[0].set_ylabel(f"true score ({task})")
-    axes[1].bar(names, [results[n]["kl_to_ref"] for n in names], color="tab:red")
-    axes[1].set_ylabel("KL to SFT (nats / sequence)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 _STAGE_FUNCTIONS = {
@@ -383,15 +348,9 @@ def _check_config(config: TextPipelineConfig, out: Path) -> None:
     """A run folder keeps the config it started with: resuming with other settings is an error."""
     path = out / "text_config.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        defaults = TextPipelineConfig().to_dict()  # fields added since the run began: defaults
-        changed = {
-            k: (saved.get(k, defaults[k]), v)
-            for k, v in config.to_dict().items()
-            if saved.get(k, defaults[k]) != v
-        }
+        changed = config.changed_from(json.loads(path.read_text()))
         if changed:
-            raise ValueError(
+            raise CheckpointError(
                 f"{out} was started with other settings {changed} (saved, given): use a new --out "
                 "folder, or repeat the original settings to resume"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,16 +13,14 @@ import torch
 
 from agents.text.dpo import (
     DPOConfig,
-    PreferencePair,
-    collate_pairs,
     dpo_loss,
-    encode_pairs,
     pair_logps,
-    pairs_from_comparisons,
     sequence_logps,
     train_dpo,
 )
 from agents.text.iterative_dpo import iterative_dpo
+from agents.text.optim import DPO_OPTIM, LMOptimConfig
+from agents.text.pairs import PreferencePair, collate_pairs, encode_pairs, pairs_from_comparisons
 from envs.text.default_model import VocabMismatchError, default_tokenizer, tiny_gpt2_config
 from prefenv.jsonl import import_jsonl
 
@@ -122,7 +121,7 @@ def test_train_dpo_changes_every_parameter_and_keeps_the_reference(tokenizer):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     metrics = train_dpo(
         model, ref, tokenizer, synthetic_pairs(16, 0),
-        DPOConfig(learning_rate=1e-3, max_steps=3, batch_size=8),
+        DPOConfig(optim=LMOptimConfig(learning_rate=1e-3, batch_size=8, max_steps=3)),
     )  # fmt: skip
     assert metrics.steps == 3 and all(math.isfinite(x) for x in metrics.losses)
     assert metrics.first_loss == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
@@ -136,7 +135,10 @@ def test_precomputed_and_per_batch_reference_give_the_same_training(tokenizer):
     runs = []
     for precompute in (True, False):
         model = tiny_lm(tokenizer)
-        config = DPOConfig(learning_rate=1e-3, max_steps=3, batch_size=4, precompute_ref=precompute)
+        config = DPOConfig(
+            precompute_ref=precompute,
+            optim=LMOptimConfig(learning_rate=1e-3, batch_size=4, max_steps=3),
+        )
         runs.append(train_dpo(model, None, tokenizer, pairs, config).losses)
     assert runs[0] == pytest.approx(runs[1], abs=1e-5)
 
@@ -158,7 +160,7 @@ def test_dpo_raises_the_preference_margin_on_held_out_pairs(tokenizer):
     assert _held_out_margin(model, ref, tokenizer, held_out)[0] == pytest.approx(0.0, abs=1e-5)
     metrics = train_dpo(
         model, ref, tokenizer, synthetic_pairs(64, seed=0),
-        DPOConfig(learning_rate=2e-3, epochs=4, batch_size=16, beta=0.1),
+        DPOConfig(beta=0.1, optim=LMOptimConfig(learning_rate=2e-3, batch_size=16, epochs=4)),
     )  # fmt: skip
     margin, accuracy = _held_out_margin(model, ref, tokenizer, held_out)
     assert margin > 2.0, f"held-out log-ratio margin only {margin:.3f}"
@@ -185,7 +187,13 @@ def test_pairs_from_jsonl_rows_skip_or_keep_ties(tokenizer, tmp_path):
     assert with_ties[-1] == PreferencePair("The cast", " fine", " okay", tie=True)
     batch = collate_pairs(encode_pairs(tokenizer, with_ties, 32), 0, label_smoothing=0.1)
     assert batch.label_smoothing.tolist() == pytest.approx([0.1, 0.1, 0.5])
-    metrics = train_dpo(tiny_lm(tokenizer), None, tokenizer, with_ties, DPOConfig(max_steps=1))
+    metrics = train_dpo(
+        tiny_lm(tokenizer),
+        None,
+        tokenizer,
+        with_ties,
+        DPOConfig(optim=replace(DPO_OPTIM, max_steps=1)),
+    )
     assert math.isfinite(metrics.first_loss)
 
 
@@ -200,7 +208,7 @@ def test_iterative_dpo_runs_rounds_and_grows_its_pairs(tokenizer):
     prompts = list(PROMPTS[:3])
     result = iterative_dpo(
         model, None, tokenizer, prompts, label_fn, rounds=2,
-        config=DPOConfig(learning_rate=1e-3, max_steps=2, batch_size=4),
+        config=DPOConfig(optim=LMOptimConfig(learning_rate=1e-3, batch_size=4, max_steps=2)),
         max_new_tokens=6, rng=np.random.default_rng(0),
     )  # fmt: skip
     assert len(calls) == 6 and result.pairs_per_round == [3, 3]
@@ -218,7 +226,13 @@ def test_clear_errors(tokenizer):
     with pytest.raises(ValueError, match="no preference pairs"):
         train_dpo(model, None, tokenizer, [])
     with pytest.raises(ValueError, match="max_length=8"):
-        train_dpo(model, None, tokenizer, synthetic_pairs(2, 0), DPOConfig(max_length=8))
+        train_dpo(
+            model,
+            None,
+            tokenizer,
+            synthetic_pairs(2, 0),
+            DPOConfig(optim=replace(DPO_OPTIM, max_length=8)),
+        )
     with pytest.raises(ValueError, match="prompt, chosen, rejected"):
         train_dpo(model, None, tokenizer, [("only a prompt", " and one completion")])
     with pytest.raises(ValueError, match="beta"):

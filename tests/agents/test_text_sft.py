@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from agents.text.optim import SFT_OPTIM, LMOptimConfig
 from agents.text.sft import (
     IGNORE_INDEX,
     TextSFTConfig,
@@ -101,7 +103,7 @@ def test_sft_lowers_the_loss_and_saves(tokenizer, tmp_path):
     model = tiny_lm(tokenizer)
     metrics = train_text_sft(
         model, tokenizer, DEMOS,
-        TextSFTConfig(learning_rate=3e-3, epochs=15, batch_size=3, warmup_steps=2),
+        TextSFTConfig(LMOptimConfig(learning_rate=3e-3, batch_size=3, epochs=15, warmup_steps=2)),
         out_dir=tmp_path / "sft",
     )  # fmt: skip
     assert metrics.steps == 30 and metrics.n_demonstrations == len(DEMOS)
@@ -117,7 +119,7 @@ def test_plain_texts_and_max_steps(tokenizer):
     model = tiny_lm(tokenizer)
     metrics = train_text_sft(
         model, tokenizer, ["the movie was great.", "the soup was bland."],
-        TextSFTConfig(max_steps=3, batch_size=1, progress=True),
+        TextSFTConfig(replace(SFT_OPTIM, max_steps=3, batch_size=1, progress=True)),
     )  # fmt: skip
     assert metrics.steps == 3
     (prompt, completion), _ = encode_demonstrations(tokenizer, ["a b", "c"], 16)
@@ -132,10 +134,15 @@ def test_clear_errors(tokenizer):
         train_text_sft(model, tokenizer, [])
     with pytest.raises(ValueError, match="demonstration 1 is .* max_length=8"):
         train_text_sft(model, tokenizer, [("a", " b"), ("The plot", " " + "long " * 20)],
-                       TextSFTConfig(max_length=8))  # fmt: skip
+                       TextSFTConfig(replace(SFT_OPTIM, max_length=8)))  # fmt: skip
     with pytest.raises(ValueError, match="context holds 128"):
         train_text_sft(
-            model, tokenizer, [("The plot", " was" * 140)], TextSFTConfig(max_length=512)
+            model,
+            tokenizer,
+            [("The plot", " was" * 140)],
+            TextSFTConfig(replace(SFT_OPTIM, max_length=512)),
         )
-    with pytest.raises(ValueError, match="epochs"):
-        TextSFTConfig(epochs=0)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        replace(SFT_OPTIM, epochs=0)
+    with pytest.raises(TypeError, match="LMOptimConfig"):
+        TextSFTConfig(optim={"learning_rate": 1e-3})  # type: ignore[arg-type]

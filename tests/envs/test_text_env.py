@@ -76,11 +76,12 @@ def test_observation_is_left_padded_and_shifts_one_token_per_step(tok) -> None:
     assert obs["input_ids"].dtype == np.int64 and obs["attention_mask"].dtype == np.int8
     assert obs["input_ids"][-n:].tolist() == prompt_ids
     assert obs["attention_mask"].tolist() == [0] * (env.window - n) + [1] * n
+    assert obs["prompt_length"].tolist() == [n]
     assert (obs["input_ids"][:-n] == tok.pad_token_id).all()
     token = tok.convert_tokens_to_ids("Ġgreat")
     obs, reward, terminated, truncated, info = env.step(token)
     assert obs["input_ids"][-n - 1 :].tolist() == [*prompt_ids, token]
-    assert obs["attention_mask"].sum() == n + 1
+    assert obs["attention_mask"].sum() == n + 1 and obs["prompt_length"].tolist() == [n]
     assert (reward, terminated, truncated, info) == (0.0, False, False, {"true_reward": 0.0})
 
 
@@ -110,12 +111,14 @@ def test_max_new_tokens_truncates(tok) -> None:
     assert results[-1][1] < 0
 
 
-def test_reward_fn_is_pluggable_and_true_score_stays_in_info(tok) -> None:
-    env = _env(tok, reward_fn=lambda prompt, completion: 42.0)
+def test_the_env_pays_the_true_score_and_takes_no_learned_scorer(tok) -> None:
+    # A learned text reward reaches the env only through the learned-reward wrapper.
+    with pytest.raises(TypeError, match="reward_fn"):
+        _env(tok, reward_fn=lambda prompt, completion: 42.0)
+    env = _env(tok)
     env.reset(seed=0)
     _, reward, _, _, info = env.step(tok.eos_token_id)
-    assert reward == 42.0
-    assert info["true_reward"] == 0.0  # VADER of the empty completion
+    assert reward == info["true_reward"] == 0.0  # VADER of the empty completion
 
 
 def test_seeded_prompt_sampler_and_options(tok) -> None:

@@ -11,6 +11,7 @@ import pytest
 from envs.text.corpus import generate_corpus, generate_prompts
 from envs.text.feedback import (
     POPULATION,
+    TEXT_PRESETS,
     Annotator,
     TextTeacher,
     TextTeacherConfig,
@@ -122,6 +123,19 @@ def test_population_annotators_disagree_and_are_named():
     assert by_annotator["population/wordy"] == {1.0}
     counts = np.array([sum(c.teacher == name for c in comparisons) for name in by_annotator])
     assert counts.min() > n / len(POPULATION) / 2  # uniform draw
+
+
+def test_text_presets_merge_through_the_core_merge(monkeypatch):
+    # The nested B-Pref parameters merge field by field, names follow the spec at every level.
+    config = make_text_teacher("mistake+noisy+position", None, np.random.default_rng(0)).config
+    assert (config.bpref.eps_mistake, config.bpref.beta, config.position_bias) == (0.1, 10.0, 0.2)
+    assert config.name == config.bpref.name == "mistake+noisy+position"
+    monkeypatch.setitem(TEXT_PRESETS, "noisier", TextTeacherConfig(bpref=TeacherConfig(beta=3.0)))
+    monkeypatch.setitem(TEXT_PRESETS, "wordier", TextTeacherConfig(verbosity=0.5))
+    with pytest.raises(ValueError, match="text teacher 'noisy\\+noisier' sets beta twice"):
+        make_text_teacher("noisy+noisier", None, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="sets verbosity twice"):
+        make_text_teacher("verbose+wordier", None, np.random.default_rng(0))
 
 
 def test_presets_compose_and_validate():

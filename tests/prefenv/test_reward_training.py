@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefenv.predictors import RewardModelError
 from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.reward_models import MLPRewardModel, RewardEnsemble, as_reward_model
 from prefenv.reward_training import (
@@ -238,6 +239,66 @@ def test_user_module_trains_through_as_reward_model(pendulum) -> None:
 # ---------------------------------------------------------------- learning
 
 
+class _ContextScores(nn.Module):
+    """A pair source that is no per-step model: one learnt score per ``context["id"]``."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.scores = nn.Parameter(torch.zeros(n))
+
+    def segment_returns(self, segments) -> torch.Tensor:
+        return self.scores[torch.tensor([s.context["id"] for s in segments])]
+
+
+class _ContextEnsemble(nn.Module):
+    def __init__(self, members: list[_ContextScores]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def member_segment_returns(self, segments) -> torch.Tensor:
+        return torch.stack([m.segment_returns(segments) for m in self.members])
+
+    def segment_returns(self, segments) -> torch.Tensor:
+        return self.member_segment_returns(segments).mean(0)
+
+
+def _ranked_comparisons(n_items: int, n_pairs: int, seed: int) -> list[Comparison]:
+    """Oracle comparisons of featureless segments whose true value is their ``context["id"]``."""
+    rng = np.random.default_rng(seed)
+    segments = [
+        Segment(np.zeros((2, 0)), np.zeros((1, 0)), np.array([float(i)]), context={"id": i})
+        for i in range(n_items)
+    ]
+    pairs = [tuple(rng.choice(n_items, 2, replace=False)) for _ in range(n_pairs)]
+    return [Comparison(segments[a], segments[b], float(b > a)) for a, b in pairs]
+
+
+def test_any_pair_source_trains_through_the_one_trainer() -> None:
+    """The trainer only needs segment_returns: a model scoring contexts learns their order."""
+    comparisons = _ranked_comparisons(8, 300, seed=0)
+    model = _ContextScores(8)
+    config = RewardTrainConfig(lr=0.1, batch_size=32, max_epochs=30, val_fraction=0.2)
+    metrics = train_reward_model(model, comparisons, config)
+    assert metrics.val_accuracy == 1.0 and metrics.n_val == 60
+    assert (model.scores.diff() > 0).all(), model.scores
+    # An ensemble of pair sources trains member by member, on bootstrap resamples.
+    ensemble = _ContextEnsemble([_ContextScores(8) for _ in range(3)])
+    metrics = train_reward_model(ensemble, comparisons, config)
+    assert len(metrics.members) == 3
+    assert not torch.equal(ensemble.members[0].scores, ensemble.members[1].scores)
+    assert all((m.scores.diff() > 0).all() for m in ensemble.members)
+    with pytest.raises(TypeError, match="PairSource"):
+        train_reward_model(nn.Linear(2, 1), comparisons)
+
+
+def test_nan_returns_raise_the_reward_model_error() -> None:
+    model = _ContextScores(8)
+    with torch.no_grad():
+        model.scores[3] = float("nan")
+    with pytest.raises(RewardModelError, match="NaN"):
+        train_reward_model(model, _ranked_comparisons(8, 40, seed=1))
+
+
 def test_mlp_learns_pendulum_reward_from_rational_labels(pendulum) -> None:
     train, held_out = pendulum
     assert len(held_out) >= 200
@@ -263,8 +324,10 @@ def test_ensemble_is_more_uncertain_out_of_distribution(pendulum) -> None:
     obs = np.concatenate([s.obs[:-1] for s in segments])
     acts = np.concatenate([s.acts for s in segments])
     next_obs = np.concatenate([s.next_obs for s in segments])
-    _, std_in = ensemble.predict_mean_std(obs, acts, next_obs)
-    _, std_out = ensemble.predict_mean_std(10 * obs, acts, 10 * next_obs)
+    predictor = ensemble.predictor()
+    std_in = predictor.predict(obs, acts, next_obs).std
+    std_out = predictor.predict(10 * obs, acts, 10 * next_obs).std
+    assert std_in is not None and std_out is not None
     assert std_out.mean() > 3 * std_in.mean(), (std_in.mean(), std_out.mean())
     # bootstrap + independent init: members disagree
     members = ensemble.member_rewards(*(torch.from_numpy(x) for x in (obs, acts, next_obs)))
@@ -296,7 +359,7 @@ def test_windows_cut_at_the_fall_teach_what_staying_alive_is_worth() -> None:
     live = np.concatenate([t.obs[:-1] for t in held_out])
     acts = np.concatenate([t.acts for t in held_out])
     nxt = np.concatenate([t.obs[1:] for t in held_out])
-    per_step = model.predict(live, acts, nxt)
+    per_step = model.predictor().predict(live, acts, nxt).mean
     # Every live step must be worth more than the absorbing state after a fall (0): the learned
     # reward is positive on at least 95% of held-out live steps, and a 30-step window beats the
     # 5-step window that ends in a fall with near certainty.

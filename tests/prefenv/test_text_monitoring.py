@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from agents.text.sampling import completion_logps, sample_completions
 from envs.text import TextTask, VaderSentiment, default_tokenizer, tiny_gpt2_config
 from envs.text.corpus import generate_demonstrations, generate_prompts
-from prefenv.app.text_eval import completion_logps, evaluate_text_model, sample_completions
+from prefenv.app.text_eval import evaluate_text_model
 from prefenv.app.text_monitor import EpisodeLog, TextMonitor, plot_monitor
 
 
@@ -74,14 +75,20 @@ def test_kl_to_itself_is_zero_and_to_another_model_positive(tok) -> None:
 def test_episode_log_and_monitor_write_rows_samples_and_a_plot(tok, tmp_path) -> None:
     episodes: list[dict] = []
     prompts = [p for p, _ in generate_demonstrations(20)][:5]
-    env = gym.vector.SyncVectorEnv(
-        [lambda: EpisodeLog(TextTask("sentiment", tok, prompts, max_new_tokens=3), episodes)] * 2
+    env = EpisodeLog(
+        gym.vector.SyncVectorEnv(
+            [lambda: TextTask("sentiment", tok, prompts, max_new_tokens=3)] * 2
+        ),
+        episodes,
     )
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(8):
         env.step(rng.integers(5, 50, size=2))
     assert len(episodes) >= 4 and all(e["tokens"] == 3 and not e["eos"] for e in episodes)
+    # Without a learned-reward wrapper the reward the agent saw is the true score.
+    assert all(e["prompt"] in prompts and e["reward"] == e["true_score"] for e in episodes)
+    assert all(len(e["completion"].split()) >= 1 for e in episodes)
     monitor = TextMonitor(episodes, tmp_path, samples_per_iteration=2, alarm_window=3)
     # Learned score up, true score down for three iterations: the alarm fires on the third.
     for i, (learned, true) in enumerate([(0.1, 0.5), (0.2, 0.4), (0.3, 0.3)]):

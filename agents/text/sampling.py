@@ -1,0 +1,150 @@
+"""Sampling a causal LM on prompts the way the text env lays them out, and scoring the samples.
+
+:func:`sample_completions` draws completions with Hugging Face ``generate`` (pure sampling,
+temperature 1, no top-k/top-p, so the samples follow the policy the KL is measured on), laid out
+exactly as :class:`envs.text.TextGenerationEnv` lays out its prompts (BOS first, left padding).
+:func:`completion_logps` sums the log-probabilities of the sampled tokens under any model, so the
+per-sequence KL to a reference is the Monte-Carlo estimate ``mean(logp_pi - logp_ref)``.
+Iterative DPO samples its pairs here, and the application layer's evaluation
+(:mod:`prefenv.app.text_eval`) its held-out completions.
+
+Works with any causal LM whose ``forward(input_ids, attention_mask)`` returns ``logits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SampledCompletions", "completion_logps", "encode_prompts", "sample_completions"]
+
+
+@dataclass(frozen=True)
+class SampledCompletions:
+    """Completions sampled for a list of prompts.
+
+    Attributes:
+        prompts: the prompts, length N.
+        texts: decoded completions (EOS and special tokens removed, stripped), length N.
+        prompt_ids: left-padded prompt ids ``[N, P]`` (BOS first when the tokenizer has one).
+        prompt_mask: ``[N, P]``, 1 on real prompt tokens.
+        completion_ids: ``[N, C]`` sampled tokens; positions after the EOS hold the pad id.
+        completion_mask: ``[N, C]``, 1 on sampled tokens up to and including the EOS.
+        eos: ``[N]`` bool, whether the completion ended with EOS (else it hit the length cap).
+    """
+
+    prompts: list[str]
+    texts: list[str]
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    eos: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per completion, EOS included, ``[N]``."""
+        return self.completion_mask.sum(1).numpy()
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str], add_bos: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(ids, mask)`` ``[N, P]`` of the prompts, as the text env encodes them."""
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if add_bos and bos is not None:
+        encoded = [[int(bos), *ids] for ids in encoded]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("a prompt encodes to no tokens: drop empty prompts or use add_bos=True")
+    width = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def sample_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 64,
+) -> SampledCompletions:
+    """Sample one completion per prompt (temperature 1, full distribution), seeded.
+
+    Args:
+        model: a Hugging Face causal LM (``generate``).
+        tokenizer: its tokenizer (needs an EOS token).
+        prompts: the prompts (repeat a prompt to sample it several times).
+        max_new_tokens: the length cap (the env's ``max_new_tokens``).
+        seed: seeds torch's generator for the sampling (restored afterwards).
+        batch_size: prompts per ``generate`` call.
+    """
+    eos, pad = int(tokenizer.eos_token_id), tokenizer.pad_token_id
+    pad = eos if pad is None else int(pad)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    chunks = []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            ids = prompt_ids[start : start + batch_size]
+            out = model.generate(
+                input_ids=ids, attention_mask=prompt_mask[start : start + batch_size],
+                do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+            )  # fmt: skip
+            new = out[:, ids.shape[1] :]
+            chunks.append(
+                torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=pad)
+            )
+    model.train(was_training)
+    completion_ids = torch.cat(chunks)
+    is_eos = completion_ids == eos
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), completion_ids.shape[1])
+    positions = torch.arange(completion_ids.shape[1])
+    completion_mask = (positions[None, :] <= first_eos[:, None]).long()
+    ended = is_eos.any(1)
+    completion_ids = torch.where(completion_mask.bool(), completion_ids, pad)
+    texts = [
+        tokenizer.decode(row[: int(n)][~(row[: int(n)] == eos)], skip_special_tokens=True).strip()
+        for row, n in zip(completion_ids, completion_mask.sum(1), strict=True)
+    ]
+    return SampledCompletions(
+        list(prompts), texts, prompt_ids, prompt_mask, completion_ids, completion_mask,
+        ended.numpy(),
+    )  # fmt: skip
+
+
+@torch.inference_mode()
+def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 64) -> np.ndarray:
+    """Sum of log p(completion token | prefix) over each completion's tokens (EOS included), ``[N]``."""
+    was_training = model.training
+    model.eval()
+    ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
+    mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
+    n_prompt = samples.prompt_ids.shape[1]
+    out = []
+    for start in range(0, ids.shape[0], batch_size):
+        batch_ids, batch_mask = ids[start : start + batch_size], mask[start : start + batch_size]
+        position_ids = (batch_mask.cumsum(1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=batch_ids, attention_mask=batch_mask, position_ids=position_ids
+        ).logits[:, n_prompt - 1 : -1]
+        logp = torch.log_softmax(logits.float(), -1)
+        targets = batch_ids[:, n_prompt:]
+        token_logp = logp.gather(-1, targets[..., None])[..., 0]
+        out.append((token_logp * samples.completion_mask[start : start + batch_size]).sum(1))
+    model.train(was_training)
+    return torch.cat(out).numpy()
