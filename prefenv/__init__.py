@@ -67,8 +67,10 @@ def make(
 
     Args:
         env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids.
-        reward_model: a prefenv reward model (or anything with ``predict``); ``None`` returns the
-            plain env, whose reward is the true reward.
+        reward_model: a prefenv reward model (the wrapper scores with its snapshot
+            ``reward_model.predictor()``, taken now: call ``refresh()`` on the returned env
+            after training the model further) or a ``prefenv.predictors.RewardPredictor``;
+            ``None`` returns the plain env, whose reward is the true reward.
         shaping: uncertainty shaping ``k`` for ensembles (``mean + k * std``).
         **kwargs: passed to ``gymnasium.make``.
     """
@@ -92,7 +94,8 @@ def make_vec(
     Args:
         env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids.
         num_envs: sub-envs (users, robots, prompts) stepped together.
-        reward_model: a prefenv reward model; ``None`` returns the plain vector env.
+        reward_model: a prefenv reward model (snapshot taken now, as in :func:`make`) or a
+            ``prefenv.predictors.RewardPredictor``; ``None`` returns the plain vector env.
         shaping: uncertainty shaping ``k`` for ensembles (``mean + k * std``).
         vectorization_mode: ``None`` (default): the id's native ``vector_entry_point`` when it
             registers one (e.g. ``prefenv/RecSlate-v0``) and no ``wrappers`` are given, else
