@@ -97,3 +97,22 @@ def test_getting_started_copies_the_readme_commands() -> None:
     assert len(commands) == 2, "README.md should give the main-job and the test commands"
     for command in commands:
         assert command in page, f"docs/pages/getting-started.md lacks README's command {command!r}"
+
+
+def test_the_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
+    """README's "Wrap any Gymnasium env" block is run verbatim: a promise there is a tested one."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "README.md has no python block"
+    for block in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", block],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+        )
+        assert done.returncode == 0, f"README block failed:\n{block}\n{done.stderr[-2000:]}"
+        accuracy = float(done.stdout.strip().splitlines()[-1])
+        assert accuracy > 0.8, f"the README's reward model orders held-out pairs at {accuracy}"

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 from agents.text.optim import (
     DPO_OPTIM,
     LMOptimConfig,
+    LossHistory,
     batch_indices,
     make_optimizer,
     n_steps,
@@ -184,7 +184,7 @@ class DPOConfig:
 
 
 @dataclass
-class DPOMetrics:
+class DPOMetrics(LossHistory):
     """What :func:`train_dpo` did, one entry per optimiser step (batch means).
 
     Attributes:
@@ -199,7 +199,6 @@ class DPOMetrics:
         ref_seconds: time of the reference log-prob pass.
     """
 
-    losses: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     margins: list[float] = field(default_factory=list)
     chosen_rewards: list[float] = field(default_factory=list)
@@ -208,19 +207,6 @@ class DPOMetrics:
     n_pairs_seen: int = 0
     seconds: float = 0.0
     ref_seconds: float = 0.0
-
-    @property
-    def steps(self) -> int:
-        return len(self.losses)
-
-    @property
-    def first_loss(self) -> float:
-        return self.losses[0] if self.losses else float("nan")
-
-    @property
-    def final_loss(self) -> float:
-        """Mean loss of the last (up to) 5 steps."""
-        return float(np.mean(self.losses[-5:])) if self.losses else float("nan")
 
     @property
     def pairs_per_second(self) -> float:

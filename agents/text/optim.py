@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DPO_OPTIM",
     "LMOptimConfig",
+    "LossHistory",
     "SFT_OPTIM",
     "batch_indices",
     "make_optimizer",
@@ -172,3 +173,27 @@ def progress_bar(total: int, enabled: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
+
+
+@dataclass
+class LossHistory:
+    """The per-step losses of an LM trainer (SFT, DPO) and the summaries read off them.
+
+    Attributes:
+        losses: the loss of every optimiser step, in order.
+    """
+
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0] if self.losses else float("nan")
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last (up to) 5 steps."""
+        return float(np.mean(self.losses[-5:])) if self.losses else float("nan")

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from agents.text.optim import (
     SFT_OPTIM,
     LMOptimConfig,
+    LossHistory,
     batch_indices,
     make_optimizer,
     n_steps,
@@ -234,7 +234,7 @@ class TextSFTConfig:
 
 
 @dataclass
-class TextSFTMetrics:
+class TextSFTMetrics(LossHistory):
     """What :func:`train_text_sft` did.
 
     Attributes:
@@ -244,23 +244,9 @@ class TextSFTMetrics:
         seconds: wall time.
     """
 
-    losses: list[float] = field(default_factory=list)
     n_demonstrations: int = 0
     n_tokens: int = 0
     seconds: float = 0.0
-
-    @property
-    def steps(self) -> int:
-        return len(self.losses)
-
-    @property
-    def first_loss(self) -> float:
-        return self.losses[0] if self.losses else float("nan")
-
-    @property
-    def final_loss(self) -> float:
-        """Mean loss of the last (up to) 5 steps."""
-        return float(np.mean(self.losses[-5:])) if self.losses else float("nan")
 
 
 def train_text_sft(
