@@ -24,7 +24,7 @@ from gymnasium import spaces as gym_spaces
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prefenv.errors import CheckpointError
+from prefenv.errors import CheckpointError, CheckpointNotFoundError
 from prefenv.spaces import describe_space, flat_dim
 
 __all__ = ["SCHEMA", "CheckpointError", "load_checkpoint", "save_checkpoint"]
@@ -67,7 +67,7 @@ def save_checkpoint(module: nn.Module, config: dict[str, Any], directory: Path) 
 def _read_config(path: Path) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
-        raise CheckpointError(
+        raise CheckpointNotFoundError(
             f"no reward model checkpoint at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
             "as written by save_pretrained"
         )
@@ -105,8 +105,8 @@ def _check_spaces(
             matches, trained_for = saved[key] == given, saved[key]
         else:  # saved without a space description: compare flat sizes only
             matches, trained_for = flat_dim(space) == dim, f"a flat size of {dim}"
-        if not matches:
-            raise ValueError(
+        if not matches:  # a CheckpointError is a ValueError: callers catching either still work
+            raise CheckpointError(
                 f"reward model at {path} was trained for {key} {trained_for}, but the env has "
                 f"{given}: was it trained on this environment? Load the checkpoint made for this "
                 "env or train a new reward model"
@@ -149,8 +149,9 @@ def load_checkpoint(
         action_space: the env's single action space to check against, or None.
 
     Raises:
-        CheckpointError: missing or foreign config, an unknown class, missing or corrupt weights.
-        ValueError: the given spaces differ from the ones the model was trained for.
+        CheckpointNotFoundError: no checkpoint in ``directory``.
+        CheckpointError: a foreign config, an unknown class, missing or corrupt weights, or spaces
+            other than the ones the model was trained for.
     """
     path = Path(directory)
     config = _read_config(path)
