@@ -21,7 +21,10 @@ import logging
 import sys
 from pathlib import Path
 
+import gymnasium as gym
+
 from prefenv.app.fields import add_field_options, from_options
+from prefenv.app.folders import undo_failed_start
 from prefenv.app.runs import TrainingRun, evaluate_run
 from prefenv.app.spec import TrainSpec, load_spec, save_spec
 
@@ -62,9 +65,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for name in ("comparisons.sqlite", "comparisons.sqlite-wal", "comparisons.sqlite-shm"):
             (out / name).unlink(missing_ok=True)
     spec = from_options(TrainSpec, args)
-    out.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, out)
-    return _run(TrainingRun(spec, out), out)
+    with undo_failed_start(out):  # a rejected start leaves no run.json to refuse the retry
+        out.mkdir(parents=True, exist_ok=True)
+        save_spec(spec, out)
+        run = TrainingRun(spec, out)
+    return _run(run, out)
 
 
 def _run(run: TrainingRun, out: Path) -> int:
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
                     "check": _cmd_check, "text": cmd_text}  # fmt: skip
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, gym.error.Error) as exc:
         print(f"prefenv {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agents.ppo_kl.config import KLEstimator, PPOKLConfig
 from prefenv.app.fields import add_field_options, field_docs, from_options
+from prefenv.app.folders import undo_failed_start
 from prefenv.app.text_config import PPO_OPTIONS, TEXT_PPO, TextPipelineConfig
 from prefenv.app.text_runs import STAGES, run_pipeline, run_stage
 
@@ -71,10 +72,14 @@ def _config(args: argparse.Namespace) -> TextPipelineConfig:
 def cmd_text(args: argparse.Namespace) -> int:
     """Run the chosen stage (or the pipeline) and say where its outputs are."""
     config = _config(args)
-    if args.stage == "pipeline":
-        summary = run_pipeline(config, args.out)
-    else:
-        summary = run_stage(args.stage, config, args.out)
+    # a failed first attempt (e.g. a --base-model path that is no model) leaves no settings that
+    # would refuse the corrected retry; a finished stage is kept, so a later failure resumes
+    finished = lambda: any(args.out.glob("*/stage.json"))  # noqa: E731
+    with undo_failed_start(args.out, keep=finished):
+        if args.stage == "pipeline":
+            summary = run_pipeline(config, args.out)
+        else:
+            summary = run_stage(args.stage, config, args.out)
     if args.stage in ("pipeline", "eval"):
         for name, result in summary.get("eval", {}).items():
             print(

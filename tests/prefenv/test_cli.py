@@ -135,6 +135,31 @@ def test_unknown_teacher_and_agent_are_clear_errors(tmp_path, capsys):
     assert "--agent-module 'no_such_module' cannot be imported" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [["--queries", "0"], ["--env", "prefenv/Reachr-v0"], ["--steps", "300"]],
+    ids=["no-queries", "misspelled-env", "steps-below-initial"],
+)
+def test_a_rejected_start_leaves_nothing_that_refuses_the_retry(tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, *bad, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prefenv train: ") and "Traceback" not in err
+    assert not out.exists()  # no run.json, no empty store: the corrected command just runs
+    (out / "mine.txt").parent.mkdir()
+    (out / "mine.txt").write_text("kept")  # a folder the user already had keeps its files
+    assert main(["train", *TINY, *bad, "--out", str(out)]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_a_text_start_with_a_bad_base_model_can_be_retried(tmp_path, capsys):
+    out = tmp_path / "text"
+    argv = ["text", "base", "--base-model", str(tmp_path / "nowhere"), "--out", str(out)]
+    assert main(argv) == 2
+    assert "needs a local model directory" in capsys.readouterr().err
+    assert not out.exists()  # no text_config.json holding the wrong --base-model
+
+
 USER_AGENTS = textwrap.dedent(
     '''
     """A user's own agent for `prefenv train`: seeded uniform-random actions."""
