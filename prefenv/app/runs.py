@@ -46,6 +46,7 @@ from prefenv.app.reports import (
 )
 from prefenv.app.spec import RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_json_atomic
 from prefenv.atomic import atomic_write
+from prefenv.errors import CheckpointError
 from prefenv.loop import PreferenceLoop
 from prefenv.recording import TrajectoryRecorder
 from prefenv.records import Trajectory
@@ -119,7 +120,10 @@ class TrainingRun:
             )
         self.teacher_rng = np.random.default_rng(seeds.teacher)
         self.teacher = make_teacher(spec.teacher, self.teacher_rng)
-        self.store = ComparisonStore(self.out / "comparisons.sqlite")
+        store_path = self.out / "comparisons.sqlite"
+        if resume:  # before opening it: opening a missing store would create an empty one
+            _check_store_kept(store_path, self.out)
+        self.store = ComparisonStore(store_path)
         self.loop = PreferenceLoop(
             env=self.recorder,
             agent=self.agent,
@@ -151,6 +155,13 @@ class TrainingRun:
     def _restore(self) -> None:
         state = json.loads((self.out / "loop_state.json").read_text())
         self.loop.load_state_dict(state["loop"])
+        if len(self.store) < self.loop.labels_used:
+            raise CheckpointError(
+                f"{self.store.path} holds {len(self.store)} comparisons but the run recorded "
+                f"{self.loop.labels_used} in loop_state.json: the store was replaced or cut short. "
+                "Restore it from a backup (the reward model was trained on those labels), or start "
+                "a new run in another --out"
+            )
         self.loop.history = [round_from_dict(r) for r in state["history"]]
         self.teacher_rng.bit_generator.state = state["teacher_rng"]
         self.elapsed_before = float(state.get("elapsed", 0.0))
@@ -267,3 +278,19 @@ def evaluate_run(
         "true_return_std": float(np.std(true_returns)),
         "learned_return_mean": float(np.mean(learned_returns)),
     }
+
+
+def _check_store_kept(path: Path, out: Path) -> None:
+    """Refuse to resume a run whose comparison store is gone or empty (its labels would be lost)."""
+    if path.is_file() and path.stat().st_size > 0:
+        return
+    recorded = "its labels"
+    state = out / "loop_state.json"
+    if state.is_file():
+        recorded = f"{json.loads(state.read_text())['loop']['labels_used']} labels"
+    what = "is missing" if not path.exists() else "is empty (0 bytes)"
+    raise CheckpointError(
+        f"{path} {what}, but the run recorded {recorded}: restore comparisons.sqlite (with its "
+        "-wal file, if any) from a backup; resuming would start an empty store and lose them. "
+        "To start over instead, use `prefenv train --overwrite` or another --out"
+    )

@@ -115,6 +115,38 @@ def test_resume_continues_an_interrupted_run_and_eval_reports_returns(tmp_path, 
     assert result["episodes"] == 2 and result["true_return_mean"] < 0  # Reacher: distance cost
 
 
+def test_resume_and_eval_refuse_a_run_whose_comparison_store_is_gone(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    store = out / "comparisons.sqlite"
+    labels = len(ComparisonStore(store))
+    saved = store.read_bytes()
+    capsys.readouterr()
+    for damage in ("moved", "truncated"):
+        if damage == "moved":
+            store.rename(tmp_path / "elsewhere.sqlite")
+        else:
+            store.write_bytes(b"")
+        for command in (["resume", "--out", str(out)], ["eval", "--out", str(out)]):
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert f"recorded {labels} labels" in err and "restore comparisons.sqlite" in err
+            assert not store.exists() or store.stat().st_size == 0  # no empty store created
+        store.write_bytes(saved)
+        (tmp_path / "elsewhere.sqlite").unlink(missing_ok=True)
+    # a store cut short (fewer rows than the loop used) is refused too
+    with ComparisonStore(tmp_path / "short.sqlite") as short:
+        short.append(ComparisonStore(store).load(labelled_only=False)[: labels // 2])
+    store.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    (tmp_path / "short.sqlite").rename(store)
+    assert main(["resume", "--out", str(out)]) == 2
+    assert (
+        f"holds {labels // 2} comparisons but the run recorded {labels}" in capsys.readouterr().err
+    )
+
+
 def test_train_refuses_to_overwrite_and_names_resume(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
