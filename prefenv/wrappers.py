@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
+from prefenv.episodes import step_true_rewards
 from prefenv.predictors import PredictorSource, RewardPredictor
 from prefenv.spaces import FlatSpec
 
@@ -234,7 +235,10 @@ class VectorPreferenceReward(_LearnedReward, VectorWrapper):
             for i in np.flatnonzero(done):
                 scored_next[i] = self.flat.obs(final[i], 1)[0]
         r_hat = self._learned(self._last_obs, self.flat.acts(actions, n), scored_next, done)
-        true_reward = self._true_reward(rewards, infos)
+        # the hidden reward: info['true_reward'] where reported (final_info for a SAME_STEP
+        # reset), else the env's own reward
+        reported_true, reported = step_true_rewards(infos, n)
+        true_reward = np.where(reported, reported_true, np.asarray(rewards, np.float64))
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             if self._resetting.any():
                 r_hat = r_hat.copy()
@@ -248,17 +252,3 @@ class VectorPreferenceReward(_LearnedReward, VectorWrapper):
         infos["learned_reward"] = r_hat
         infos["_learned_reward"] = self._all_true.copy()
         return obs, r_hat, terminated, truncated, infos
-
-    def _true_reward(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
-        """``[n]`` float64 hidden reward: ``infos["true_reward"]`` where reported, else the env's."""
-        true_reward = np.array(rewards, dtype=np.float64)
-        if "true_reward" in infos:
-            reported = np.asarray(infos.get("_true_reward", self._all_true), dtype=bool)
-            true_reward[reported] = np.asarray(infos["true_reward"], dtype=np.float64)[reported]
-        final_info = infos.get("final_info", {})
-        if "true_reward" in final_info:  # SAME_STEP: a finished sub-env's step info lives here
-            reported = np.asarray(final_info.get("_true_reward"), dtype=bool)
-            true_reward[reported] = np.asarray(final_info["true_reward"], dtype=np.float64)[
-                reported
-            ]
-        return true_reward

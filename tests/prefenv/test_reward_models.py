@@ -321,6 +321,7 @@ REWARD_STACK = (
     "prefenv.errors",
     "prefenv.records",
     "prefenv.spaces",
+    "prefenv.episodes",
     "prefenv.predictors",
     "prefenv.step_predictors",
     "prefenv.segment_batch",
