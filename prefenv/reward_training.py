@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from prefenv.predictors import RewardModelError
 from prefenv.records import Comparison, Segment
+from prefenv.sampling import MemberReturns
 
 __all__ = [
     "bradley_terry_loss",
@@ -181,18 +182,16 @@ class PairSource(Protocol):
 
 
 @runtime_checkable
-class EnsemblePairSource(PairSource, Protocol):
+class EnsemblePairSource(PairSource, MemberReturns, Protocol):
     """A :class:`PairSource` made of ``K`` members, each itself a :class:`PairSource`.
 
     The trainer fits every member separately (on its own bootstrap resample when
-    ``RewardTrainConfig.bootstrap``); ``segment_returns`` is the member mean.
+    ``RewardTrainConfig.bootstrap``); ``segment_returns`` is the member mean, and
+    ``member_segment_returns`` (:class:`~prefenv.sampling.MemberReturns`, what the active query
+    methods read) each member's.
     """
 
     members: Sequence[nn.Module]
-
-    def member_segment_returns(self, segments: Sequence[Segment]) -> Tensor:
-        """``[K, B]`` each member's predicted returns."""
-        ...
 
 
 @runtime_checkable
