@@ -8,12 +8,20 @@ append to it) at the same time.
 
 Layout of schema ``prefenv.comparisons/1``:
 
-* ``meta(key TEXT PRIMARY KEY, value TEXT)`` with ``schema = "prefenv.comparisons/1"``.
+* ``meta(key TEXT PRIMARY KEY, value TEXT)`` with ``schema = "prefenv.comparisons/1"`` and
+  ``store_id`` (a random uuid4 hex written when the store is created; a store made by an older
+  prefenv gets one the first time it is opened): :attr:`ComparisonStore.identity`.
 * ``comparisons``: one row per comparison with an ``INTEGER PRIMARY KEY AUTOINCREMENT`` ``id``,
   ``label REAL`` (``NULL`` when the teacher skipped), ``teacher TEXT``, ``created REAL`` and, for
   each segment ``k`` in ``{0, 1}``, ``obs{k}`` / ``acts{k}`` / ``true_rewards{k}`` as ``.npy``
   bytes (dtype and shape in the header, lossless) and ``context{k}`` as JSON text (``NULL`` for
   no context).
+
+The newest rows of an open (or killed) store live in ``<name>-wal`` beside the file until SQLite
+copies them back ("checkpoints"); :meth:`ComparisonStore.close` does so, so a closed store is one
+self-contained file. :meth:`ComparisonStore.open_existing` reopens a store whose rows must still
+be there (resuming a run): it never creates one and reads every row before it answers. The file
+checks and error types live in :mod:`prefenv.store_file` and are re-exported here.
 
 :func:`export_jsonl` / :func:`import_jsonl` (in :mod:`prefenv.jsonl`, re-exported here) move
 comparisons in and out in the Hugging Face prompt/chosen/rejected JSONL convention.
@@ -24,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,38 +41,31 @@ import numpy as np
 
 from prefenv.jsonl import export_jsonl, import_jsonl
 from prefenv.records import Comparison, Segment
+from prefenv.store_file import (
+    ARRAYS,
+    COLUMNS,
+    SCHEMA,
+    SEGMENT_COLUMNS,
+    StoreDamagedError,
+    StoreError,
+    StoreMismatchError,
+    StoreMissingError,
+    StoreSchemaError,
+    connect,
+    verify_readable,
+)
 
-__all__ = ["SCHEMA", "ComparisonStore", "StoreSchemaError", "export_jsonl", "import_jsonl"]
-
-SCHEMA = "prefenv.comparisons/1"
-"""Schema id written to (and required in) the ``meta`` table of every store."""
-
-_SCHEMA_VERSION = 1
-_SCHEMA_PATTERN = re.compile(r"prefenv\.comparisons/(\d+)")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_BUSY_TIMEOUT_MS = 30_000
-_ARRAYS = ("obs", "acts", "true_rewards")
-_SEGMENT_COLUMNS = [f"{name}{k}" for k in (0, 1) for name in (*_ARRAYS, "context")]
-_COLUMNS = ["label", "teacher", "created", *_SEGMENT_COLUMNS]
-
-_CREATE_TABLES = f"""
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE comparisons (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    label REAL,
-    teacher TEXT NOT NULL,
-    created REAL NOT NULL,
-    {", ".join(f"{name}{k} BLOB NOT NULL" for k in (0, 1) for name in _ARRAYS)},
-    context0 TEXT,
-    context1 TEXT
-);
-CREATE INDEX comparisons_teacher ON comparisons (teacher, id);
-INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA}');
-"""
-
-
-class StoreSchemaError(ValueError):
-    """The file is not a comparison store this version of prefenv can read."""
+__all__ = [
+    "SCHEMA",
+    "ComparisonStore",
+    "StoreDamagedError",
+    "StoreError",
+    "StoreMismatchError",
+    "StoreMissingError",
+    "StoreSchemaError",
+    "export_jsonl",
+    "import_jsonl",
+]
 
 
 class ComparisonStore:
@@ -82,39 +82,107 @@ class ComparisonStore:
 
     Args:
         path: the store file; created (with its parent folders) if missing. An existing file
-            must be a prefenv store of schema :data:`SCHEMA` or an empty SQLite database.
+            must be a prefenv store of schema :data:`SCHEMA` or an empty SQLite database. To
+            reopen a store that must exist and be whole, use :meth:`open_existing`.
 
     Raises:
         StoreSchemaError: ``path`` holds something else (another SQLite database, another
             schema version, or not SQLite at all); the file is left untouched.
+        StoreDamagedError: ``path`` is a store SQLite cannot read, or is missing or empty while
+            its ``-wal`` file holds rows (opening would discard them); nothing is touched.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if self.path.is_dir():
-            raise IsADirectoryError(
-                f"comparison store path {self.path} is a folder: pass a file path"
-            )
-        _check_sqlite_header(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error as error:
-            raise OSError(f"cannot open comparison store {self.path}: {error}") from error
-        try:
-            _open_schema(conn, self.path)
-        except BaseException:
-            conn.close()
-            raise
+        conn, self._identity = connect(self.path)
         self._conn: sqlite3.Connection | None = conn
+
+    @classmethod
+    def open_existing(
+        cls, path: str | os.PathLike[str], *, min_rows: int = 0, identity: str | None = None
+    ) -> ComparisonStore:
+        """Open a store that must already exist and be whole, e.g. to resume a run.
+
+        Unlike the constructor it never creates a store. Before opening it for writing it reads
+        the file without changing it: ``PRAGMA quick_check``, then every comparison's row.
+
+        Example:
+            >>> store = ComparisonStore.open_existing(  # doctest: +SKIP
+            ...     "runs/exp1/comparisons.sqlite", min_rows=235, identity=saved_store_id
+            ... )
+
+        Args:
+            path: the store file.
+            min_rows: the store must hold at least this many comparisons (skipped ones
+                included), e.g. the labels a saved run says it trained on.
+            identity: the store must carry this :attr:`identity` (e.g. the one a saved run
+                recorded); ``None`` accepts any.
+
+        Returns:
+            The open store.
+
+        Raises:
+            StoreMissingError: no file, a 0-byte file, or an SQLite file without tables.
+            StoreDamagedError: not SQLite, cut short or otherwise unreadable, or a ``-wal``
+                file left without its main file. ``readable_rows`` / ``recorded_rows`` say how
+                many comparisons can still be read and how many the store once held.
+            StoreSchemaError: another SQLite database, or another schema version.
+            StoreMismatchError: another identity, or fewer than ``min_rows`` comparisons.
+        """
+        if min_rows < 0:
+            raise ValueError(f"min_rows must be >= 0, got {min_rows}")
+        path = Path(path)
+        verify_readable(path, min_rows)
+        store = cls(path)
+        try:
+            store._check_expected(min_rows, identity)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _check_expected(self, min_rows: int, identity: str | None) -> None:
+        name, count = self.path.name, self.count()
+        if identity is not None and identity != self.identity:
+            raise StoreMismatchError(
+                f"comparison store {self.path} has identity {self.identity}, not the expected "
+                f"{identity}: it is another store (a new one made in its place, or another run's "
+                f"copy). Put the original {name} and {name}-wal back from one backup",
+                readable_rows=count,
+            )
+        if count < min_rows:
+            raise StoreMismatchError(
+                f"comparison store {self.path} holds {count} comparisons, fewer than the "
+                f"{min_rows} expected: it was cut back or replaced by an older copy. Rows not yet "
+                f"checkpointed live in {name}-wal, so a deleted {name}-wal (or a copy made "
+                f"without it) loses them. Restore {name} and {name}-wal together from one backup",
+                readable_rows=count,
+            )
+
+    @property
+    def identity(self) -> str:
+        """This store's id (32 hex digits), fixed when it was created; copies share it."""
+        return self._identity
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the file; further calls on this object raise. Closing twice is fine."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Checkpoint and close the file; further calls on this object raise. Twice is fine.
+
+        The checkpoint copies the rows from ``<name>-wal`` into the file and empties the -wal,
+        so a store nobody else has open is one self-contained file. It does not wait for other
+        processes reading or writing the store: then the last one to close finishes it.
+        """
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # the rows stay committed in the -wal file; the next open checkpoints them
+        finally:
+            conn.close()
 
     def __enter__(self) -> ComparisonStore:
         return self
@@ -156,7 +224,7 @@ class ComparisonStore:
         if not rows:
             return []
         db = self._db
-        sql = f"INSERT INTO comparisons ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        sql = f"INSERT INTO comparisons ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         db.execute("BEGIN IMMEDIATE")
         try:
             ids = [int(db.execute(sql, row).lastrowid or 0) for row in rows]
@@ -228,18 +296,18 @@ class ComparisonStore:
             params.append(teacher)
         params.append(-1 if limit is None else limit)
         sql = (
-            f"SELECT id, {', '.join(_COLUMNS)} FROM comparisons WHERE {' AND '.join(clauses)} "
+            f"SELECT id, {', '.join(COLUMNS)} FROM comparisons WHERE {' AND '.join(clauses)} "
             "ORDER BY id LIMIT ?"
         )
         return [(int(row[0]), self._decode_row(row)) for row in self._db.execute(sql, params)]
 
     def _decode_row(self, row: tuple[Any, ...]) -> Comparison:
         row_id, label, teacher, created, *segment_values = row
-        values = dict(zip(_SEGMENT_COLUMNS, segment_values, strict=True))
+        values = dict(zip(SEGMENT_COLUMNS, segment_values, strict=True))
         try:
             segments = [
                 Segment(
-                    **{name: _array_from_bytes(values[f"{name}{k}"]) for name in _ARRAYS},
+                    **{name: _array_from_bytes(values[f"{name}{k}"]) for name in ARRAYS},
                     context=None
                     if values[f"context{k}"] is None
                     else json.loads(values[f"context{k}"]),
@@ -252,87 +320,6 @@ class ComparisonStore:
                 f"comparison store {self.path}: row {row_id} cannot be decoded ({error}); "
                 "the file was modified outside prefenv"
             ) from error
-
-
-# -- opening and schema checks ---------------------------------------------------------------
-
-
-def _check_sqlite_header(path: Path) -> None:
-    """Reject a non-empty file that is not SQLite before SQLite touches it."""
-    if not path.exists():
-        return
-    with path.open("rb") as file:
-        head = file.read(len(_SQLITE_MAGIC))
-    if head and head != _SQLITE_MAGIC:
-        raise StoreSchemaError(
-            f"{path} is not a prefenv comparison store (found a non-SQLite file starting with "
-            f"{head[:8]!r}): pass a new path, or move that file away"
-        )
-
-
-def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """Check (or, for an empty database, create) the schema, then set the durability pragmas."""
-    try:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as error:
-        raise StoreSchemaError(
-            f"{path} is not a prefenv comparison store (SQLite cannot read it: {error}): pass a "
-            "new path, or move that file away"
-        ) from error
-    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-    if tables:
-        _check_schema(conn, path, tables)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    if not tables:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-                conn.execute("ROLLBACK")  # another process created it first: check theirs
-                _check_schema(conn, path, {"meta", "comparisons"})
-                return
-            # One statement at a time: executescript() would commit on its own.
-            for statement in _CREATE_TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-
-def _check_schema(conn: sqlite3.Connection, path: Path, tables: set[str]) -> None:
-    found = None
-    if "meta" in tables:
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        except sqlite3.DatabaseError:
-            row = None
-        found = None if row is None else str(row[0])
-    if found is None:
-        listed = ", ".join(sorted(tables))
-        raise StoreSchemaError(
-            f"{path} is not a prefenv comparison store (an SQLite database with tables "
-            f"{listed} and no prefenv schema): pass a new path"
-        )
-    if found == SCHEMA:
-        if "comparisons" not in tables:
-            raise StoreSchemaError(
-                f"{path} says schema {SCHEMA} but has no comparisons table: the file was damaged "
-                "outside prefenv; pass a new path"
-            )
-        return
-    match = _SCHEMA_PATTERN.fullmatch(found)
-    if match and int(match.group(1)) > _SCHEMA_VERSION:
-        raise StoreSchemaError(
-            f"{path} was written by schema {found}, newer than this prefenv ({SCHEMA}): upgrade "
-            "prefenv to read it"
-        )
-    raise StoreSchemaError(
-        f"{path} has unknown schema {found!r}, this prefenv reads {SCHEMA}: export it to JSONL "
-        "with the prefenv that wrote it, or pass a new path"
-    )
 
 
 # -- row encoding ----------------------------------------------------------------------------
@@ -369,6 +356,6 @@ def _encode_row(index: int, comparison: Comparison) -> tuple[Any, ...]:
         )
     values: list[Any] = [comparison.label, comparison.teacher, float(comparison.created)]
     for k, segment in enumerate((comparison.segment0, comparison.segment1)):
-        values.extend(_array_to_bytes(getattr(segment, name)) for name in _ARRAYS)
+        values.extend(_array_to_bytes(getattr(segment, name)) for name in ARRAYS)
         values.append(_context_to_json(segment.context, f"comparison {index} segment{k}"))
     return tuple(values)

@@ -239,11 +239,17 @@ def test_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 
-@pytest.mark.parametrize("content", [b"\x00\x01garbage" * 100, b"SQLite format 3\x00" + bytes(50)])
-def test_non_sqlite_file_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00\x01garbage" * 100, "is not a prefenv comparison store"),
+        (b"SQLite format 3\x00" + bytes(50), r"is damaged \(SQLite: file is not a database\)"),
+    ],
+)
+def test_non_sqlite_file_is_refused_untouched(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "notes.db"
     path.write_bytes(content)
-    with pytest.raises(StoreSchemaError, match=r"is not a prefenv comparison store") as caught:
+    with pytest.raises(StoreSchemaError, match=message) as caught:
         ComparisonStore(path)
     assert str(path) in str(caught.value)
     assert path.read_bytes() == content
