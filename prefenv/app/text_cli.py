@@ -3,6 +3,7 @@
     prefenv text pipeline --out runs/sentiment                 # base -> sft -> rm -> ppo -> dpo -> eval
     prefenv text sft --out runs/sentiment                      # one stage (earlier ones must be done)
     prefenv text rm --out runs/sentiment --teacher verbose     # ...with another annotator
+    prefenv text pipeline --out runs/sentiment --overwrite     # start the folder again
     prefenv text pipeline --out runs/mine --base-model path/to/local/hf_model
 
 Every option is a field of :class:`prefenv.app.text_config.TextPipelineConfig`, or one of the
@@ -10,7 +11,11 @@ PPO-KL fields it composes (``--learning-rate``, ``--kl-coef``, ``--adaptive-kl``
 ``--kl-estimator``, ``--kl-horizon``: :data:`~prefenv.app.text_config.PPO_OPTIONS` of
 :class:`~agents.ppo_kl.config.PPOKLConfig`); each option's help is the docstring of the field
 where it is declared (:mod:`prefenv.app.fields`). A run folder remembers its settings: resuming a
-killed pipeline is the same command again.
+killed pipeline is the same command again. One stage may run with settings that only it and
+later stages read (``rm --teacher verbose``): the later stages' outputs move to ``stale/`` and
+``pipeline`` redoes them. Other changes are refused with the flags named; ``--overwrite`` starts
+the folder again. A failed first start leaves nothing in ``--out``
+(:func:`prefenv.app.text_runs.run_stage`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,7 @@ from pathlib import Path
 
 from agents.ppo_kl.config import KLEstimator, PPOKLConfig
 from prefenv.app.fields import add_field_options, field_docs, from_options
-from prefenv.app.folders import undo_failed_start
-from prefenv.app.text_config import PPO_OPTIONS, TEXT_PPO, TextPipelineConfig
+from prefenv.app.text_config import PPO_OPTIONS, TEXT_PPO, TextPipelineConfig, setting_flag
 from prefenv.app.text_runs import STAGES, run_pipeline, run_stage
 
 __all__ = ["add_text_parser", "cmd_text"]
@@ -61,10 +65,24 @@ def add_text_parser(sub: argparse._SubParsersAction) -> None:
     for stage in ("pipeline", *STAGES):
         parser = stages.add_parser(stage, help=helps[stage])
         parser.add_argument("--out", type=Path, required=True, help="run folder")
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="first delete what a text run wrote in --out (settings, stored labels, every "
+            "stage's outputs and logs), then start again with the given settings",
+        )
         _add_config_options(parser)
 
 
 def _config(args: argparse.Namespace) -> TextPipelineConfig:
+    """The settings from the parsed options; a rejected PPO-KL option is named by its flag."""
+    for name in PPO_OPTIONS:
+        try:
+            dataclasses.replace(TEXT_PPO, **{name: getattr(args, name)})
+        except ValueError as error:
+            raise ValueError(
+                str(error).replace(f"PPOKLConfig.{name}", setting_flag(name))
+            ) from None
     ppo = dataclasses.replace(TEXT_PPO, **{name: getattr(args, name) for name in PPO_OPTIONS})
     return from_options(TextPipelineConfig, args, ppo=ppo)
 
@@ -72,14 +90,10 @@ def _config(args: argparse.Namespace) -> TextPipelineConfig:
 def cmd_text(args: argparse.Namespace) -> int:
     """Run the chosen stage (or the pipeline) and say where its outputs are."""
     config = _config(args)
-    # a failed first attempt (e.g. a --base-model path that is no model) leaves no settings that
-    # would refuse the corrected retry; a finished stage is kept, so a later failure resumes
-    finished = lambda: any(args.out.glob("*/stage.json"))  # noqa: E731
-    with undo_failed_start(args.out, keep=finished):
-        if args.stage == "pipeline":
-            summary = run_pipeline(config, args.out)
-        else:
-            summary = run_stage(args.stage, config, args.out)
+    if args.stage == "pipeline":
+        summary = run_pipeline(config, args.out, overwrite=args.overwrite)
+    else:
+        summary = run_stage(args.stage, config, args.out, overwrite=args.overwrite)
     if args.stage in ("pipeline", "eval"):
         for name, result in summary.get("eval", {}).items():
             print(

@@ -1,23 +1,41 @@
-"""Settings of the text RLHF pipeline (:mod:`prefenv.app.text_runs`), one validated dataclass.
+"""Settings of the text RLHF pipeline (:mod:`prefenv.app.text_runs`); how a run folder keeps them.
 
-Each field's docstring is its ``prefenv text`` command-line help. The ppo stage's PPO-KL settings
-are a :class:`~agents.ppo_kl.config.PPOKLConfig` (field ``ppo``), not copies of its fields: the
+:class:`TextPipelineConfig` is one validated dataclass; each field's docstring is its
+``prefenv text`` command-line help. The ppo stage's PPO-KL settings are a :class:`~agents.ppo_kl.config.PPOKLConfig` (field ``ppo``), not copies of its fields: the
 KL leash (``kl_coef``, ``adaptive_kl``, ``kl_target``, ``kl_horizon``, ``kl_estimator``) and the
 learning rate are declared, documented and validated there once, and the command line offers
 them as ``--kl-coef`` etc. (:data:`PPO_OPTIONS`) with that documentation as help.
+
+A run folder saves its settings (``text_config.json``) and keeps them: :func:`accept_settings`
+refuses a change that would invalidate a finished stage before the one being run (naming the
+flags, :func:`settings_refusal`), accepts one that only this stage or later ones read
+(:data:`READ_FIRST_BY`) and then moves the later stages' outputs to ``stale/``;
+:func:`clear_run` is ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.ppo_kl.config import PPOKLConfig
+from prefenv.app.spec import write_json_atomic
+from prefenv.errors import CheckpointError
 
-__all__ = ["PPO_OPTIONS", "TEXT_PPO", "TextPipelineConfig"]
+__all__ = [
+    "PPO_OPTIONS", "READ_FIRST_BY", "STAGES", "STAGE_OUTPUTS", "TEXT_PPO", "TextPipelineConfig",
+    "accept_settings", "check_sources", "clear_run", "setting_flag", "settings_refusal",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 TEXT_PPO = PPOKLConfig(
     learning_rate=3e-5, n_epochs=4, gamma=1.0, gae_lambda=0.95, kl_coef=0.3, adaptive_kl=True,
@@ -59,9 +77,11 @@ class TextPipelineConfig:
     sft_steps: int = 150
     """SFT optimiser steps (batch 16)."""
     teacher: str = "oracle"
-    """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix."""
+    """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix.
+    The store keeps every teacher's labels; the rm and dpo stages use this teacher's only."""
     queries: int = 1000
-    """Comparisons asked of the teacher (two SFT samples of one prompt each)."""
+    """Comparisons of the teacher (two SFT samples of one prompt each) the rm and dpo stages
+    train on; only those not yet in the store are asked."""
     comparisons_file: str | None = None
     """A prompt/chosen/rejected JSONL file (human labels, a Hugging Face preference dataset, a
     prefenv export) to train the reward model and DPO on instead of asking the teacher."""
@@ -92,23 +112,34 @@ class TextPipelineConfig:
     threads only add overhead and thrash a busy machine); raise it for larger models."""
 
     def __post_init__(self) -> None:
+        from envs.text.feedback import TEXT_PRESETS
         from envs.text.tasks import TASKS
+        from prefenv.teachers import merge_presets
 
         if self.task not in TASKS:
-            raise ValueError(f"unknown text task {self.task!r}: choose one of {sorted(TASKS)}")
+            raise ValueError(
+                f"unknown text task {self.task!r} (--task): choose one of {sorted(TASKS)}"
+            )
         for name in ("sft_demos", "sft_steps", "queries", "rm_ensemble", "rm_epochs", "n_envs",
                      "dpo_epochs", "eval_prompts", "max_new_tokens", "torch_threads"):  # fmt: skip
             if getattr(self, name) < 1:
+                raise ValueError(f"{setting_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("dpo_beta", "dpo_learning_rate", "reward_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(
-                    f"TextPipelineConfig.{name} must be >= 1, got {getattr(self, name)}"
+                    f"{setting_flag(name)} must be a number > 0, got {getattr(self, name)}"
                 )
+        if self.ppo_steps < 0:
+            raise ValueError(f"--ppo-steps must be >= 0 (0 skips training), got {self.ppo_steps}")
         if not isinstance(self.ppo, PPOKLConfig):
             raise TypeError(
                 f"TextPipelineConfig.ppo must be a PPOKLConfig, got {type(self.ppo).__name__}: "
                 "write ppo=dataclasses.replace(TEXT_PPO, kl_coef=0.1)"
             )
-        if self.ppo_steps < 0:
-            raise ValueError(f"TextPipelineConfig.ppo_steps must be >= 0, got {self.ppo_steps}")
+        try:
+            merge_presets(self.teacher, TEXT_PRESETS, kind="text teacher")
+        except ValueError as error:
+            raise ValueError(f"--teacher {self.teacher!r}: {error}") from None
 
     def stream_seed(self, stream: str, *index: int) -> int:
         """An int seed for one random stream of the pipeline (and an index within it).
@@ -146,3 +177,188 @@ def _flat_settings(config: dict[str, Any]) -> dict[str, Any]:
     flat = {k: v for k, v in config.items() if k != "ppo" and k not in PPO_OPTIONS}
     legacy = {f"ppo.{k}": config[k] for k in PPO_OPTIONS if k in config}
     return {**flat, **legacy, **{f"ppo.{k}": v for k, v in config.get("ppo", {}).items()}}
+
+
+# ----------------------------------------------------------------------------- changed settings
+
+
+STAGES = ("base", "sft", "rm", "ppo", "dpo", "eval")
+"""The text stages in pipeline order (:mod:`prefenv.app.text_runs`)."""
+
+EVERY_STAGE = "every stage"
+NO_OUTPUT = "no output"
+
+READ_FIRST_BY: dict[str, str] = {
+    "task": EVERY_STAGE, "seed": EVERY_STAGE,
+    "base_model": "base", "base_train_steps": "base",
+    "sft_demos": "sft", "sft_steps": "sft",
+    "teacher": "rm", "queries": "rm", "comparisons_file": "rm", "rm_ensemble": "rm",
+    "rm_epochs": "rm", "max_new_tokens": "rm", "eval_prompts": "rm",
+    "ppo_steps": "ppo", "n_envs": "ppo", "ppo": "ppo", "reward_clip": "ppo",
+    "dpo_beta": "dpo", "dpo_epochs": "dpo", "dpo_learning_rate": "dpo",
+    "torch_threads": NO_OUTPUT,
+}  # fmt: skip
+"""The first stage whose output each setting shapes (read from the stage functions).
+
+Changing a setting invalidates that stage and every later one. ``task`` and ``seed`` shape every
+stage and the comparison store's labels (a teacher judges texts by the task's score), so a run
+folder never changes them. ``max_new_tokens`` and ``eval_prompts`` are first read by the rm
+stage (its samples and its held-out accuracy), not by eval. ``torch_threads`` changes speed, not
+results, and may change at any time."""
+
+
+def setting_flag(setting: str) -> str:
+    """The command-line flag of a setting: ``teacher`` -> ``--teacher``, ``ppo.kl_coef`` ->
+    ``--kl-coef``; a PPO-KL field with no flag reads ``ppo.n_epochs (Python only)``."""
+    name = setting.removeprefix("ppo.")
+    if name != setting and name not in PPO_OPTIONS:
+        return f"{setting} (Python only: TextPipelineConfig.ppo)"
+    return "--" + name.replace("_", "-")
+
+
+def _first_reader(setting: str) -> str:
+    """The stage of :data:`READ_FIRST_BY` for a flat setting name (``ppo.kl_coef`` -> ``ppo``)."""
+    return READ_FIRST_BY[setting.split(".")[0]]
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def _describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    """``--teacher oracle saved, verbose given; --kl-coef 0.3 saved, 0.1 given``."""
+    return "; ".join(
+        f"{setting_flag(k)} {_shown(saved)} saved, {_shown(given)} given"
+        for k, (saved, given) in changed.items()
+    )
+
+
+def settings_refusal(
+    out: str, changed: dict[str, tuple[Any, Any]], stage: str | None
+) -> str | None:
+    """Why running ``stage`` (None: the pipeline) in ``out`` with these changes is refused.
+
+    Args:
+        out: the run folder, as the user gave it.
+        changed: ``{setting: (saved, given)}`` from :meth:`TextPipelineConfig.changed_from`.
+        stage: the stage to run, or None for ``prefenv text pipeline``.
+
+    Returns:
+        None when allowed: every changed setting is first read by ``stage`` or a later stage
+        (or by no stage at all); else the message, naming the flags and the ways out.
+    """
+    binding = {k: v for k, v in changed.items() if _first_reader(k) != NO_OUTPUT}
+    readers = {_first_reader(k) for k in binding}
+    if not binding or (
+        stage is not None
+        and EVERY_STAGE not in readers
+        and min(STAGES.index(r) for r in readers) >= STAGES.index(stage)
+    ):
+        return None
+    if EVERY_STAGE in readers:
+        flags = ", ".join(setting_flag(k) for k in binding if _first_reader(k) == EVERY_STAGE)
+        reason = f"{flags} shape every stage and the stored labels, so a run folder keeps them"
+    else:
+        earliest = min(readers, key=STAGES.index)
+        flags = ", ".join(setting_flag(k) for k in binding if _first_reader(k) == earliest)
+        why = "`pipeline` keeps a folder's settings" if stage is None else f"{stage} comes after it"
+        reason = (
+            f"{flags}: first read by the {earliest} stage ({why}), so changing it invalidates "
+            f"{earliest} and every later stage; run `prefenv text {earliest} --out {out}` with "
+            "the new settings to redo it (then `prefenv text pipeline` redoes the later ones)"
+        )
+    return (
+        f"{out} was started with other settings ({_describe_changes(binding)}): {reason}. Give "
+        "the saved settings to resume, pass --overwrite to start again (it deletes the folder's "
+        "outputs and stored labels), or use another --out"
+    )
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+STAGE_OUTPUTS = {
+    "base": ("base",), "sft": ("sft",), "rm": ("reward_model", "comparisons.jsonl"),
+    "ppo": ("ppo",), "dpo": ("dpo",), "eval": ("summary.json", "summary.md", "eval.png"),
+}  # fmt: skip
+"""What each stage writes under the run folder (``ppo/`` holds its checkpoint and event files)."""
+
+_RUN_FILES = ("text_config.json", "comparisons.sqlite", "comparisons.sqlite-wal",
+              "comparisons.sqlite-shm", "stale")  # fmt: skip
+"""The run folder's own files: settings, the comparison store, the outputs marked stale."""
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clear_run(out: Path) -> None:
+    """``--overwrite``: delete everything a text run writes in ``out`` (other files stay)."""
+    for name in (*_RUN_FILES, *(name for stage in STAGES for name in STAGE_OUTPUTS[stage])):
+        _remove(out / name)
+
+
+def _mark_stale(out: Path, stages: list[str], changes: str) -> None:
+    """Move the outputs of ``stages`` to ``out/stale/`` (replacing older stale copies)."""
+    moved = {stage: [n for n in STAGE_OUTPUTS[stage] if (out / n).exists()] for stage in stages}
+    moved = {stage: names for stage, names in moved.items() if names}
+    for name in (name for names in moved.values() for name in names):
+        _remove(out / "stale" / name)
+        (out / "stale").mkdir(exist_ok=True)
+        (out / name).rename(out / "stale" / name)
+    if moved:
+        logger.warning(
+            "%s: settings changed (%s): the %s outputs, made with the old settings, moved to %s "
+            "(%s); `prefenv text pipeline --out %s` redoes those stages",
+            out, changes, ", ".join(moved), out / "stale",
+            ", ".join(name for names in moved.values() for name in names), out,
+        )  # fmt: skip
+
+
+def accept_settings(config: TextPipelineConfig, out: Path, stage: str | None) -> None:
+    """Save the settings of a first start; refuse changed ones, or accept them for ``stage``.
+
+    A run folder keeps the settings it started with (``text_config.json``). Running one stage
+    with settings that only later stages read (:data:`~prefenv.app.text_config.READ_FIRST_BY`)
+    is allowed: the outputs of the stages after it (and its own, if it reads a changed setting)
+    are moved to ``stale/`` first, then the new settings are saved and the stage runs.
+
+    Raises:
+        CheckpointError: the change would invalidate a stage before ``stage`` (or ``stage`` is
+            None: the pipeline); the message names the flags and the ways out.
+    """
+    path = out / "text_config.json"
+    if path.is_file():
+        changed = config.changed_from(json.loads(path.read_text()))
+        refusal = settings_refusal(str(out), changed, stage)
+        if refusal is not None:
+            raise CheckpointError(refusal)
+        if not changed:
+            return
+        readers = [_first_reader(k) for k in changed if _first_reader(k) != NO_OUTPUT]
+        if stage is not None and readers:  # the refusal let through only settings read from here
+            later = list(STAGES[STAGES.index(stage) + 1 :])
+            own = [stage] if min(readers, key=STAGES.index) == stage else []
+            _mark_stale(out, own + later, _describe_changes(changed))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, config.to_dict())
+
+
+def check_sources(config: TextPipelineConfig, stages: list[str]) -> None:
+    """The inputs named by the settings exist, before anything is written."""
+    if "base" in stages and config.base_model is not None:
+        if not (Path(config.base_model) / "config.json").is_file():
+            raise FileNotFoundError(
+                "--base-model needs a local model directory written by save_pretrained (with "
+                f"config.json); {config.base_model} is not one: pass such a folder, or leave "
+                "--base-model out to build the default tiny GPT-2"
+            )
+    if {"rm", "dpo"} & set(stages) and config.comparisons_file is not None:
+        if not Path(config.comparisons_file).is_file():
+            raise FileNotFoundError(
+                f"--comparisons-file {config.comparisons_file} does not exist: pass a "
+                "prompt/chosen/rejected JSONL file, or leave it out to ask --teacher"
+            )

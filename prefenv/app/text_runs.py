@@ -19,7 +19,13 @@ eval       SFT vs PPO vs DPO on held-out prompts: true score, learned        ``s
 =========  ===============================================================  =====================
 
 Every model directory is a Hugging Face ``save_pretrained`` folder (model + tokenizer) and holds
-``stage.json`` (the stage's metrics) once complete.
+``stage.json`` (the stage's metrics) once complete. The comparison store keeps every label any
+teacher gave in the folder; the rm and dpo stages train on the current ``--teacher``'s
+(:func:`_training_comparisons`). The settings a folder keeps, ``--overwrite`` and the ``stale/``
+outputs of redone stages are :mod:`prefenv.app.text_config`'s.
+
+(Over 400 lines: the six stages share private helpers (model loading, stage requirements, prompt
+streams, the training comparisons) that splitting the module would have to make public.)
 """
 
 from __future__ import annotations
@@ -28,21 +34,33 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from agents.text.sampling import sample_completions
-from prefenv.app.runs import write_json_atomic
-from prefenv.app.text_config import TextPipelineConfig
+from prefenv.app.folders import undo_failed_start
+from prefenv.app.spec import write_json_atomic
+from prefenv.app.text_config import (
+    STAGES,
+    TextPipelineConfig,
+    accept_settings,
+    check_sources,
+    clear_run,
+)
 from prefenv.app.text_eval import eval_markdown, evaluate_text_model, plot_eval
-from prefenv.errors import CheckpointError, CheckpointNotFoundError
+from prefenv.errors import CheckpointNotFoundError
+from prefenv.records import Comparison
+from prefenv.store import ComparisonStore
+
+if TYPE_CHECKING:
+    from envs.text.feedback import TextTeacher
 
 __all__ = ["STAGES", "TextPipelineConfig", "run_pipeline", "run_stage"]
-
-STAGES = ("base", "sft", "rm", "ppo", "dpo", "eval")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -111,7 +129,14 @@ def stage_base(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 
     target = out / "base"
     if config.base_model is not None:
-        model, tokenizer = _load(Path(config.base_model))
+        try:
+            model, tokenizer = _load(Path(config.base_model))
+        except (OSError, ValueError) as error:  # transformers' errors span lines
+            raise ValueError(
+                f"--base-model {config.base_model} does not load as a causal LM with its "
+                f"tokenizer ({' '.join(str(error).split())}): pass a folder written by "
+                "model.save_pretrained and tokenizer.save_pretrained"
+            ) from error
         _save(model, tokenizer, target)
         n_params = sum(p.numel() for p in model.parameters())
         return _finish(target, {"source": str(config.base_model), "n_params": n_params})
@@ -152,30 +177,67 @@ def _sample_pairs(
     return chosen, first.texts, second.texts
 
 
+def _teacher(config: TextPipelineConfig) -> TextTeacher:
+    from envs.text.feedback import make_text_teacher
+
+    return make_text_teacher(config.teacher, _scorer(config), np.random.default_rng(config.seed))
+
+
+def _teacher_rows(store: ComparisonStore, name: str) -> list[Comparison]:
+    """One teacher's stored comparisons (skipped ones too) in append order: the rows whose
+    teacher is ``name`` or, for an annotator population, ``name/<annotator>``."""
+    names = [t for t in store.teachers() if t == name or t.startswith(f"{name}/")]
+    rows = [row for t in names for row in store.load_with_ids(labelled_only=False, teacher=t)]
+    return [comparison for _, comparison in sorted(rows, key=lambda row: row[0])]
+
+
+def _training_comparisons(config: TextPipelineConfig, out: Path) -> list[Comparison]:
+    """What the rm and dpo stages train on: every comparison of ``--comparisons-file``, else the
+    first ``queries`` comparisons the current ``--teacher`` gave in the run's store.
+
+    The store keeps every label ever given (one run may hold several teachers' labels), so
+    switching ``--teacher`` back reuses the old teacher's labels instead of asking again.
+    """
+    if config.comparisons_file is not None:
+        from prefenv.jsonl import import_jsonl
+
+        return import_jsonl(config.comparisons_file, default_teacher="imported")
+    with ComparisonStore(out / "comparisons.sqlite") as store:
+        return _teacher_rows(store, _teacher(config).name)[: config.queries]
+
+
+def _label_missing(config: TextPipelineConfig, out: Path, model: Any, tokenizer: Any) -> None:
+    """Ask the current teacher for the queries it has not answered yet (resumable).
+
+    The pairs are sampled from stream ``rm_samples`` indexed by the teacher's stored count, so
+    every teacher is first asked about the same SFT pairs (and a fresh run samples as before).
+    """
+    teacher = _teacher(config)
+    with ComparisonStore(out / "comparisons.sqlite") as store:
+        have = len(_teacher_rows(store, teacher.name))
+        if have < config.queries:
+            texts = _sample_pairs(model, tokenizer, _train_prompts(config), config.queries - have,
+                                  config.max_new_tokens, seed=config.stream_seed("rm_samples", have))  # fmt: skip
+            store.append(teacher.label_texts(*texts))
+
+
 def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
-    """Teacher-labelled SFT samples -> comparison store + JSONL -> text reward model."""
+    """Teacher-labelled SFT samples -> comparison store + JSONL -> text reward model.
+
+    Trains on :func:`_training_comparisons` and exports exactly those to ``comparisons.jsonl``.
+    """
     from envs.text.feedback import make_text_teacher
     from envs.text.reward_config import text_reward_config
     from envs.text.reward_ensemble import TextRewardEnsemble
     from envs.text.reward_model import TextRewardModel
     from envs.text.reward_predictor import Whitening
-    from prefenv.jsonl import export_jsonl, import_jsonl
+    from prefenv.jsonl import export_jsonl
     from prefenv.reward_training import evaluate_reward_model, train_reward_model
-    from prefenv.store import ComparisonStore
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
-    rng = np.random.default_rng(config.seed)
-    with ComparisonStore(out / "comparisons.sqlite") as store:
-        missing = config.queries - store.count()
-        if config.comparisons_file is not None:
-            if store.count() == 0:
-                store.append(import_jsonl(config.comparisons_file, default_teacher="imported"))
-        elif missing > 0:  # resumable: only the queries not yet stored are asked
-            teacher = make_text_teacher(config.teacher, _scorer(config), rng)
-            texts = _sample_pairs(model, tokenizer, _train_prompts(config), missing,
-                                  config.max_new_tokens, seed=config.stream_seed("rm_samples", store.count()))  # fmt: skip
-            store.append(teacher.label_texts(*texts))
-        comparisons = store.load(labelled_only=False)
+    if config.comparisons_file is None:
+        _label_missing(config, out, model, tokenizer)
+    comparisons = _training_comparisons(config, out)
     export_jsonl(comparisons, out / "comparisons.jsonl")
     reward = (
         TextRewardModel.build(tokenizer=tokenizer, seed=config.seed)
@@ -199,7 +261,8 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     return _finish(
         out / "reward_model",
         {"comparisons": len(comparisons), "labelled": sum(c.label is not None for c in comparisons),
-         "teacher": config.teacher, "train_accuracy": metrics.train_accuracy,
+         "teacher": None if config.comparisons_file else config.teacher,
+         "comparisons_file": config.comparisons_file, "train_accuracy": metrics.train_accuracy,
          "val_accuracy": metrics.val_accuracy, "true_order_accuracy": true_accuracy,
          "score_mean": whitening.mean, "score_std": whitening.std},
     )  # fmt: skip
@@ -279,15 +342,14 @@ def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 
 
 def stage_dpo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
-    """DPO on the stored comparisons, reference = the SFT model."""
+    """DPO on the rm stage's comparisons (:func:`_training_comparisons`), reference = SFT."""
     from agents.text.dpo import DPOConfig, pairs_from_comparisons, train_dpo
     from agents.text.optim import DPO_OPTIM
-    from prefenv.store import ComparisonStore
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
     ref_model, _ = _load(out / "sft")
-    with ComparisonStore(out / "comparisons.sqlite") as store:
-        pairs = pairs_from_comparisons(store.load())
+    _require(out / "reward_model", "rm")  # it labelled the comparisons DPO trains on
+    pairs = pairs_from_comparisons(_training_comparisons(config, out))
     optim = dataclasses.replace(DPO_OPTIM, learning_rate=config.dpo_learning_rate,
                                 epochs=config.dpo_epochs, seed=config.seed, progress=True)  # fmt: skip
     dpo_config = DPOConfig(beta=config.dpo_beta, optim=optim)
@@ -344,47 +406,80 @@ _STAGE_FUNCTIONS = {
 }
 
 
-def _check_config(config: TextPipelineConfig, out: Path) -> None:
-    """A run folder keeps the config it started with: resuming with other settings is an error."""
-    path = out / "text_config.json"
-    if path.is_file():
-        changed = config.changed_from(json.loads(path.read_text()))
-        if changed:
-            raise CheckpointError(
-                f"{out} was started with other settings {changed} (saved, given): use a new --out "
-                "folder, or repeat the original settings to resume"
-            )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, config.to_dict())
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading / saving bars and its info warnings (ours stay)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
+
+
+def _run(
+    config: TextPipelineConfig, out: Path, stages: tuple[str, ...], pipeline: bool, overwrite: bool
+) -> dict[str, Any]:
+    """Check, (clear,) save settings, then run ``stages``; a failed start leaves ``out`` as it
+    was, unless a stage finished (or outputs were moved to ``stale/``): that work is kept."""
+    unknown = [stage for stage in stages if stage not in _STAGE_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown text stage {unknown[0]!r}: choose one of {list(STAGES)}")
+
+    def finished(stage: str) -> bool:
+        folder = _STAGE_FUNCTIONS[stage][1]
+        return folder is not None and _done(out / folder)
+
+    todo = [s for s in stages if overwrite or not pipeline or not finished(s)]
+    check_sources(config, todo)
+    if overwrite:
+        clear_run(out)
+    keep = lambda: any(map(finished, STAGES)) or (out / "stale").exists()  # noqa: E731
+    summary: dict[str, Any] = {}
+    with _quiet_transformers(), undo_failed_start(out, keep=keep):
+        accept_settings(config, out, None if pipeline else stages[0])  # the pipeline moves none
+        torch.set_num_threads(config.torch_threads)
+        for stage in todo:
+            torch.manual_seed(config.seed)
+            summary = _STAGE_FUNCTIONS[stage][0](config, out)
+    return summary
 
 
 def run_stage(
-    stage: str, config: TextPipelineConfig, out: str | os.PathLike[str]
+    stage: str, config: TextPipelineConfig, out: str | os.PathLike[str], overwrite: bool = False
 ) -> dict[str, Any]:
-    """Run one stage (again, even if it finished before; earlier stages must be done)."""
-    if stage not in _STAGE_FUNCTIONS:
-        raise ValueError(f"unknown text stage {stage!r}: choose one of {list(STAGES)}")
-    out = Path(out)
-    _check_config(config, out)
-    torch.set_num_threads(config.torch_threads)
-    torch.manual_seed(config.seed)
-    function, _ = _STAGE_FUNCTIONS[stage]
-    return function(config, out)
+    """Run one stage (again, even if it finished before; earlier stages must be done).
+
+    Settings that differ from the folder's are accepted when only this stage or later ones read
+    them (the later stages' outputs move to ``stale/``; ``pipeline`` redoes them), else refused.
+
+    Args:
+        stage: one of :data:`STAGES`.
+        config: the settings.
+        out: the run folder.
+        overwrite: first delete everything a text run wrote in ``out`` (settings, stored
+            labels, every output), then start with ``config``.
+
+    Returns:
+        The stage's metrics (the eval summary for ``eval``).
+    """
+    return _run(config, Path(out), (stage,), pipeline=False, overwrite=overwrite)
 
 
 def run_pipeline(
-    config: TextPipelineConfig, out: str | os.PathLike[str], stages: tuple[str, ...] = STAGES
+    config: TextPipelineConfig,
+    out: str | os.PathLike[str],
+    stages: tuple[str, ...] = STAGES,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run ``stages`` in order, skipping finished ones (resume); returns the eval summary."""
-    out = Path(out)
-    _check_config(config, out)
-    torch.set_num_threads(config.torch_threads)
-    summary: dict[str, Any] = {}
-    for stage in stages:
-        function, folder = _STAGE_FUNCTIONS[stage]
-        if folder is not None and _done(out / folder):
-            continue
-        torch.manual_seed(config.seed)
-        summary = function(config, out)
-    return summary
+    """Run ``stages`` in order, skipping finished ones (resume); returns the eval summary.
+
+    Settings that differ from the folder's are refused (a finished stage would keep the old
+    ones): run the first stage they change with :func:`run_stage`, or pass ``overwrite``.
+    """
+    return _run(config, Path(out), stages, pipeline=True, overwrite=overwrite)

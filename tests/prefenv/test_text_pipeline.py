@@ -81,7 +81,7 @@ def test_a_finished_pipeline_is_not_redone_and_settings_are_kept(run) -> None:
     run_pipeline(TextPipelineConfig(**TINY), out, stages=("base",))
     legacy = {k: v for k, v in saved.items() if k != "ppo"}
     (out / "text_config.json").write_text(json.dumps({**legacy, "kl_coef": 0.1}))
-    with pytest.raises(ValueError, match="ppo.kl_coef"):
+    with pytest.raises(ValueError, match="--kl-coef 0.1 saved, 0.3 given"):
         run_pipeline(TextPipelineConfig(**TINY), out, stages=("base",))
     lower = TextPipelineConfig(**TINY, ppo=dataclasses.replace(TEXT_PPO, kl_coef=0.1))
     run_pipeline(lower, out, stages=("base",))
@@ -105,7 +105,8 @@ def test_cli_runs_one_stage_and_eval(run, tmp_path, capsys) -> None:
     # The PPO-KL options reach the composed PPOKLConfig (here: a change the run folder refuses).
     capsys.readouterr()
     assert main(["text", "eval", "--out", str(out), *args, "--kl-coef=0.2"]) == 2
-    assert "ppo.kl_coef" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--kl-coef 0.3 saved, 0.2 given" in err and "ppo.kl_coef" not in err
 
 
 def test_reward_model_and_dpo_train_on_an_imported_preference_file(run, tmp_path) -> None:
