@@ -67,12 +67,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument(
+        "--rounds", type=int, default=21, help="feedback rounds, the initial one included"
+    )
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--n-steps", type=int, default=256)
     parser.add_argument("--reward-epochs", type=int, default=30)
     parser.add_argument(
-        "--initial-steps", type=int, default=TrainSpec.initial_steps,
+        "--initial-steps", type=int, default=16_384,
         help="env steps of the initial policy before the first queries",
     )  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=10)

@@ -144,7 +144,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--rounds", type=int, default=11, help="feedback rounds, the initial one included"
+    )
     parser.add_argument("--n-envs", type=int, default=16)
     parser.add_argument("--n-steps", type=int, default=128)
     parser.add_argument("--initial-steps", type=int, default=8192)

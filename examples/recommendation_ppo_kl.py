@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000, help="PPO-KL env steps")
     parser.add_argument("--queries", type=int, default=1000, help="session comparisons")
-    parser.add_argument("--rounds", type=int, default=10, help="reward-model refits")
+    parser.add_argument("--rounds", type=int, default=11, help="feedback rounds (reward refits)")
     parser.add_argument("--n-envs", type=int, default=16)
     parser.add_argument("--n-steps", type=int, default=128, help="PPO rollout steps per env")
     parser.add_argument("--initial-steps", type=int, default=8192)

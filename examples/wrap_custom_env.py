@@ -1,21 +1,30 @@
-"""Wrap your own Gymnasium env so its reward comes from a learned preference model.
+"""Your own Gymnasium env, end to end: check it, wrap it with a learned reward, train on it.
 
 The env below hides its real objective (reach the goal, spend little energy). We record random
 episodes, let a synthetic teacher compare segment pairs, fit a reward ensemble by Bradley-Terry,
-and wrap the env: the agent now sees the learned reward, the true one moves to info.
+and wrap the env: the agent now sees the learned reward, the true one moves to info. Then
+``prefenv.app.train`` runs the whole preference loop on it (PPO-KL, noisy teacher) into a run
+folder, exactly as ``prefenv train`` would, and the true return is read from its rounds.
 
-    python examples/wrap_custom_env.py [--queries 400] [--episodes 60]
+    python examples/wrap_custom_env.py [--queries 400] [--episodes 60] [--steps 40000]
+
+The command-line equivalent, with GoalReach in an importable module ``my_pkg``::
+
+    prefenv train --import my_pkg --env examples/GoalReach-v0 --teacher noisy --out runs/goal
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 import prefenv
+from prefenv.app import train
 from prefenv.recording import collect_trajectories
 from prefenv.reward_models import RewardEnsemble
 from prefenv.reward_training import RewardTrainConfig, train_reward_model
@@ -57,6 +66,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=60, help="random episodes to record")
     parser.add_argument("--queries", type=int, default=400, help="pairs the teacher labels")
     parser.add_argument("--epochs", type=int, default=100, help="max reward-training epochs")
+    parser.add_argument("--steps", type=int, default=40_000, help="agent env steps of the run")
+    parser.add_argument("--train-queries", type=int, default=200, help="labels the run asks for")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
     args = parser.parse_args()
 
     report = prefenv.check(GoalReach, n_steps=60)  # Gymnasium check_env + prefenv's contract
@@ -83,6 +95,20 @@ def main() -> None:
         true.append(info["true_reward"])
     corr = np.corrcoef(learned, true)[0, 1]
     print(f"per-step learned vs true reward correlation on a fresh episode: {corr:.2f}")
+
+    # The whole loop on the same env: register it, then train as `prefenv train` does.
+    if "examples/GoalReach-v0" not in gym.registry:
+        gym.register("examples/GoalReach-v0", entry_point=GoalReach, max_episode_steps=50)
+    out = args.out or Path(tempfile.mkdtemp(prefix="goal-reach-")) / "run"
+    summary = train(
+        env="examples/GoalReach-v0", out=out, teacher="noisy", queries=args.train_queries,
+        steps=args.steps, rounds=4, n_envs=4, n_steps=64, initial_steps=args.steps // 5,
+        segment_length=25, overwrite=True,
+    )  # fmt: skip
+    rounds = (out / "rounds.csv").read_text().splitlines()
+    first = float(rounds[1].split(",")[5])
+    print(f"trained on learned reward: true return {first:.1f} after round 1, "
+          f"{summary['final_true_return']:.1f} at the end (run folder {out})")  # fmt: skip
 
 
 if __name__ == "__main__":

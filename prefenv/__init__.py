@@ -2,20 +2,23 @@
 
 The core is task-agnostic: records, synthetic teachers, a durable comparison store, reward
 models trained by Bradley-Terry, reward wrappers, and the contract check. Task families live in
-the top-level ``envs`` package and agents in ``agents``; importing ``prefenv`` imports neither
-(``prefenv.make`` registers the task ids of installed task packages lazily, through the
-``prefenv.tasks`` entry-point group, when it meets an id it does not know).
+the top-level ``envs`` package and agents in ``agents``. Importing ``prefenv`` registers the
+Gymnasium ids of every installed task package (the ``prefenv.tasks`` entry-point group: prefenv's
+own ``prefenv/*`` ids, and any user package that declares one) with lazy string entry points, so
+``gymnasium.make("prefenv/Hopper-v0")`` works after ``import prefenv`` and no mujoco or
+transformers module is imported until an env is built. The core never names ``envs`` itself.
 """
 
 from __future__ import annotations
 
-import importlib
+import warnings
 from importlib.metadata import entry_points
 from typing import Any
 
 import gymnasium as gym
 
 from prefenv.checks import CheckReport, ContractError, check
+from prefenv.env_ids import UnknownEnvError, import_modules, resolve_env_id
 from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.spaces import FlatSpec
 from prefenv.wrappers import PreferenceReward, VectorPreferenceReward
@@ -31,10 +34,13 @@ __all__ = [
     "Segment",
     "Trajectory",
     "VectorPreferenceReward",
+    "UnknownEnvError",
     "check",
+    "import_modules",
     "make",
     "make_vec",
     "register_task_envs",
+    "resolve_env_id",
 ]
 
 
@@ -50,11 +56,15 @@ _loaded_task_packages: set[str] = set()
 
 
 def register_task_envs() -> None:
-    """Import every installed task package once (lazy entry points: no mujoco/transformers import)."""
+    """Import every installed task package once (lazy entry points: no mujoco/transformers import).
+
+    Raises:
+        UnknownEnvError: an installed package's entry point names a module that will not import.
+    """
     for entry_point in entry_points(group=TASK_ENTRY_POINT_GROUP):
         if entry_point.value not in _loaded_task_packages:
-            importlib.import_module(entry_point.value)
-            _loaded_task_packages.add(entry_point.value)
+            _loaded_task_packages.add(entry_point.value)  # first: its import may import prefenv
+            import_modules([entry_point.value])
 
 
 def make(
@@ -66,17 +76,19 @@ def make(
     """``gymnasium.make(env_id, **kwargs)``, its reward replaced by ``reward_model``'s.
 
     Args:
-        env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids.
+        env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids, or
+            ``"my_pkg:my/Env-v0"`` (the module is imported first, as ``gymnasium.make`` does).
         reward_model: a prefenv reward model (the wrapper scores with its snapshot
             ``reward_model.predictor()``, taken now: call ``refresh()`` on the returned env
             after training the model further) or a ``prefenv.predictors.RewardPredictor``;
             ``None`` returns the plain env, whose reward is the true reward.
         shaping: uncertainty shaping ``k`` for ensembles (``mean + k * std``).
         **kwargs: passed to ``gymnasium.make``.
+
+    Raises:
+        UnknownEnvError: no imported module registers ``env_id`` (the message lists close ids).
     """
-    if env_id not in gym.registry:
-        register_task_envs()
-    env = gym.make(env_id, **kwargs)
+    env = gym.make(resolve_env_id(env_id, register_task_envs), **kwargs)
     return env if reward_model is None else PreferenceReward(env, reward_model, shaping=shaping)
 
 
@@ -92,7 +104,8 @@ def make_vec(
     """``gymnasium.make_vec`` with one batched learned-reward call per step for all sub-envs.
 
     Args:
-        env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids.
+        env_id: any registered Gymnasium id, including the ``prefenv/*`` task ids, or
+            ``"my_pkg:my/Env-v0"``.
         num_envs: sub-envs (users, robots, prompts) stepped together.
         reward_model: a prefenv reward model (snapshot taken now, as in :func:`make`) or a
             ``prefenv.predictors.RewardPredictor``; ``None`` returns the plain vector env.
@@ -105,11 +118,11 @@ def make_vec(
         **kwargs: passed to ``gymnasium.make_vec`` (env constructor kwargs, ``wrappers``).
 
     Raises:
+        UnknownEnvError: no imported module registers ``env_id``.
         ValueError: ``vector_kwargs`` a native vector env cannot take, or a native env that
             ignored the requested ``autoreset_mode``.
     """
-    if env_id not in gym.registry:
-        register_task_envs()
+    env_id = resolve_env_id(env_id, register_task_envs)
     venv = _make_vec_env(env_id, num_envs, vectorization_mode, dict(vector_kwargs or {}), kwargs)
     if reward_model is None:
         return venv
@@ -148,3 +161,14 @@ def _make_vec_env(
             "pass vectorization_mode='sync'"
         )
     return venv
+
+
+def _register_at_import() -> None:
+    """Register the installed task packages' ids; a broken third-party one only warns."""
+    try:
+        register_task_envs()
+    except UnknownEnvError as exc:
+        warnings.warn(f"a prefenv.tasks entry point failed: {exc}", stacklevel=2)
+
+
+_register_at_import()

@@ -7,6 +7,9 @@
   agents that keep old rewards (an off-policy replay buffer). The loop calls it after every
   reward-model refit on agents that are instances of it; for every other agent the default is
   "nothing to relabel" (0 transitions).
+- :class:`RolloutSized`: the optional factory capability ``steps_per_learn(settings)``, the env
+  steps a ``learn`` call rounds up to; ``prefenv train`` uses it to warn before a run overshoots
+  its step budget.
 - :class:`AgentFactory` and the registry (:func:`register_agent`, :func:`agent_factory`,
   :func:`registered_agents`): how an application (``prefenv train``) builds an agent by name for
   a run, reloads it from a run folder, and which vector env it needs.
@@ -17,7 +20,7 @@ rebuilding an agent needs its env stack and run settings (PPO-KL's reference pol
 classmethod of their own for code that builds agents by hand.
 
 Registering an agent: call ``register_agent("my-agent", MyFactory())`` in a module and either
-name that module on the command line (``prefenv train --agent-module my_pkg.agents --agent
+name that module on the command line (``prefenv train --import my_pkg.agents --agent
 my-agent``) or declare it as an entry point of an installed package::
 
     [project.entry-points."prefenv.agents"]
@@ -46,6 +49,7 @@ __all__ = [
     "AgentFactory",
     "RelabellingAgent",
     "RewardFn",
+    "RolloutSized",
     "UnknownAgentError",
     "agent_factory",
     "register_agent",
@@ -151,6 +155,15 @@ class AgentFactory(Protocol[SettingsT_contra]):
         ...
 
 
+@runtime_checkable
+class RolloutSized(Protocol[SettingsT_contra]):
+    """A factory whose agents train in whole rollouts (an optional :class:`AgentFactory` part)."""
+
+    def steps_per_learn(self, settings: SettingsT_contra) -> int:
+        """Env steps (all sub-envs together) a ``learn(n)`` call rounds ``n`` up to a multiple of."""
+        ...
+
+
 class UnknownAgentError(ValueError):
     """An agent name that no registered factory answers to."""
 
@@ -202,6 +215,6 @@ def agent_factory(name: str) -> AgentFactory[Any]:
         raise UnknownAgentError(
             f"unknown agent {name!r}: choose one of {known}, or register it with "
             f"prefenv.agent.register_agent({name!r}, factory) in a module named by "
-            f"--agent-module (or a {AGENT_ENTRY_POINT_GROUP!r} entry point)"
+            f"--import (or a {AGENT_ENTRY_POINT_GROUP!r} entry point)"
         )
     return _FACTORIES[name]

@@ -34,6 +34,7 @@ __all__ = [
     "RoundMetrics",
     "query_schedule",
     "hacking_alarm",
+    "step_schedule",
 ]
 
 
@@ -44,7 +45,8 @@ class PreferenceLoopConfig:
     Attributes:
         total_timesteps: agent env steps over the whole run.
         total_queries: query budget (skipped queries count against it).
-        n_rounds: feedback rounds after the initial one (one reward refit each).
+        n_rounds: feedback rounds after the initial one (one reward refit each); 0 runs the
+            initial round alone, which asks the whole budget.
         initial_query_fraction: share of the budget asked on the initial policy's segments.
         initial_timesteps: env steps the initial policy runs before the first queries.
         schedule: how the remaining budget spreads over rounds: "constant" or "hyperbolic"
@@ -56,6 +58,10 @@ class PreferenceLoopConfig:
             worth; needs a teacher with gamma = 1 (see :func:`prefenv.sampling.sample_segment_pairs`).
         oversample: candidate pool multiple for the active query methods.
         reward_train: Bradley-Terry trainer settings for every refit.
+        step_unit: the env steps an ``agent.learn`` call comes in whole multiples of (an
+            on-policy agent's rollout, ``n_envs * n_steps``); every learn call asks a multiple
+            of it, so the run never takes more than ``total_timesteps`` (see
+            :func:`step_schedule`). 1 for agents that stop at any step.
         seed: seeds query sampling.
     """
 
@@ -71,6 +77,7 @@ class PreferenceLoopConfig:
     oversample: int = 10
     reward_train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     seed: int = 0
+    step_unit: int = 1
 
     def __post_init__(self) -> None:
         if self.total_timesteps <= self.initial_timesteps:
@@ -78,8 +85,10 @@ class PreferenceLoopConfig:
                 f"total_timesteps ({self.total_timesteps}) must exceed initial_timesteps "
                 f"({self.initial_timesteps}): raise --steps or lower initial_timesteps"
             )
-        if self.total_queries < 2 or self.n_rounds < 1:
-            raise ValueError("need total_queries >= 2 and n_rounds >= 1")
+        if self.total_queries < 2:
+            raise ValueError(f"total_queries must be >= 2, got {self.total_queries}")
+        if self.n_rounds < 0:
+            raise ValueError(f"n_rounds must be >= 0, got {self.n_rounds}")
         if not 0.0 < self.initial_query_fraction < 1.0:
             raise ValueError("initial_query_fraction must be in (0, 1)")
         if self.schedule not in ("constant", "hyperbolic"):
@@ -88,12 +97,21 @@ class PreferenceLoopConfig:
             raise ValueError(
                 f"query_method must be one of {QUERY_METHODS}, got {self.query_method!r}"
             )
-        if self.segment_length < 1 or self.oversample < 1:
-            raise ValueError("segment_length and oversample must be >= 1")
+        if self.segment_length < 1 or self.oversample < 1 or self.step_unit < 1:
+            raise ValueError("segment_length, oversample and step_unit must be >= 1")
+        schedule = step_schedule(self)
+        if min(schedule[1:]) < 1:
+            raise ValueError(
+                f"total_timesteps ({self.total_timesteps}) leaves {schedule[0]} initial steps and "
+                f"{sum(schedule[1:])} for {self.n_rounds + 1} rounds in whole units of "
+                f"{self.step_unit} steps: every round needs at least one unit"
+            )
 
 
 def query_schedule(config: PreferenceLoopConfig) -> list[int]:
     """Queries per round: index 0 is the initial round, then ``n_rounds`` more; sums to the budget."""
+    if config.n_rounds == 0:
+        return [config.total_queries]
     initial = max(1, round(config.total_queries * config.initial_query_fraction))
     rest = config.total_queries - initial
     if config.schedule == "constant":
@@ -208,11 +226,7 @@ class PreferenceLoop:
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.config.seed)
         self._queries = query_schedule(self.config)
-        steps_after_initial = self.config.total_timesteps - self.config.initial_timesteps
-        # initial policy steps, then one training chunk after every round's refit
-        self._round_steps = [self.config.initial_timesteps] + _split(
-            steps_after_initial, self.config.n_rounds + 1
-        )
+        self._round_steps = step_schedule(self.config)
         self._restored: list[Trajectory] = []
 
     @property
@@ -341,6 +355,15 @@ class PreferenceLoop:
         self._rng.bit_generator.state = state["rng"]
 
 
-def _split(total: int, parts: int) -> list[int]:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
+def step_schedule(config: PreferenceLoopConfig) -> list[int]:
+    """Env steps of each ``agent.learn`` call: the initial policy's, then one per round's refit.
+
+    Every call asks whole ``step_unit`` multiples: the initial phase ``initial_timesteps``
+    rounded up to one, then the whole units left under ``total_timesteps`` split as evenly as
+    possible over the ``n_rounds + 1`` rounds (earlier rounds take the odd ones). The run takes
+    ``sum(step_schedule(config)) <= total_timesteps`` steps, less by under one unit per call.
+    """
+    unit, parts = config.step_unit, config.n_rounds + 1
+    initial = -(-config.initial_timesteps // unit) * unit
+    base, extra = divmod(max(config.total_timesteps - initial, 0) // unit, parts)
+    return [initial, *((base + (1 if i < extra else 0)) * unit for i in range(parts))]

@@ -12,7 +12,10 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 TINY_ARGS = {
-    "wrap_custom_env.py": ["--episodes", "10", "--queries", "60", "--epochs", "5"],
+    "wrap_custom_env.py": [
+        "--episodes", "10", "--queries", "60", "--epochs", "5", "--steps", "2000",
+        "--train-queries", "20",
+    ],
     "synthetic_teachers.py": ["--pairs", "60"],
     "fit_reward_model.py": ["--queries", "60", "--epochs", "5"],
     "ppo_kl_mujoco_preferences.py": [

@@ -2,4 +2,11 @@
 
 The only code allowed to import all three packages (the core ``prefenv``, ``agents`` and
 ``envs``); the core never imports it. See ``docs/pages/architecture.md``.
+
+Its Python API is the command line's: :func:`train`, :func:`resume` and :func:`evaluate`
+(:mod:`prefenv.app.api`) take the same settings with the same defaults as ``prefenv train``.
 """
+
+from prefenv.app.api import evaluate, resume, train
+
+__all__ = ["evaluate", "resume", "train"]

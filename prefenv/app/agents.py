@@ -7,6 +7,7 @@ reference, ``envs``) inside their methods, so ``import prefenv.app`` stays light
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -72,6 +73,10 @@ class PPOKLFactory:
     def check(self, settings: TrainSpec) -> None:
         """Every :class:`TrainSpec` suits PPO-KL (the spec itself validates ``reference``)."""
 
+    def steps_per_learn(self, settings: TrainSpec) -> int:
+        """One rollout: ``n_steps`` on each of ``n_envs`` sub-envs."""
+        return settings.n_envs * settings.n_steps
+
     def build(
         self,
         settings: TrainSpec,
@@ -127,6 +132,18 @@ class SB3Factory:
                 f"--kl-coef and --reference leash PPO-KL to a reference policy; agent {self.name!r} "
                 "has no KL leash: use --agent ppo-kl, or drop --kl-coef / --reference"
             )
+
+    def steps_per_learn(self, settings: TrainSpec) -> int:
+        """A rollout for PPO / A2C (``n_steps`` per sub-env), one vector step for SAC."""
+        if not self.on_policy:
+            return settings.n_envs
+        if self.uses_n_steps:
+            return settings.n_envs * settings.n_steps
+        from agents.sb3 import SB3_ALGOS
+
+        config = SB3_ALGOS[self.name]
+        own = inspect.signature(config.algo).parameters["n_steps"].default  # SB3's (A2C: 5)
+        return settings.n_envs * int(config.defaults.get("n_steps", own))
 
     def build(
         self,

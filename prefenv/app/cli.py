@@ -9,72 +9,115 @@
                   --kl-coef 0.05 --queries 500 --steps 200000 --out runs/rec
 
 With no options, ``prefenv train`` runs the short embedded default (HalfCheetah, PPO-KL, oracle
-teacher, 250 queries, 100k steps): a few minutes on 2 CPU cores, no downloads.
+teacher, 250 queries, 100k steps): a few minutes on 2 CPU cores, no downloads. Your own env:
+``prefenv train --import my_pkg --env my/Env-v0`` or ``--env my_pkg:my/Env-v0``.
+
+Every command is a thin layer over :mod:`prefenv.app.api` (``train``, ``resume``, ``evaluate``);
+errors are one line naming the option and the fix, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
+from typing import Any, NoReturn
 
 import gymnasium as gym
 
+from prefenv.app import api
+from prefenv.app.budget import BudgetWarning, plan_budget
 from prefenv.app.fields import add_field_options, from_options
-from prefenv.app.folders import undo_failed_start
-from prefenv.app.runs import TrainingRun, evaluate_run
-from prefenv.app.spec import TrainSpec, load_spec, save_spec
+from prefenv.app.runs import LOG_DIR, TrainingRun
+from prefenv.app.spec import TrainSpec
 
 __all__ = ["main", "QUICKSTART"]
 
-QUICKSTART = TrainSpec(
-    env="prefenv/HalfCheetah-v0",
-    agent="ppo-kl",
-    teacher="oracle",
-    queries=250,
-    steps=100_000,
-    rounds=6,
-    n_envs=8,
-    initial_steps=10_240,
-    reward_epochs=60,
-)
-"""The embedded default that ``prefenv train`` runs with no options."""
+QUICKSTART = TrainSpec()
+"""The embedded default that ``prefenv train`` runs with no options (``TrainSpec``'s defaults)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prefenv train: error: ... (see prefenv train --help)``.
+
+    An unknown option is reported by the subcommand it was given to, with the closest option.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self._innermost(parsed)
+            unknown = " ".join(extra)
+            options = [o for action in command._actions for o in action.option_strings]
+            close = difflib.get_close_matches(extra[0].split("=")[0], options, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            command.error(f"unrecognized arguments: {unknown}{hint}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)parser of the command line's last subcommand."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if not subs or getattr(parsed, subs[0].dest, None) is None:
+                return parser
+            parser = subs[0].choices[getattr(parsed, subs[0].dest)]
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     """``prefenv train``: one option per :class:`TrainSpec` field, its docstring the help."""
     parser = sub.add_parser("train", help="train an agent from preference feedback")
-    add_field_options(parser, TrainSpec, defaults=QUICKSTART)
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder")
-    parser.add_argument("--overwrite", action="store_true", help="allow reusing a run folder")
+    add_field_options(parser, TrainSpec, defaults=QUICKSTART, flags={"imports": "--import"})
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/quickstart"),
+        help="run folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its files only; kept if the new start fails)",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    out: Path = args.out
-    if (out / "run.json").exists() and not args.overwrite:
-        print(
-            f"{out} already holds a run: continue it with `prefenv resume --out {out}`, "
-            "or pass --overwrite / another --out",
-            file=sys.stderr,
-        )
-        return 2
-    if args.overwrite and out.exists():
-        for name in ("comparisons.sqlite", "comparisons.sqlite-wal", "comparisons.sqlite-shm"):
-            (out / name).unlink(missing_ok=True)
     spec = from_options(TrainSpec, args)
-    with undo_failed_start(out):  # a rejected start leaves no run.json to refuse the retry
-        out.mkdir(parents=True, exist_ok=True)
-        save_spec(spec, out)
-        run = TrainingRun(spec, out)
-    return _run(run, out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BudgetWarning)
+        run = api.start(spec, args.out, overwrite=args.overwrite)
+    for warning in caught:  # budget problems: one line each, before the run starts
+        if issubclass(warning.category, BudgetWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)  # fmt: skip
+    plan = plan_budget(spec)
+    print(
+        f"prefenv train: {spec.env} | agent {spec.agent} | teacher {spec.teacher} | seed "
+        f"{spec.seed}\n  run folder  {args.out}\n  budget      {spec.rounds} rounds, "
+        f"{plan.total:,} env steps (whole rollouts of {plan.unit:,}), {spec.queries} labels\n"
+        f"  watch       tensorboard --logdir {args.out / LOG_DIR}\n"
+        f"  if killed   prefenv resume --out {args.out}",
+        flush=True,
+    )
+    return _finish(run, args.out)
 
 
-def _run(run: TrainingRun, out: Path) -> int:
+def _finish(run: TrainingRun, out: Path) -> int:
     summary = run.run(progress=True)
-    print(f"\nfinal true return: {summary['final_true_return']}")
+    final = summary["final_true_return"]
+    print(f"\nfinal true return: {'no episode finished' if final is None else f'{final:,.1f}'}")
+    if summary.get("warning"):
+        print(f"warning: {summary['warning']}")
     print(f"learning curve:    {out / 'learning_curve.png'}")
     print(f"summary:           {out / 'summary.md'} (and summary.json)")
     print(f"comparisons:       {out / 'comparisons.sqlite'} ({summary['labels_used']} queries)")
@@ -82,53 +125,75 @@ def _run(run: TrainingRun, out: Path) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    spec = load_spec(args.out)
-    if not (args.out / "loop_state.json").exists():
-        print(f"{args.out} has no finished round to resume from: start it again", file=sys.stderr)
-        return 2
-    run = TrainingRun(spec, args.out, resume=True)
-    if run.loop.done:
-        print(f"{args.out} is already complete ({run.loop.round} rounds)")
+    run = api.reopen(args.out)
+    loop = run.loop
+    if loop.done:
+        print(f"{args.out} is already complete ({loop.round} rounds)")
         run.write_summary()
+        run.store.close()
         return 0
-    return _run(run, args.out)
+    restored = (
+        f"restored round {loop.round}/{run.spec.rounds}, {loop.timesteps:,} env steps, "
+        f"{loop.labels_used} labels (store: {len(run.store)} comparisons)"
+        if loop.round
+        else f"no round had finished: starting again from run.json, {len(run.store)} stored "
+        "comparisons kept and reused"
+    )
+    print(f"prefenv resume: {args.out}: {restored}", flush=True)
+    return _finish(run, args.out)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.out, episodes=args.episodes, seed=args.seed)
+    result = api.evaluate(args.out, episodes=args.episodes, seed=args.seed)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    import prefenv
     from prefenv.checks import check
 
-    report = check(args.env_id, seed=args.seed)
+    prefenv.import_modules(args.imports or ())
+    report = check(prefenv.resolve_env_id(args.env_id, prefenv.register_task_envs), seed=args.seed)
     print(json.dumps(dataclasses.asdict(report), indent=2))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    parser = argparse.ArgumentParser(prog="prefenv", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="prefenv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
-    resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume = sub.add_parser("resume", help="continue a run from its last finished round")
     resume.add_argument("--out", type=Path, required=True, help="run folder")
     evaluate = sub.add_parser("eval", help="deterministic episodes of a run's latest agent")
     evaluate.add_argument("--out", type=Path, required=True, help="run folder")
-    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to average")
-    evaluate.add_argument("--seed", type=int, default=12345, help="evaluation env seed")
+    evaluate.add_argument(
+        "--episodes", type=int, default=10, help="episodes to average (default: %(default)s)"
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=12345, help="evaluation env seed (default: %(default)s)"
+    )
     check = sub.add_parser("check", help="Gymnasium check_env + prefenv's contract for an id")
-    check.add_argument("env_id", help="registered Gymnasium id")
-    check.add_argument("--seed", type=int, default=0)
-    from prefenv.app.text_cli import add_text_parser, cmd_text
+    check.add_argument("env_id", help="registered Gymnasium id, or my_pkg:my/Env-v0")
+    check.add_argument(
+        "--import", dest="imports", action="append", metavar="MODULE",
+        help="module to import first, whose import registers the id (repeatable)",
+    )  # fmt: skip
+    check.add_argument("--seed", type=int, default=0, help="env seed (default: %(default)s)")
+    from prefenv.app.text_cli import add_text_parser
 
     add_text_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from prefenv.app.text_cli import cmd_text
+
+    commands = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
+                "check": _cmd_check, "text": cmd_text}  # fmt: skip
     try:
-        commands = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
-                    "check": _cmd_check, "text": cmd_text}  # fmt: skip
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, TypeError, gym.error.Error) as exc:
         print(f"prefenv {args.command}: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["add_field_options", "field_docs", "from_options"]
+__all__ = ["add_field_options", "field_docs", "from_options", "json_option"]
 
 T = TypeVar("T")
 
@@ -58,17 +58,37 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _option_type(annotation: Any) -> tuple[Any, bool]:
-    """``(argparse type, is_bool)`` of a field annotation: ``X | None`` parses as ``X``."""
+def json_option(text: str) -> Any:
+    """argparse ``type=`` for JSON values: a syntax error names its position in one line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON: {exc.msg} at column {exc.colno} of {text!r} (quote the whole value "
+            """in single quotes and keys in double quotes: '{"key": 1}')"""
+        ) from None
+
+
+json_option.__name__ = "JSON"  # argparse names the type in its messages
+
+
+def _option_type(annotation: Any) -> tuple[Any, str]:
+    """``(argparse type, kind)`` of a field annotation: ``X | None`` parses as ``X``.
+
+    ``kind`` is ``"bool"`` (``--x / --no-x``), ``"append"`` (a repeatable option for a
+    ``tuple[str, ...]``) or ``"value"``.
+    """
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     origin = typing.get_origin(annotation) or annotation
     if origin is bool:
-        return None, True
+        return None, "bool"
     if origin in (dict, Mapping):
-        return json.loads, False
+        return json_option, "value"
+    if _is_str_tuple(annotation):
+        return str, "append"
     if origin in (int, float, str):
-        return origin, False
+        return origin, "value"
     raise TypeError(f"no command-line option for fields of type {annotation!r}")
 
 
@@ -77,17 +97,19 @@ def add_field_options(
     cls: type,
     defaults: Any = None,
     skip: Collection[str] = (),
+    flags: Mapping[str, str] | None = None,
 ) -> None:
     """Add ``--field-name`` for every field of dataclass ``cls``, with its docstring as help.
 
-    ``bool`` fields become ``--x / --no-x``; ``dict`` fields take JSON; ``X | None`` fields take
-    an ``X``.
+    ``bool`` fields become ``--x / --no-x``; ``dict`` fields take JSON; ``tuple[str, ...]``
+    fields a repeatable option; ``X | None`` fields take an ``X``.
 
     Args:
         parser: where the options go.
         cls: the settings dataclass (fields documented as in the module docstring).
         defaults: an instance whose values are the defaults (else the fields' own defaults).
         skip: fields that get no option.
+        flags: ``{field: flag}`` for options not spelled ``--field-name`` (e.g. ``--import``).
 
     Raises:
         ValueError: a field has no docstring (its option would have no help).
@@ -104,18 +126,22 @@ def add_field_options(
                 "the option's help"
             )
         default = _default(field) if defaults is None else getattr(defaults, field.name)
-        kind, is_bool = _option_type(hints[field.name])
+        kind, form = _option_type(hints[field.name])
         shown = json.dumps(default) if isinstance(default, Mapping) else default
-        shown = "''" if shown == "" else shown
+        shown = "''" if shown == "" else "none" if shown == () else shown
         options: dict[str, Any] = {
             "default": default,
             "help": f"{docs[field.name]} (default: {shown})",
+            "dest": field.name,
         }
-        if is_bool:
+        if form == "bool":
             options["action"] = argparse.BooleanOptionalAction
+        elif form == "append":
+            options.update(action="append", type=kind, default=None, metavar="MODULE")
         else:
             options["type"] = kind
-        parser.add_argument(f"--{field.name.replace('_', '-')}", **options)
+        flag = (flags or {}).get(field.name, f"--{field.name.replace('_', '-')}")
+        parser.add_argument(flag, **options)
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:
@@ -126,6 +152,16 @@ def _default(field: dataclasses.Field[Any]) -> Any:
 
 def from_options(cls: type[T], namespace: argparse.Namespace, **values: Any) -> T:
     """``cls(**fields)`` from options added by :func:`add_field_options`; ``values`` win."""
-    parsed = vars(namespace)
+    parsed = {k: v for k, v in vars(namespace).items() if v is not None or k not in _appended(cls)}
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     return cls(**{**{n: parsed[n] for n in names if n in parsed}, **values})
+
+
+def _appended(cls: type) -> set[str]:
+    """Fields of ``cls`` given as repeatable options (None when never given: the default)."""
+    hints = typing.get_type_hints(cls)
+    return {name for name, hint in hints.items() if _is_str_tuple(hint)}
+
+
+def _is_str_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, Ellipsis)

@@ -1,4 +1,4 @@
-"""A failed start leaves an output folder as it found it.
+"""A failed start leaves an output folder as it found it; ``--overwrite`` loses nothing on failure.
 
 ``prefenv train`` and ``prefenv text`` write their settings (``run.json``, ``text_config.json``)
 before they build the run, and a later attempt is refused when those settings are there. If the
@@ -10,12 +10,14 @@ there before it stay, and so does anything the attempt finished (a completed tex
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["undo_failed_start"]
+__all__ = ["set_aside", "undo_failed_start"]
 
 
 @contextmanager
@@ -43,3 +45,34 @@ def undo_failed_start(out: Path, keep: Callable[[], bool] = lambda: False) -> It
                         else:
                             entry.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def set_aside(out: Path, names: Iterable[str]) -> Iterator[None]:
+    """Move the entries ``names`` of ``out`` out of the way for the block; delete them after it.
+
+    What ``--overwrite`` needs: the old run's files are gone from ``out`` while the new run is
+    built, and deleted once it is; if the block raises (the new settings are rejected), they are
+    moved back, so a failed overwrite leaves the old run whole. Only the named entries move:
+    the user's own files in ``out`` are never touched.
+    """
+    present = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
+    if not present:
+        yield
+        return
+    holding = Path(tempfile.mkdtemp(prefix=".overwritten-", dir=out))
+    for name in present:
+        os.replace(out / name, holding / name)
+    try:
+        yield
+    except BaseException:
+        for name in present:
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(holding / name, target)
+        holding.rmdir()
+        raise
+    shutil.rmtree(holding, ignore_errors=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ import torch
 import prefenv
 from prefenv.agent import agent_factory
 from prefenv.app.reports import (
+    ROUND_EVENTS_DIR,
+    RoundEventWriter,
     episode_returns,
     plot_learning_curve,
     round_from_dict,
@@ -47,11 +50,11 @@ from prefenv.app.reports import (
 from prefenv.app.spec import RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_json_atomic
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError
-from prefenv.loop import PreferenceLoop
+from prefenv.loop import PreferenceLoop, RoundMetrics
 from prefenv.recording import TrajectoryRecorder
 from prefenv.records import Trajectory
 from prefenv.reward_models import RewardEnsemble, load_reward_model
-from prefenv.store import ComparisonStore
+from prefenv.store import ComparisonStore, StoreError
 from prefenv.teachers import make_teacher
 from prefenv.wrappers import VectorPreferenceReward
 
@@ -74,6 +77,8 @@ NEXT_OBS_METADATA = "prefenv_reward_next_obs"
 so the learned reward must be ``r(obs, act, next_obs)``; otherwise ``r(obs, act)`` (B-Pref)."""
 
 QUERY_POOL_FILE = "query_pool.npz"
+LOG_DIR = "agent_logs"
+"""The run folder's TensorBoard / CSV log folder (``tensorboard --logdir RUN/agent_logs``)."""
 
 
 def reward_uses_next_obs(venv: gym.vector.VectorEnv) -> bool:
@@ -91,6 +96,20 @@ def make_vector_env(spec: TrainSpec) -> gym.vector.VectorEnv:
         vector_kwargs={"autoreset_mode": mode},
         **spec.env_kwargs,
     )
+
+
+class StepProgress(gym.vector.VectorWrapper):
+    """Counts the agent's env steps into a progress bar (set :attr:`bar`; None counts nothing)."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        self.bar: Any = None
+
+    def step(self, actions: Any) -> Any:
+        result = self.env.step(actions)
+        if self.bar is not None:
+            self.bar.update(self.num_envs)
+        return result
 
 
 class TrainingRun:
@@ -111,19 +130,17 @@ class TrainingRun:
         self.reward_model = self._reward_model(venv, resume)
         self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=spec.shaping)
         self.recorder = TrajectoryRecorder(self.reward_env)
-        agent_dir, log_dir = self.out / "agent", self.out / "agent_logs"
+        self.progress = StepProgress(self.recorder)  # what the agent steps: counts into the bar
+        agent_dir, log_dir = self.out / "agent", self.out / LOG_DIR
         if resume:
-            self.agent = self.factory.load(spec, self.recorder, agent_dir, log_dir=log_dir)
+            self.agent = self.factory.load(spec, self.progress, agent_dir, log_dir=log_dir)
         else:
             self.agent = self.factory.build(
-                spec, self.recorder, seed=seeds.agent, env_seed=seeds.env, log_dir=log_dir
+                spec, self.progress, seed=seeds.agent, env_seed=seeds.env, log_dir=log_dir
             )
         self.teacher_rng = np.random.default_rng(seeds.teacher)
         self.teacher = make_teacher(spec.teacher, self.teacher_rng)
-        store_path = self.out / "comparisons.sqlite"
-        if resume:  # before opening it: opening a missing store would create an empty one
-            _check_store_kept(store_path, self.out)
-        self.store = ComparisonStore(store_path)
+        self.store = _open_store(self.out, resume)
         self.loop = PreferenceLoop(
             env=self.recorder,
             agent=self.agent,
@@ -155,13 +172,6 @@ class TrainingRun:
     def _restore(self) -> None:
         state = json.loads((self.out / "loop_state.json").read_text())
         self.loop.load_state_dict(state["loop"])
-        if len(self.store) < self.loop.labels_used:
-            raise CheckpointError(
-                f"{self.store.path} holds {len(self.store)} comparisons but the run recorded "
-                f"{self.loop.labels_used} in loop_state.json: the store was replaced or cut short. "
-                "Restore it from a backup (the reward model was trained on those labels), or start "
-                "a new run in another --out"
-            )
         self.loop.history = [round_from_dict(r) for r in state["history"]]
         self.teacher_rng.bit_generator.state = state["teacher_rng"]
         self.elapsed_before = float(state.get("elapsed", 0.0))
@@ -170,21 +180,30 @@ class TrainingRun:
             self.loop.restore_query_pool(load_trajectories(pool))
 
     def run(self, progress: bool = True) -> dict[str, Any]:
-        """Run (or continue) the loop to the end, checkpointing after every round."""
+        """Run (or continue) the loop to the end, checkpointing after every round.
+
+        Args:
+            progress: show a bar of env steps (all rounds), with the last round's returns, the
+                reward model's held-out accuracy and the labels used.
+        """
         from tqdm import tqdm
 
-        total = self.loop.config.n_rounds + 1
-        with tqdm(total=total, initial=self.loop.round, disable=not progress, unit="round") as bar:
+        from prefenv.app.budget import plan_budget
+
+        total = max(plan_budget(self.spec).total, self.loop.timesteps)
+        # a resumed run hides events a killed process wrote after its last checkpoint
+        resumed_at = self.loop.history[-1].timesteps if self.loop.history else None
+        events = RoundEventWriter(self.out / LOG_DIR / ROUND_EVENTS_DIR, resumed_at_step=resumed_at)
+        with events, tqdm(total=total, initial=self.loop.timesteps, disable=not progress,
+                          unit="step", unit_scale=True, dynamic_ncols=True) as bar:  # fmt: skip
+            self.progress.bar = bar
+            bar.set_postfix_str(f"round {self.loop.round + 1}/{self.spec.rounds}")
             while not self.loop.done:
                 metrics = self.loop.step()
+                events.write(metrics)  # before the checkpoint names this round done
                 self.checkpoint()
-                bar.update(1)
-                bar.set_postfix(
-                    true=f"{metrics.true_return:.0f}",
-                    learned=f"{metrics.learned_return:.1f}",
-                    acc=f"{metrics.reward_model.val_accuracy:.2f}",
-                    labels=metrics.labels_used,
-                )
+                bar.set_postfix_str(_round_postfix(metrics, self.spec.rounds))
+            self.progress.bar = None
         summary = self.write_summary()
         self.store.close()
         return summary
@@ -209,6 +228,7 @@ class TrainingRun:
                 "teacher_rng": self.teacher_rng.bit_generator.state,
                 "history": [dataclasses.asdict(m) for m in self.loop.history],
                 "elapsed": self.elapsed,
+                "store_id": self.store.identity,
             },
         )
         write_rounds_csv(self.out / "rounds.csv", self.loop.history)
@@ -219,6 +239,19 @@ class TrainingRun:
         return write_summary(
             self.out, self.spec, self.loop.history, self.elapsed, self.factory.on_policy
         )
+
+
+def _round_postfix(metrics: RoundMetrics, rounds: int) -> str:
+    """``round 3/7 | true 1,204 | learned 35.1 | RM acc 0.93 | labels 120``."""
+    returns = (
+        "no episode finished"
+        if math.isnan(metrics.true_return)
+        else f"true {metrics.true_return:,.0f} | learned {metrics.learned_return:,.1f}"
+    )
+    return (
+        f"round {metrics.round + 1}/{rounds} done | {returns} | RM acc "
+        f"{metrics.reward_model.val_accuracy:.2f} | labels {metrics.labels_used}"
+    )
 
 
 def save_trajectories(path: Path, trajectories: Sequence[Trajectory]) -> None:
@@ -263,15 +296,24 @@ def load_trajectories(path: Path) -> list[Trajectory]:
 def evaluate_run(
     out: str | os.PathLike[str], episodes: int = 10, seed: int = 12345
 ) -> dict[str, Any]:
-    """Deterministic episodes of the run's latest agent: true and learned return."""
+    """Deterministic episodes of the run's latest agent: true and learned return.
+
+    Loads ``run.json``, the reward model and the agent; the comparison store is not opened.
+    """
+    out = Path(out)
     spec = load_spec(out)
-    run = TrainingRun(spec, out, resume=True)
-    venv = VectorPreferenceReward(
-        make_vector_env(dataclasses.replace(spec, n_envs=1)), run.reward_model
+    venv = make_vector_env(spec)
+    spaces = (venv.single_observation_space, venv.single_action_space)
+    reward_model = load_reward_model(out / "reward_model", *spaces)
+    agent = agent_factory(spec.agent).load(
+        spec, VectorPreferenceReward(venv, reward_model), out / "agent", log_dir=None
     )
-    true_returns, learned_returns = episode_returns(venv, run.agent.predict, episodes, seed)
+    eval_env = VectorPreferenceReward(
+        make_vector_env(dataclasses.replace(spec, n_envs=1)), reward_model
+    )
+    true_returns, learned_returns = episode_returns(eval_env, agent.predict, episodes, seed)
+    eval_env.close()
     venv.close()
-    run.store.close()
     return {
         "episodes": episodes,
         "true_return_mean": float(np.mean(true_returns)),
@@ -280,17 +322,23 @@ def evaluate_run(
     }
 
 
-def _check_store_kept(path: Path, out: Path) -> None:
-    """Refuse to resume a run whose comparison store is gone or empty (its labels would be lost)."""
-    if path.is_file() and path.stat().st_size > 0:
-        return
-    recorded = "its labels"
-    state = out / "loop_state.json"
-    if state.is_file():
-        recorded = f"{json.loads(state.read_text())['loop']['labels_used']} labels"
-    what = "is missing" if not path.exists() else "is empty (0 bytes)"
-    raise CheckpointError(
-        f"{path} {what}, but the run recorded {recorded}: restore comparisons.sqlite (with its "
-        "-wal file, if any) from a backup; resuming would start an empty store and lose them. "
-        "To start over instead, use `prefenv train --overwrite` or another --out"
-    )
+def _open_store(out: Path, resume: bool) -> ComparisonStore:
+    """The run's comparison store: created for a new run; for a resume, the one it used, whole.
+
+    A resume never creates a store: it checks the file against ``loop_state.json`` (the store's
+    identity, and at least as many rows as the labels the run used) and refuses otherwise,
+    naming the row counts: resuming on an empty or foreign store would lose the labels the
+    reward model was trained on.
+    """
+    path = out / "comparisons.sqlite"
+    if not resume:
+        return ComparisonStore(path)
+    state = json.loads((out / "loop_state.json").read_text())
+    used = int(state["loop"]["labels_used"])
+    try:
+        return ComparisonStore.open_existing(path, min_rows=used, identity=state.get("store_id"))
+    except StoreError as exc:
+        raise CheckpointError(
+            f"cannot resume {out}: the run recorded {used} labels in loop_state.json, and "
+            f"{str(exc).rstrip('. ')}. To start over instead: `prefenv train --overwrite --out {out}` (or another --out)"
+        ) from exc

@@ -6,7 +6,6 @@ Each field's docstring is its ``prefenv train`` command-line help (:mod:`prefenv
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -16,18 +15,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from prefenv.agent import agent_factory
+import prefenv
+from prefenv.agent import RolloutSized, agent_factory
 from prefenv.app import agents as _builtin_agents  # noqa: F401  (registers ppo-kl and sb3-*)
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError, CheckpointNotFoundError
 from prefenv.loop import PreferenceLoopConfig
 from prefenv.reward_training import RewardTrainConfig
+from prefenv.sampling import QUERY_METHODS
+from prefenv.teachers import make_teacher
 
 __all__ = [
     "REFERENCES",
     "RUN_SCHEMA",
     "VECTORIZATIONS",
     "RunSeeds",
+    "flag",
     "TrainSpec",
     "load_spec",
     "save_spec",
@@ -38,7 +41,9 @@ REFERENCES = ("popularity", "greedy-click")
 """Production recommenders usable as PPO-KL's frozen reference (``TrainSpec.reference``)."""
 VECTORIZATIONS = ("auto", "sync", "async", "vector_entry_point")
 """``TrainSpec.vectorization`` values; ``auto`` = the id's native vector env if any, else sync."""
-RUN_SCHEMA = "prefenv.run/1"
+RUN_SCHEMA = "prefenv.run/2"
+"""``run.json`` schema. ``prefenv.run/1`` (read and upgraded) counted ``rounds`` after the initial
+one and named a single ``agent_module``."""
 
 
 class RunSeeds(NamedTuple):
@@ -63,25 +68,31 @@ class RunSeeds(NamedTuple):
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything ``prefenv train`` needs; saved as ``run.json`` so ``resume`` can rebuild it."""
+    """Everything ``prefenv train`` needs; saved as ``run.json`` so ``resume`` can rebuild it.
+
+    The defaults are the command line's: ``prefenv train`` with no options, ``prefenv.app.train()``
+    with no settings and ``TrainSpec()`` are the same short run (HalfCheetah, PPO-KL, 250 oracle
+    labels, 100k steps: a few minutes on 2 CPU cores).
+    """
 
     env: str = "prefenv/HalfCheetah-v0"
-    """Gymnasium id (prefenv/HalfCheetah-v0, prefenv/Hopper-v0, ... or any registered id)."""
+    """Gymnasium id: prefenv/HalfCheetah-v0, prefenv/Hopper-v0, ..., any id a module given to
+    --import registers, or my_pkg:my/Env-v0 (the module is imported first)."""
     agent: str = "ppo-kl"
-    """Registered agent: ppo-kl, sb3-ppo, sb3-sac, sb3-a2c, or one a module registers (see
-    --agent-module)."""
-    agent_module: str = ""
-    """Python module imported first, whose import registers more agents with
-    prefenv.agent.register_agent (e.g. my_pkg.agents); kept in run.json for resume and eval.
-    Installed packages can declare a 'prefenv.agents' entry point instead."""
+    """Registered agent: ppo-kl, sb3-ppo, sb3-sac, sb3-a2c, or one an --import module registers."""
+    imports: tuple[str, ...] = ()
+    """Python modules imported first (repeat --import), whose import registers envs
+    (gymnasium.register) or agents (prefenv.agent.register_agent); kept in run.json, so resume and
+    eval import them again. Installed packages can declare 'prefenv.tasks' / 'prefenv.agents'
+    entry points instead."""
     teacher: str = "oracle"
     """Synthetic teacher preset or '+'-composition: oracle, noisy, mistake, skip, myopic, equal."""
-    queries: int = 1000
+    queries: int = 250
     """Total query budget (skipped queries count)."""
-    steps: int = 1_000_000
-    """Total agent env steps."""
-    rounds: int = 20
-    """Reward-model refits after the initial one."""
+    steps: int = 100_000
+    """Total agent env steps (on-policy agents train in whole rollouts: see the start warning)."""
+    rounds: int = 7
+    """Feedback rounds: each asks queries, refits the reward model, then trains the agent."""
     n_envs: int = 8
     """Parallel sub-envs."""
     seed: int = 0
@@ -93,14 +104,14 @@ class TrainSpec:
     """uniform, disagreement or entropy."""
     ensemble: int = 3
     """Reward-model ensemble members (B-Pref: 3)."""
-    initial_steps: int = 16_384
+    initial_steps: int = 10_240
     """Env steps of the initial policy before the first queries."""
     kl_coef: float = 0.0
     """PPO-KL leash to the reference: the initial policy, or --reference (0 = plain PPO). Nats of
     KL against the return-scaled reward (see PPOKLConfig.kl_coef)."""
     n_steps: int = 256
     """PPO rollout steps per sub-env (ppo-kl, sb3-ppo)."""
-    reward_epochs: int = 100
+    reward_epochs: int = 60
     """Max epochs per reward refit (early stopping on held-out loss)."""
     reward_width: int = 64
     """Hidden units per reward-network layer (B-Pref: 256; smaller refits faster)."""
@@ -123,34 +134,18 @@ class TrainSpec:
     """Softmax temperature of the --reference recommender (lower = sharper)."""
 
     def __post_init__(self) -> None:
-        if self.vectorization not in VECTORIZATIONS:
-            raise ValueError(
-                f"vectorization must be one of {', '.join(VECTORIZATIONS)}, "
-                f"got {self.vectorization!r}"
-            )
-        if self.n_envs < 1 or self.ensemble < 1:
-            raise ValueError("n_envs and ensemble must be >= 1")
-        if self.reference:
-            if self.reference not in REFERENCES:
-                raise ValueError(
-                    f"unknown reference {self.reference!r}: choose one of {', '.join(REFERENCES)}"
-                )
-            if not self.kl_coef > 0:
-                raise ValueError(
-                    f"--reference {self.reference} needs --kl-coef > 0 (got {self.kl_coef}): with "
-                    "beta = 0 the reference is never used; e.g. --kl-coef 0.05"
-                )
-            if not self.ref_temperature > 0:
-                raise ValueError(f"ref_temperature must be > 0, got {self.ref_temperature}")
-        if self.agent_module:
-            try:
-                importlib.import_module(self.agent_module)
-            except ImportError as exc:
-                raise ValueError(
-                    f"--agent-module {self.agent_module!r} cannot be imported ({exc}): install it "
-                    "or put it on PYTHONPATH"
-                ) from exc
+        object.__setattr__(self, "imports", tuple(self.imports))  # a JSON list on load
+        _check_values(self)
+        prefenv.import_modules(self.imports)
+        prefenv.resolve_env_id(self.env, prefenv.register_task_envs)
+        make_teacher(self.teacher, np.random.default_rng(0))  # an unknown preset names the presets
         agent_factory(self.agent).check(self)
+        _check_rounds_fit(self)
+
+    def step_unit(self) -> int:
+        """Env steps the agent's ``learn`` calls come in (a whole rollout; 1 if it doesn't say)."""
+        factory = agent_factory(self.agent)
+        return factory.steps_per_learn(self) if isinstance(factory, RolloutSized) else 1
 
     def seeds(self) -> RunSeeds:
         """The run's independent seeds (see :class:`RunSeeds`)."""
@@ -161,13 +156,76 @@ class TrainSpec:
         return PreferenceLoopConfig(
             total_timesteps=self.steps,
             total_queries=self.queries,
-            n_rounds=self.rounds,
+            n_rounds=self.rounds - 1,  # the loop counts the rounds after the initial one
             initial_timesteps=self.initial_steps,
             segment_length=self.segment_length,
             query_method=self.query_method,
             reward_train=RewardTrainConfig(max_epochs=self.reward_epochs, seed=seeds.reward_model),
             seed=seeds.queries,
+            step_unit=self.step_unit(),
         )
+
+
+_AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "reward_epochs",
+                 "reward_width", "reward_depth")  # fmt: skip
+
+
+def flag(name: str) -> str:
+    """The command-line flag of :class:`TrainSpec` field ``name`` (``n_envs`` -> ``--n-envs``)."""
+    return "--import" if name == "imports" else f"--{name.replace('_', '-')}"
+
+
+def _check_rounds_fit(spec: TrainSpec) -> None:
+    """Every round must train at least one whole rollout within ``--steps``."""
+    unit = spec.step_unit()
+    initial = -(-spec.initial_steps // unit) * unit
+    units = (spec.steps - initial) // unit
+    if units < spec.rounds:
+        raise ValueError(
+            f"--steps {spec.steps} leaves {max(units, 0)} whole rollouts of {unit} steps after "
+            f"--initial-steps {spec.initial_steps} (run as {initial}), but each of --rounds "
+            f"{spec.rounds} trains at least one: raise --steps to {initial + spec.rounds * unit} "
+            "or more, or lower --rounds, --n-envs or --n-steps"
+        )
+
+
+def _check_values(spec: TrainSpec) -> None:
+    """Refuse settings that cannot run, naming the flag and the fix."""
+    for name in _AT_LEAST_ONE:
+        if getattr(spec, name) < 1:
+            raise ValueError(f"{flag(name)} must be at least 1, got {getattr(spec, name)}")
+    if spec.queries < 2:
+        raise ValueError(
+            f"--queries must be at least 2, got {spec.queries}: the reward model needs labelled "
+            "pairs to fit and hold out"
+        )
+    if spec.initial_steps < 0 or spec.steps <= spec.initial_steps:
+        raise ValueError(
+            f"--steps ({spec.steps}) must exceed --initial-steps ({spec.initial_steps}): the "
+            "initial policy runs --initial-steps before the first queries, and the rounds train "
+            "on the rest; raise --steps or lower --initial-steps"
+        )
+    if spec.query_method not in QUERY_METHODS:
+        raise ValueError(
+            f"unknown --query-method {spec.query_method!r}: choose one of {', '.join(QUERY_METHODS)}"
+        )
+    if spec.vectorization not in VECTORIZATIONS:
+        raise ValueError(
+            f"unknown --vectorization {spec.vectorization!r}: choose one of "
+            f"{', '.join(VECTORIZATIONS)}"
+        )
+    if spec.reference:
+        if spec.reference not in REFERENCES:
+            raise ValueError(
+                f"unknown --reference {spec.reference!r}: choose one of {', '.join(REFERENCES)}"
+            )
+        if not spec.kl_coef > 0:
+            raise ValueError(
+                f"--reference {spec.reference} needs --kl-coef > 0 (got {spec.kl_coef}): with "
+                "beta = 0 the reference is never used; e.g. --kl-coef 0.05"
+            )
+        if not spec.ref_temperature > 0:
+            raise ValueError(f"--ref-temperature must be > 0, got {spec.ref_temperature}")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -192,13 +250,31 @@ def load_spec(out: str | os.PathLike[str]) -> TrainSpec:
         raise CheckpointNotFoundError(
             f"{path} not found: {out} is not a prefenv run folder (start one with prefenv train)"
         )
-    payload = json.loads(path.read_text())
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): the "
+            "file was edited or damaged; restore it, or start a new run in another --out"
+        ) from exc
+    schema = payload.get("schema")
+    if schema == "prefenv.run/1":
+        payload = {"schema": RUN_SCHEMA, "spec": _upgrade_v1(payload["spec"])}
     if payload.get("schema") != RUN_SCHEMA:
         raise CheckpointError(
-            f"{path} has schema {payload.get('schema')!r}, expected {RUN_SCHEMA!r}: it was "
-            "written by another prefenv version; start a new run or use that version"
+            f"{path} has schema {schema!r}, expected {RUN_SCHEMA!r}: it was written by another "
+            "prefenv version; start a new run or use that version"
         )
     return TrainSpec(**payload["spec"])
+
+
+def _upgrade_v1(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``prefenv.run/1`` spec in today's terms: the same run, the same number of rounds."""
+    spec = dict(spec)
+    spec["rounds"] = spec["rounds"] + 1  # v1 counted the rounds after the initial one
+    module = spec.pop("agent_module", "")
+    spec["imports"] = [module] if module else []
+    return spec
 
 
 def save_spec(spec: TrainSpec, out: Path) -> None:

@@ -150,7 +150,7 @@ def test_training_runs_use_the_native_env(agent: str, mode: AutoresetMode) -> No
     assert venv.metadata["autoreset_mode"] == mode
     forced = make_vector_env(TrainSpec(env="prefenv/RecSlate-v0", n_envs=3, vectorization="sync"))
     assert isinstance(forced, SyncVectorEnv)
-    with pytest.raises(ValueError, match="vectorization must be one of"):
+    with pytest.raises(ValueError, match="unknown --vectorization .threads.: choose one of"):
         TrainSpec(vectorization="threads")
 
 
@@ -159,7 +159,7 @@ def test_tiny_training_run_on_the_native_env(tmp_path, agent: str) -> None:
     leash = {"kl_coef": 0.05, "reference": "popularity"} if agent == "ppo-kl" else {}
     spec = TrainSpec(
         env="prefenv/RecSlate-v0", agent=agent, steps=1600, initial_steps=400, queries=24,
-        rounds=2, n_envs=2, n_steps=100, segment_length=25, reward_epochs=3, ensemble=2, **leash,
+        rounds=3, n_envs=2, n_steps=100, segment_length=25, reward_epochs=3, ensemble=2, **leash,
     )  # fmt: skip
     run = TrainingRun(spec, tmp_path / "run")
     assert isinstance(run.recorder.unwrapped, RecommendationVectorEnv)

@@ -17,14 +17,14 @@ from prefenv.app.runs import TrainingRun, TrainSpec, load_spec, save_spec
 
 TINY = [
     "--env", "prefenv/RecSlate-v0", "--steps", "1600", "--initial-steps", "400",
-    "--queries", "24", "--rounds", "2", "--n-envs", "2", "--n-steps", "100",
+    "--queries", "24", "--rounds", "3", "--n-envs", "2", "--n-steps", "100",
     "--segment-length", "25", "--reward-epochs", "3", "--ensemble", "2",
 ]  # fmt: skip
 
 
 def _spec(**overrides) -> TrainSpec:
     fields = dict(
-        env="prefenv/RecSlate-v0", steps=1600, initial_steps=400, queries=24, rounds=2,
+        env="prefenv/RecSlate-v0", steps=1600, initial_steps=400, queries=24, rounds=3,
         n_envs=2, n_steps=100, segment_length=25, reward_epochs=3, ensemble=2,
     )  # fmt: skip
     fields.update(overrides)
@@ -118,7 +118,7 @@ def test_old_run_json_without_reference_fields_still_loads(tmp_path):
     ("extra", "message"),
     [
         (["--reference", "popularity"], "needs --kl-coef > 0"),
-        (["--reference", "populr", "--kl-coef", "0.1"], "unknown reference 'populr'"),
+        (["--reference", "populr", "--kl-coef", "0.1"], "unknown --reference 'populr'"),
         (["--reference", "popularity", "--kl-coef", "0.1", "--agent", "sb3-ppo"],
          "use --agent ppo-kl"),
         (["--reference", "popularity", "--kl-coef", "0.1", "--env", "prefenv/Reacher-v0"],
