@@ -85,6 +85,7 @@ def start(spec: TrainSpec, out: str | os.PathLike[str], overwrite: bool = False)
             "--overwrite (Python: overwrite=True) to delete it and start again, or choose another "
             "--out"
         )
+    spec.check_budget()
     warn_budget(spec)
     with set_aside(out, RUN_ENTRIES if overwrite and out.is_dir() else ()):
         with undo_failed_start(out):

@@ -140,7 +140,26 @@ class TrainSpec:
         prefenv.resolve_env_id(self.env, prefenv.register_task_envs)
         make_teacher(self.teacher, np.random.default_rng(0))  # an unknown preset names the presets
         agent_factory(self.agent).check(self)
-        _check_rounds_fit(self)
+
+    def check_budget(self) -> None:
+        """Refuse a new run whose every round cannot train one whole rollout within ``steps``.
+
+        Checked when a run starts (:func:`prefenv.app.api.start`), not when a saved ``run.json``
+        is read: a run made before ``--steps`` was a ceiling still resumes and evaluates.
+
+        Raises:
+            ValueError: the fix named with the flags (a larger ``--steps``, fewer ``--rounds``...).
+        """
+        unit = self.step_unit()
+        initial = -(-self.initial_steps // unit) * unit
+        units = (self.steps - initial) // unit
+        if units < self.rounds:
+            raise ValueError(
+                f"--steps {self.steps} leaves {max(units, 0)} whole rollouts of {unit} steps after "
+                f"--initial-steps {self.initial_steps} (run as {initial}), but each of --rounds "
+                f"{self.rounds} trains at least one: raise --steps to {initial + self.rounds * unit}"
+                " or more, or lower --rounds, --n-envs or --n-steps"
+            )
 
     def step_unit(self) -> int:
         """Env steps the agent's ``learn`` calls come in (a whole rollout; 1 if it doesn't say)."""
@@ -173,20 +192,6 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
 def flag(name: str) -> str:
     """The command-line flag of :class:`TrainSpec` field ``name`` (``n_envs`` -> ``--n-envs``)."""
     return "--import" if name == "imports" else f"--{name.replace('_', '-')}"
-
-
-def _check_rounds_fit(spec: TrainSpec) -> None:
-    """Every round must train at least one whole rollout within ``--steps``."""
-    unit = spec.step_unit()
-    initial = -(-spec.initial_steps // unit) * unit
-    units = (spec.steps - initial) // unit
-    if units < spec.rounds:
-        raise ValueError(
-            f"--steps {spec.steps} leaves {max(units, 0)} whole rollouts of {unit} steps after "
-            f"--initial-steps {spec.initial_steps} (run as {initial}), but each of --rounds "
-            f"{spec.rounds} trains at least one: raise --steps to {initial + spec.rounds * unit} "
-            "or more, or lower --rounds, --n-envs or --n-steps"
-        )
 
 
 def _check_values(spec: TrainSpec) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from prefenv.app.api import start
 from prefenv.app.budget import budget_warnings, plan_budget
 from prefenv.app.cli import _parser, main
 from prefenv.app.fields import from_options
@@ -29,9 +30,10 @@ TINY = [
 def test_steps_is_a_ceiling_and_the_reported_overshoot_is_refused_with_the_fix():
     """`--steps 16000` became 24,576 with no word (7 chunks each rounded up to a 2,048 rollout)."""
     with pytest.raises(ValueError, match=r"--steps 16000 leaves 2 whole rollouts of 2048 steps"):
-        TrainSpec(steps=16_000)
+        TrainSpec(steps=16_000).check_budget()
     with pytest.raises(ValueError, match=r"raise --steps to 24576 or more"):
-        TrainSpec(steps=16_000)
+        start(TrainSpec(steps=16_000), "never-written")
+    assert not Path("never-written").exists()
     assert plan_budget(TrainSpec(steps=24_576)).total == 24_576
     for steps in (24_576, 30_000, 100_000, 1_000_000):  # never more than asked, whole rollouts
         plan = plan_budget(TrainSpec(steps=steps))
@@ -185,4 +187,13 @@ def test_every_prefenv_command_in_the_readme_parses_and_its_settings_check(tmp_p
     for argv in commands:
         args = _parser().parse_args(argv)
         if args.command == "train":
-            from_options(TrainSpec, args)  # every value checked, the env id resolved
+            from_options(TrainSpec, args).check_budget()  # every value checked, id resolved
+
+
+def test_a_run_json_of_schema_1_reads_as_the_same_run(tmp_path):
+    """Schema 1 counted --rounds after the initial round and named one --agent-module."""
+    old = {"env": "prefenv/Reacher-v0", "rounds": 2, "agent_module": "", "steps": 1600,
+           "initial_steps": 400, "queries": 24, "n_envs": 2, "n_steps": 100}  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps({"schema": "prefenv.run/1", "spec": old}))
+    spec = load_spec(tmp_path)
+    assert spec.rounds == 3 and spec.imports == () and spec.loop_config().n_rounds == 2
