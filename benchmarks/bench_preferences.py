@@ -55,8 +55,18 @@ def _true_reward_run(spec: TrainSpec, out: Path, eval_episodes: int) -> dict:
     agent.learn(spec.steps)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     eval_env = gym.make_vec(spec.env, num_envs=1, vectorization_mode="sync")
-    returns, _ = episode_returns(eval_env, agent.predict, eval_episodes, seed=12345)
-    return {"true_return_mean": float(np.mean(returns)), "seconds": seconds, "cpu_seconds": cpu}
+    deterministic = episode_returns(eval_env, agent.predict, eval_episodes, seed=12345)
+    sampled = episode_returns(
+        eval_env, lambda obs: agent.predict(obs, deterministic=False), eval_episodes, seed=12345
+    )
+    return {
+        "true_return_mean": float(np.mean(deterministic.true)),
+        "length_mean": float(np.mean(deterministic.lengths)),
+        "sampled_true_return_mean": float(np.mean(sampled.true)),
+        "sampled_length_mean": float(np.mean(sampled.lengths)),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+    }
 
 
 def main() -> None:
@@ -78,6 +88,9 @@ def main() -> None:
         help="env steps of the initial policy before the first queries",
     )  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--preset", default="auto", help="auto: the task's tuned agent settings; none: defaults"
+    )
     parser.add_argument("--true-reward", action="store_true", help="train on the true reward")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core a run)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preferences"))
@@ -87,6 +100,8 @@ def main() -> None:
     tag = f"{args.agent}-" + ("true-reward" if args.true_reward else args.teacher)
     if args.true_reward and args.agent == "ppo-kl":
         tag = "true-reward"  # the folder name earlier runs used
+    if args.preset != "none":
+        tag += "-preset"  # earlier runs (the agents' defaults) keep their folders
     rows = []
     for seed in args.seeds:
         spec = TrainSpec(
@@ -101,7 +116,8 @@ def main() -> None:
             reward_epochs=args.reward_epochs,
             initial_steps=args.initial_steps,
             seed=seed,
-        )
+            preset=args.preset,
+        ).with_preset()  # as prefenv train: the task's tuned settings unless --preset none
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
         if args.true_reward:
@@ -116,6 +132,9 @@ def main() -> None:
             evaluation = evaluate_run(out, episodes=args.eval_episodes)
             result = {
                 "true_return_mean": evaluation["true_return_mean"],
+                "length_mean": evaluation["deterministic"]["length_mean"],
+                "sampled_true_return_mean": evaluation["sampled"]["true_return_mean"],
+                "sampled_length_mean": evaluation["sampled"]["length_mean"],
                 "seconds": seconds,
                 "cpu_seconds": cpu,
             }

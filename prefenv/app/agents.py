@@ -7,7 +7,10 @@ reference, ``envs``) inside their methods, so ``import prefenv.app`` stays light
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,14 +24,49 @@ if TYPE_CHECKING:
     from agents.ppo_kl import PPOKLConfig
     from prefenv.app.spec import TrainSpec
 
-__all__ = ["PPOKLFactory", "SB3Factory", "make_reference", "ppo_kl_config"]
+__all__ = [
+    "RUN_OWNED",
+    "PPOKLFactory",
+    "SB3Factory",
+    "check_hparams",
+    "make_reference",
+    "ppo_kl_config",
+]
+
+
+RUN_OWNED = {"n_steps": "--n-steps", "kl_coef": "--kl-coef", "seed": "--seed",
+             "env_seed": "--seed", "norm_obs": "--reference", "norm_reward": None}  # fmt: skip
+"""Agent settings the run itself sets (the flag that sets each): ``--hparams`` may not."""
+
+
+def check_hparams(hparams: Mapping[str, Any], valid: Collection[str], agent: str) -> None:
+    """Refuse ``--hparams`` keys the agent does not have, or that a run flag owns.
+
+    Raises:
+        ValueError: naming the key, the closest valid one and the flag to use instead.
+    """
+    for key in hparams:
+        if key in RUN_OWNED and key in valid:
+            owner = RUN_OWNED[key]
+            how = f"set it with {owner}" if owner else "the preference loop sets it"
+            raise ValueError(f"--hparams {key} is not an agent setting for a run: {how}")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"--hparams {key}: {agent} has no such setting; {hint}settings: "
+                f"{', '.join(sorted(k for k in valid if k not in RUN_OWNED))}"
+            )
 
 
 def ppo_kl_config(spec: TrainSpec, seed: int, env_seed: int, norm_obs: bool = True) -> PPOKLConfig:
-    """The ``PPOKLConfig`` ``prefenv train`` gives PPO-KL for ``spec``."""
+    """The ``PPOKLConfig`` ``prefenv train`` gives PPO-KL for ``spec`` (its ``hparams`` on top)."""
     from agents.ppo_kl import PPOKLConfig
 
+    tuples = {f.name for f in dataclasses.fields(PPOKLConfig) if isinstance(f.default, tuple)}
+    hparams = {k: tuple(v) if k in tuples else v for k, v in spec.hparams.items()}
     return PPOKLConfig(
+        **hparams,
         n_steps=spec.n_steps,
         norm_obs=norm_obs,
         norm_reward=True,  # learned rewards change scale at every refit
@@ -71,7 +109,14 @@ class PPOKLFactory:
     on_policy: ClassVar[bool] = True
 
     def check(self, settings: TrainSpec) -> None:
-        """Every :class:`TrainSpec` suits PPO-KL (the spec itself validates ``reference``)."""
+        """``hparams`` must be :class:`~agents.ppo_kl.PPOKLConfig` fields with valid values."""
+        from agents.ppo_kl import PPOKLConfig
+
+        check_hparams(settings.hparams, {f.name for f in dataclasses.fields(PPOKLConfig)}, "ppo-kl")
+        try:
+            ppo_kl_config(settings, seed=0, env_seed=0)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--hparams: {exc}") from exc
 
     def steps_per_learn(self, settings: TrainSpec) -> int:
         """One rollout: ``n_steps`` on each of ``n_envs`` sub-envs."""
@@ -126,12 +171,17 @@ class SB3Factory:
     uses_n_steps: bool = False
 
     def check(self, settings: TrainSpec) -> None:
-        """SB3 agents have no KL leash: refuse ``kl_coef`` and ``reference``."""
+        """No KL leash for SB3 agents; ``hparams`` must be the SB3 class's arguments."""
         if settings.kl_coef > 0 or settings.reference:
             raise ValueError(
                 f"--kl-coef and --reference leash PPO-KL to a reference policy; agent {self.name!r} "
                 "has no KL leash: use --agent ppo-kl, or drop --kl-coef / --reference"
             )
+        from agents.sb3 import SB3_ALGOS
+
+        parameters = set(inspect.signature(SB3_ALGOS[self.name].algo).parameters)
+        check_hparams(settings.hparams, parameters - {"policy", "env", "_init_setup_model"},
+                      self.name)  # fmt: skip
 
     def steps_per_learn(self, settings: TrainSpec) -> int:
         """A rollout for PPO / A2C (``n_steps`` per sub-env), one vector step for SAC."""
@@ -159,7 +209,9 @@ class SB3Factory:
         from agents.sb3 import SB3Agent, SB3VecEnvBridge
 
         venv = VecNormalize(SB3VecEnvBridge(env), norm_obs=False, norm_reward=True)
-        overrides = {"n_steps": settings.n_steps} if self.uses_n_steps else {}
+        overrides = {**settings.hparams}
+        if self.uses_n_steps:
+            overrides["n_steps"] = settings.n_steps
         return SB3Agent.from_name(self.name, venv, seed=seed, env_seed=env_seed, **overrides)
 
     def load(

@@ -71,6 +71,9 @@ def settings(spec: TrainSpec | None = None, **fields: Any) -> TrainSpec:
 def start(spec: TrainSpec, out: str | os.PathLike[str], overwrite: bool = False) -> TrainingRun:
     """Create run folder ``out`` for ``spec`` and build its live objects (nothing trained yet).
 
+    ``spec.preset == "auto"`` is resolved first (:meth:`TrainSpec.with_preset`): the run folder
+    records the agent settings used.
+
     Issues a :class:`~prefenv.app.budget.BudgetWarning` for each budget problem.
 
     Raises:
@@ -79,6 +82,7 @@ def start(spec: TrainSpec, out: str | os.PathLike[str], overwrite: bool = False)
             then left as it was.
     """
     out = Path(out)
+    spec = spec.with_preset()  # the task's tuned settings, recorded in run.json
     if (out / "run.json").exists() and not overwrite:
         raise RunExistsError(
             f"{out} already holds a run: continue it with `prefenv resume --out {out}`, or pass "

@@ -32,11 +32,12 @@ import gymnasium as gym
 
 from prefenv.app import api
 from prefenv.app.budget import BudgetWarning, plan_budget
-from prefenv.app.fields import add_field_options, from_options
+from prefenv.app.fields import add_field_options, field_docs, from_options
+from prefenv.app.presets import parse_hparams, read_hparams_file
 from prefenv.app.runs import LOG_DIR, TrainingRun
 from prefenv.app.spec import TrainSpec
 
-__all__ = ["main", "QUICKSTART"]
+__all__ = ["QUICKSTART", "main", "train_spec"]
 
 QUICKSTART = TrainSpec()
 """The embedded default that ``prefenv train`` runs with no options (``TrainSpec``'s defaults)."""
@@ -75,7 +76,18 @@ class _Parser(argparse.ArgumentParser):
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     """``prefenv train``: one option per :class:`TrainSpec` field, its docstring the help."""
     parser = sub.add_parser("train", help="train an agent from preference feedback")
-    add_field_options(parser, TrainSpec, defaults=QUICKSTART, flags={"imports": "--import"})
+    add_field_options(
+        parser, TrainSpec, defaults=QUICKSTART, flags={"imports": "--import"}, skip={"hparams"}
+    )
+    parser.add_argument(
+        "--hparams", nargs="+", default=[], metavar="KEY=VALUE",
+        help=f"{field_docs(TrainSpec)['hparams']} Values are JSON where they parse "
+        "(256, -2.0, [128,128], true), else strings (default: the preset's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hparams-file", type=Path, default=None, metavar="FILE",
+        help="TOML or JSON table of agent settings, applied before --hparams (default: none)",
+    )  # fmt: skip
     parser.add_argument(
         "--out",
         type=Path,
@@ -89,8 +101,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def train_spec(args: argparse.Namespace) -> TrainSpec:
+    """The :class:`TrainSpec` of parsed ``prefenv train`` options (``--hparams-file``, then
+    ``--hparams``, as its ``hparams``)."""
+    hparams = read_hparams_file(args.hparams_file) if args.hparams_file else {}
+    return from_options(TrainSpec, args, hparams={**hparams, **parse_hparams(args.hparams)})
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    spec = from_options(TrainSpec, args)
+    spec = train_spec(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BudgetWarning)
         run = api.start(spec, args.out, overwrite=args.overwrite)
@@ -100,11 +119,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename,
                                  warning.lineno)  # fmt: skip
-    plan = plan_budget(spec)
+    spec, plan = run.spec, plan_budget(run.spec)
+    settings = ", ".join(f"{k}={v}" for k, v in spec.hparams.items()) or "the agent's defaults"
     print(
         f"prefenv train: {spec.env} | agent {spec.agent} | teacher {spec.teacher} | seed "
         f"{spec.seed}\n  run folder  {args.out}\n  budget      {spec.rounds} rounds, "
         f"{plan.total:,} env steps (whole rollouts of {plan.unit:,}), {spec.queries} labels\n"
+        f"  agent       {settings} (preset: {spec.preset})\n"
         f"  watch       tensorboard --logdir {args.out / LOG_DIR}\n"
         f"  if killed   prefenv resume --out {args.out}",
         flush=True,

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ROUND_EVENTS_DIR",
     "RoundEventWriter",
+    "EpisodeReturns",
     "episode_returns",
     "learning_curve_figure",
     "no_episode_warning",
@@ -297,6 +298,8 @@ def write_summary(
         "on_policy": on_policy,
         "teacher": spec.teacher,
         "seed": spec.seed,
+        "preset": spec.preset,
+        "hparams": spec.hparams,
         "timesteps": last.timesteps,
         "labels_used": last.labels_used,
         "episodes_finished": sum(m.episodes for m in history),
@@ -337,29 +340,47 @@ def _markdown(summary: dict[str, Any], spec: TrainSpec) -> str:
     )
 
 
+class EpisodeReturns(NamedTuple):
+    """Per-episode results of :func:`episode_returns`, in episode order."""
+
+    true: list[float]
+    """True returns (``info["true_reward"]`` when reported, else the env reward)."""
+    learned: list[float]
+    """Returns of the reward the env gave (the learned reward under a preference wrapper)."""
+    lengths: list[int]
+    """Steps per episode."""
+
+    def summary(self) -> dict[str, float]:
+        """Mean / std of the true return, mean learned return and mean length."""
+        return {
+            "true_return_mean": float(np.mean(self.true)),
+            "true_return_std": float(np.std(self.true)),
+            "learned_return_mean": float(np.mean(self.learned)),
+            "length_mean": float(np.mean(self.lengths)),
+        }
+
+
 def episode_returns(
     venv: gym.vector.VectorEnv,
     predict: Callable[[Any], np.ndarray],
     episodes: int,
     seed: int,
-) -> tuple[list[float], list[float]]:
-    """Run ``predict(obs) -> actions`` on sub-env 0 of ``venv`` for ``episodes`` full episodes.
-
-    Returns:
-        True returns (``info["true_reward"]`` when reported, else the env reward) and the
-        returns of the reward the env gave (the learned reward under a preference wrapper).
-    """
-    true_returns: list[float] = []
-    learned_returns: list[float] = []
+) -> EpisodeReturns:
+    """Run ``predict(obs) -> actions`` on sub-env 0 of ``venv`` for ``episodes`` full episodes."""
+    results = EpisodeReturns([], [], [])
     obs, _ = venv.reset(seed=seed)
     true_sum = learned_sum = 0.0
-    while len(true_returns) < episodes:
+    length = 0
+    while len(results.true) < episodes:
         obs, reward, terminated, truncated, info = venv.step(predict(obs))
         true_sum += float(info["true_reward"][0]) if "true_reward" in info else float(reward[0])
         learned_sum += float(reward[0])
+        length += 1
         if terminated[0] or truncated[0]:
-            true_returns.append(true_sum)
-            learned_returns.append(learned_sum)
+            results.true.append(true_sum)
+            results.learned.append(learned_sum)
+            results.lengths.append(length)
             true_sum = learned_sum = 0.0
+            length = 0
             obs, _ = venv.reset()
-    return true_returns, learned_returns
+    return results

@@ -296,9 +296,14 @@ def load_trajectories(path: Path) -> list[Trajectory]:
 def evaluate_run(
     out: str | os.PathLike[str], episodes: int = 10, seed: int = 12345
 ) -> dict[str, Any]:
-    """Deterministic episodes of the run's latest agent: true and learned return.
+    """Episodes of the run's latest agent, deterministic and sampled: returns and lengths.
 
-    Loads ``run.json``, the reward model and the agent; the comparison store is not opened.
+    Returns:
+        ``{"episodes", "true_return_mean" (deterministic, the headline), "deterministic": {...},
+        "sampled": {...}}``, each mode with ``true_return_mean`` / ``_std``,
+        ``learned_return_mean`` and ``length_mean`` (a deterministic policy can fall where its
+        sampled twin runs on, so both are reported). Loads ``run.json``, the reward model and
+        the agent; the comparison store is not opened.
     """
     out = Path(out)
     spec = load_spec(out)
@@ -311,15 +316,16 @@ def evaluate_run(
     eval_env = VectorPreferenceReward(
         make_vector_env(dataclasses.replace(spec, n_envs=1)), reward_model
     )
-    true_returns, learned_returns = episode_returns(eval_env, agent.predict, episodes, seed)
+    modes = {
+        mode: episode_returns(
+            eval_env, lambda obs, d=(mode == "deterministic"): agent.predict(obs, d), episodes, seed
+        ).summary()
+        for mode in ("deterministic", "sampled")
+    }
     eval_env.close()
     venv.close()
-    return {
-        "episodes": episodes,
-        "true_return_mean": float(np.mean(true_returns)),
-        "true_return_std": float(np.std(true_returns)),
-        "learned_return_mean": float(np.mean(learned_returns)),
-    }
+    return {"episodes": episodes, "true_return_mean": modes["deterministic"]["true_return_mean"],
+            **modes}  # fmt: skip
 
 
 def _open_store(out: Path, resume: bool) -> ComparisonStore:

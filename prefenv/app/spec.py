@@ -18,6 +18,7 @@ import numpy as np
 import prefenv
 from prefenv.agent import RolloutSized, agent_factory
 from prefenv.app import agents as _builtin_agents  # noqa: F401  (registers ppo-kl and sb3-*)
+from prefenv.app.presets import preset_for
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError, CheckpointNotFoundError
 from prefenv.loop import PreferenceLoopConfig
@@ -132,6 +133,13 @@ class TrainSpec:
     policy."""
     ref_temperature: float = 1.0
     """Softmax temperature of the --reference recommender (lower = sharper)."""
+    preset: str = "auto"
+    """Tuned agent settings for the task (prefenv/app/presets.toml): auto (the table's entry
+    for --env and --agent, if any), or none (the agent's defaults). run.json records the entry
+    used."""
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Agent settings over the preset (PPOKLConfig fields for ppo-kl, the SB3 class's arguments
+    for sb3-*): --hparams batch_size=256 log_std_init=-2, or --hparams-file FILE (TOML/JSON)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "imports", tuple(self.imports))  # a JSON list on load
@@ -140,6 +148,19 @@ class TrainSpec:
         prefenv.resolve_env_id(self.env, prefenv.register_task_envs)
         make_teacher(self.teacher, np.random.default_rng(0))  # an unknown preset names the presets
         agent_factory(self.agent).check(self)
+
+    def with_preset(self) -> TrainSpec:
+        """This spec with ``preset="auto"`` resolved: the table's values under ``hparams``.
+
+        ``preset`` then names the entry used (``"prefenv/HalfCheetah-v0:ppo-kl"``) or is
+        ``"none"``; a resolved spec is returned as it is, so a resumed run keeps its settings.
+        """
+        if self.preset != "auto":
+            return self
+        entry = preset_for(self.env, self.agent)
+        if entry is None:
+            return dataclasses.replace(self, preset="none")
+        return dataclasses.replace(self, preset=entry.name, hparams={**entry, **self.hparams})
 
     def check_budget(self) -> None:
         """Refuse a new run whose every round cannot train one whole rollout within ``steps``.
@@ -219,6 +240,8 @@ def _check_values(spec: TrainSpec) -> None:
             f"unknown --vectorization {spec.vectorization!r}: choose one of "
             f"{', '.join(VECTORIZATIONS)}"
         )
+    if spec.preset not in ("auto", "none") and ":" not in spec.preset:
+        raise ValueError(f"--preset takes auto or none, got {spec.preset!r}")
     if spec.reference:
         if spec.reference not in REFERENCES:
             raise ValueError(
@@ -270,7 +293,7 @@ def load_spec(out: str | os.PathLike[str]) -> TrainSpec:
             f"{path} has schema {schema!r}, expected {RUN_SCHEMA!r}: it was written by another "
             "prefenv version; start a new run or use that version"
         )
-    return TrainSpec(**payload["spec"])
+    return TrainSpec(**{"preset": "none", **payload["spec"]})  # no preset key: made before presets
 
 
 def _upgrade_v1(spec: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +302,7 @@ def _upgrade_v1(spec: dict[str, Any]) -> dict[str, Any]:
     spec["rounds"] = spec["rounds"] + 1  # v1 counted the rounds after the initial one
     module = spec.pop("agent_module", "")
     spec["imports"] = [module] if module else []
+    spec["preset"] = "none"  # v1 runs ran at the agents' defaults
     return spec
 
 

@@ -15,8 +15,7 @@ import pytest
 
 from prefenv.app.api import start
 from prefenv.app.budget import budget_warnings, plan_budget
-from prefenv.app.cli import _parser, main
-from prefenv.app.fields import from_options
+from prefenv.app.cli import _parser, main, train_spec
 from prefenv.app.spec import TrainSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +186,7 @@ def test_every_prefenv_command_in_the_readme_parses_and_its_settings_check(tmp_p
     for argv in commands:
         args = _parser().parse_args(argv)
         if args.command == "train":
-            from_options(TrainSpec, args).check_budget()  # every value checked, id resolved
+            train_spec(args).with_preset().check_budget()  # every value checked, id resolved
 
 
 def test_a_run_json_of_schema_1_reads_as_the_same_run(tmp_path):

@@ -147,6 +147,14 @@ def test_the_python_api_trains_the_user_env_with_the_cli_defaults(user_site, tmp
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["summary"]["labels_used"] == 24 and payload["summary"]["timesteps"] == 1600
     assert payload["eval"]["episodes"] == 2 and payload["eval"]["true_return_mean"] < 0
+    for mode in ("deterministic", "sampled"):  # both reported, with episode lengths
+        assert (
+            payload["eval"][mode]["length_mean"] == 50
+            and payload["eval"][mode]["true_return_mean"] < 0
+        )
+    assert (
+        payload["eval"]["true_return_mean"] == payload["eval"]["deterministic"]["true_return_mean"]
+    )
 
 
 def test_the_python_api_refuses_a_misspelled_setting():
