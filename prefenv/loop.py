@@ -58,6 +58,9 @@ class PreferenceLoopConfig:
             worth; needs a teacher with gamma = 1 (see :func:`prefenv.sampling.sample_segment_pairs`).
         oversample: candidate pool multiple for the active query methods.
         reward_train: Bradley-Terry trainer settings for every refit.
+        query_window: draw queries from the newest ``query_window`` finished episodes only
+            (QPA's policy-aligned queries, :data:`prefenv.sampling.QPA_WINDOW`); None: all of
+            the query pool.
         step_unit: the env steps an ``agent.learn`` call comes in whole multiples of (an
             on-policy agent's rollout, ``n_envs * n_steps``); every learn call asks a multiple
             of it, so the run never takes more than ``total_timesteps`` (see
@@ -78,6 +81,7 @@ class PreferenceLoopConfig:
     reward_train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     seed: int = 0
     step_unit: int = 1
+    query_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.total_timesteps <= self.initial_timesteps:
@@ -336,6 +340,7 @@ class PreferenceLoop:
             oversample=self.config.oversample,
             rng=self._rng,
             cut_at_termination=self.config.cut_at_termination,
+            window=self.config.query_window,
         )
         return self.teacher.label(pairs)
 

@@ -11,6 +11,14 @@ of ``oversample`` times more candidates and keeps the ones a reward ensemble is 
 
 B-Pref uses uniform selection for the first round (no reward model yet); the preference loop
 decides that, not this module.
+
+Policy-aligned queries (QPA, Hu et al., ICLR 2024, ``huxiao09/QPA``): with ``window=N`` only the
+``N`` most recent trajectories are eligible (the list is ordered oldest first, as
+:meth:`prefenv.loop.PreferenceLoop.query_pool` returns it), so the teacher is asked about what the
+current policy does rather than about behaviour it has left behind. Every method applies the
+window before it draws candidates. QPA keeps its queries in a FIFO of the last
+``max_reward_buffer_size`` episodes: 10 on DMControl (1,000-step episodes, a query round every
+20k-30k steps), 30-60 on Meta-World (500-step episodes, a round every 5k-20k steps).
 """
 
 from __future__ import annotations
@@ -24,10 +32,40 @@ from torch import Tensor
 
 from prefenv.records import Segment, Trajectory
 
-__all__ = ["QUERY_METHODS", "MemberReturns", "sample_segment_pairs", "select_queries"]
+__all__ = [
+    "QPA_WINDOW",
+    "QUERY_METHODS",
+    "MemberReturns",
+    "recent_trajectories",
+    "sample_segment_pairs",
+    "select_queries",
+]
 
 QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy")
 """Names accepted by :func:`select_queries`."""
+
+QPA_WINDOW: int = 10  # QPA run_QPA.sh max_reward_buffer_size for every DMControl task
+"""QPA's policy-aligned window on DMControl: queries come from the 10 most recent episodes."""
+
+
+def recent_trajectories(
+    trajectories: Sequence[Trajectory], window: int | None
+) -> Sequence[Trajectory]:
+    """The ``window`` most recent of ``trajectories`` (ordered oldest first); all for ``None``.
+
+    A window larger than the list keeps the whole list.
+
+    Raises:
+        ValueError: ``window`` is below 1.
+    """
+    if window is None:
+        return trajectories
+    if isinstance(window, bool) or int(window) != window or window < 1:
+        raise ValueError(
+            f"window must be a whole number of trajectories >= 1 (or None for all of them), got "
+            f"{window!r}: QPA uses the 10 most recent episodes"
+        )
+    return trajectories[max(len(trajectories) - int(window), 0) :]
 
 
 def sample_segment_pairs(
@@ -37,6 +75,7 @@ def sample_segment_pairs(
     *,
     rng: np.random.Generator,
     cut_at_termination: bool = False,
+    window: int | None = None,
 ) -> list[tuple[Segment, Segment]]:
     """Cut random segment pairs out of recorded trajectories.
 
@@ -60,19 +99,24 @@ def sample_segment_pairs(
         rng: the only source of randomness.
         cut_at_termination: let windows of terminated episodes run into the termination and
             end there, shorter (see above). Mixed lengths need a teacher with ``gamma = 1``.
+        window: QPA's policy-aligned selection: only the ``window`` most recent trajectories
+            (the last ones of ``trajectories``, which is ordered oldest first) are eligible;
+            ``None`` keeps them all. See :func:`recent_trajectories`.
 
     Returns:
         ``N`` pairs of segments of ``H`` steps each (or shorter, ending at a termination).
 
     Raises:
-        ValueError: no trajectory has ``H`` steps, or invalid sizes.
+        ValueError: no eligible trajectory has ``H`` steps, ``window < 1``, or invalid sizes.
     """
     if n_pairs < 0:
         raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
     if segment_length < 1:
         raise ValueError(f"segment_length must be >= 1, got {segment_length}")
+    trajectories = recent_trajectories(trajectories, window)
     if len(trajectories) == 0:
         raise ValueError("no trajectories to sample segments from: record some rollouts first")
+    within = "" if window is None else f" among the {len(trajectories)} most recent (window)"
 
     def cut(t: Trajectory) -> bool:
         return cut_at_termination and t.terminated and len(t) > 0
@@ -81,9 +125,9 @@ def sample_segment_pairs(
     if not eligible:
         longest = max(len(t) for t in trajectories)
         raise ValueError(
-            f"no trajectory has segment_length={segment_length} steps (the longest of "
-            f"{len(trajectories)} has {longest}): use segment_length <= {longest} or record "
-            "longer episodes"
+            f"no trajectory{within} has segment_length={segment_length} steps (the longest of "
+            f"{len(trajectories)} has {longest}): use segment_length <= {longest}, record "
+            "longer episodes or widen the window"
         )
     if n_pairs == 0:
         return []
@@ -163,8 +207,9 @@ def select_queries(
     *,
     rng: np.random.Generator,
     cut_at_termination: bool = False,
+    window: int | None = None,
 ) -> list[tuple[Segment, Segment]]:
-    """Choose the segment pairs to show the teacher (``cut_at_termination``: see
+    """Choose the segment pairs to show the teacher (``cut_at_termination`` and ``window``: see
     :func:`sample_segment_pairs`).
 
     Args:
@@ -176,12 +221,15 @@ def select_queries(
         segment_length: ``H``, steps per segment.
         oversample: candidate pool size as a multiple of ``n_queries`` (B-Pref uses 10).
         rng: the only source of randomness.
+        window: only the ``window`` most recent trajectories are eligible (QPA's
+            policy-aligned queries, :data:`QPA_WINDOW`); ``None`` keeps all. Every method
+            applies it: the active ones draw their whole candidate pool from the window.
 
     Returns:
         ``k`` pairs; for the active methods, most uncertain first.
 
     Raises:
-        ValueError: unknown method or invalid sizes.
+        ValueError: unknown method, ``window < 1`` or invalid sizes.
         TypeError: an active method without an ensemble reward model.
     """
     if method not in QUERY_METHODS:
@@ -195,6 +243,7 @@ def select_queries(
             segment_length,
             rng=rng,
             cut_at_termination=cut_at_termination,
+            window=window,
         )
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
@@ -205,6 +254,7 @@ def select_queries(
         segment_length,
         rng=rng,
         cut_at_termination=cut_at_termination,
+        window=window,
     )
     if not candidates:
         return []

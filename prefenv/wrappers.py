@@ -9,7 +9,10 @@ A wrapper never reads the live reward model. It holds a frozen
 :class:`~prefenv.predictors.RewardPredictor`, built once from the model at construction
 (``model.predictor()``); after the model is trained further, hand it the new snapshot with
 ``set_predictor(model.predictor())`` or ``refresh()`` (the preference loop does this after every
-refit). Uncertainty shaping (``mean + k * std``) is applied here and nowhere else.
+refit). Uncertainty shaping (``mean + k_t * std``) is applied here and nowhere else: ``shaping`` is
+a constant ``k`` or a :class:`~prefenv.exploration.ShapingSchedule` such as RUNE's decaying
+exploration bonus (:class:`~prefenv.exploration.RuneSchedule`), evaluated at ``t``, the env steps
+the wrapper has taken (``shaping_steps``: summed over sub-envs, settable when a run resumes).
 
 :class:`PreferenceReward` wraps one env; :class:`VectorPreferenceReward` wraps a Gymnasium vector
 env and scores every sub-env in one batched call, for all three autoreset modes.
@@ -24,6 +27,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
 from prefenv.episodes import step_true_rewards
+from prefenv.exploration import ConstantShaping, ShapingSchedule, as_schedule, shapes_never
 from prefenv.predictors import PredictorSource, RewardPredictor
 from prefenv.spaces import FlatSpec
 
@@ -37,16 +41,22 @@ class _LearnedReward:
         reward_model: the model the predictor was made from (``None`` when the wrapper was given
             a predictor directly); :meth:`refresh` asks it for a new snapshot.
         predictor: the frozen snapshot every step is scored with.
-        shaping: ``k`` in ``mean + k * std``.
     """
 
     flat: FlatSpec
     reward_model: PredictorSource | None
     predictor: RewardPredictor
-    shaping: float
+    _schedule: ShapingSchedule
+    _constant_shaping: bool
+    _shaping_steps: int
+    _k: float
 
-    def _hold(self, reward_model: PredictorSource | RewardPredictor, shaping: float) -> None:
-        self.shaping = float(shaping)
+    def _hold(
+        self, reward_model: PredictorSource | RewardPredictor, shaping: float | ShapingSchedule
+    ) -> None:
+        self._schedule = as_schedule(shaping)
+        self._constant_shaping = isinstance(self._schedule, ConstantShaping)
+        self.shaping_steps = 0
         if isinstance(reward_model, RewardPredictor):
             self.reward_model = None
             self.set_predictor(reward_model)
@@ -60,6 +70,39 @@ class _LearnedReward:
                 "adapt your nn.Module with prefenv.reward_models.as_reward_model, or implement "
                 "prefenv.predictors.RewardPredictor"
             )
+
+    @property
+    def shaping(self) -> float:
+        """``k_t`` in ``mean + k_t * std`` for the next step (the schedule at ``shaping_steps``)."""
+        return self._k
+
+    @property
+    def shaping_schedule(self) -> ShapingSchedule:
+        """The schedule ``k_t`` comes from (a plain float was made a ``ConstantShaping``)."""
+        return self._schedule
+
+    @property
+    def shaping_steps(self) -> int:
+        """``t``: env steps scored so far, summed over sub-envs (a vector step counts
+        ``num_envs``, its autoreset steps included), so it equals the agent's ``num_timesteps``
+        when the wrapper sees all of the agent's steps and no others. RUNE's ``t`` is the agent's
+        env steps (its PPO adds ``num_envs`` per vector step). Not saved by the wrapper: set it
+        when a run resumes (``wrapper.shaping_steps = agent.num_timesteps``).
+        """
+        return self._shaping_steps
+
+    @shaping_steps.setter
+    def shaping_steps(self, steps: int) -> None:
+        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+            raise ValueError(f"shaping_steps must be a whole number >= 0, got {steps!r}")
+        self._shaping_steps = int(steps)
+        self._k = float(self._schedule.value(self._shaping_steps))
+
+    def _advance_shaping(self, steps: int) -> None:
+        """Count ``steps`` more env steps and move ``k_t`` on (a constant ``k`` never moves)."""
+        self._shaping_steps += steps
+        if not self._constant_shaping:
+            self._k = float(self._schedule.value(self._shaping_steps))
 
     def set_predictor(self, predictor: RewardPredictor) -> None:
         """Score every later step with ``predictor`` (e.g. ``model.predictor()`` after a refit).
@@ -83,9 +126,9 @@ class _LearnedReward:
                     f"{expected} ({self.flat.describe()}): was the reward model trained on "
                     "another env?"
                 )
-        if self.shaping != 0.0 and not predictor.ensemble:
+        if not predictor.ensemble and not shapes_never(self._schedule):
             raise ValueError(
-                f"uncertainty shaping={self.shaping} needs a reward ensemble (a predictor with "
+                f"uncertainty shaping={self._schedule} needs a reward ensemble (a predictor with "
                 "a std): use prefenv.reward_models.RewardEnsemble or set shaping=0"
             )
         self.predictor = predictor
@@ -106,10 +149,11 @@ class _LearnedReward:
     def _learned(
         self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray, done: np.ndarray | None
     ) -> np.ndarray:
-        """``[N]`` float32 ``mean + shaping * std`` of flat ``[N, D]`` transitions."""
+        """``[N]`` float32 ``mean + k_t * std`` of flat ``[N, D]`` transitions (``k_t``: the
+        schedule at ``shaping_steps``; this does not count steps)."""
         mean, std = self.predictor.predict(obs, acts, next_obs, done)
-        if self.shaping != 0.0:
-            mean = mean + self.shaping * std
+        if self._k != 0.0:
+            mean = mean + self._k * std
         return np.asarray(mean, dtype=np.float32)
 
 
@@ -122,7 +166,9 @@ class PreferenceReward(_LearnedReward, gym.Wrapper):
             :meth:`refresh` after training it further) or a
             :class:`~prefenv.predictors.RewardPredictor` itself.
         shaping: ``k`` in ``mean + k * std`` for reward ensembles: negative is conservative,
-            positive explores (RUNE). 0 uses the mean (or the single model).
+            positive explores. 0 uses the mean (or the single model). Or a
+            :class:`~prefenv.exploration.ShapingSchedule` giving ``k_t`` after ``t`` steps, e.g.
+            RUNE's ``RuneSchedule()``; each step counts 1 (see ``shaping_steps``).
 
     Observation, action, termination and truncation are the wrapped env's. Reward: ``r_hat``.
     ``info["true_reward"]``: the hidden reward; ``info["learned_reward"]``: ``r_hat`` again.
@@ -136,7 +182,7 @@ class PreferenceReward(_LearnedReward, gym.Wrapper):
         self,
         env: gym.Env,
         reward_model: PredictorSource | RewardPredictor,
-        shaping: float = 0.0,
+        shaping: float | ShapingSchedule = 0.0,
     ):
         super().__init__(env)
         self.flat = FlatSpec(env.observation_space, env.action_space)
@@ -155,6 +201,7 @@ class PreferenceReward(_LearnedReward, gym.Wrapper):
         next_flat = self.flat.obs(obs, 1)
         done = np.array([terminated or truncated])
         r_hat = float(self._learned(self._last_obs, self.flat.acts(action, 1), next_flat, done)[0])
+        self._advance_shaping(1)
         self._last_obs = next_flat
         info = dict(info)
         info.setdefault("true_reward", float(reward))
@@ -170,7 +217,10 @@ class VectorPreferenceReward(_LearnedReward, VectorWrapper):
         reward_model: a reward model with ``predictor()`` (snapshot taken now; call
             :meth:`refresh` after training it further) or a
             :class:`~prefenv.predictors.RewardPredictor` itself.
-        shaping: ``k`` in ``mean + k * std`` (ensembles only).
+        shaping: ``k`` in ``mean + k * std`` (ensembles only), or a
+            :class:`~prefenv.exploration.ShapingSchedule` for ``k_t``; every vector step counts
+            ``num_envs`` steps and scores all sub-envs with the same ``k_t`` (see
+            ``shaping_steps``).
 
     The predictor gets ``done = terminated | truncated``, which episode-level predictors (text)
     need. Works with Gymnasium's sync and async vector envs in every autoreset mode:
@@ -188,7 +238,7 @@ class VectorPreferenceReward(_LearnedReward, VectorWrapper):
         self,
         env: VectorEnv,
         reward_model: PredictorSource | RewardPredictor,
-        shaping: float = 0.0,
+        shaping: float | ShapingSchedule = 0.0,
     ):
         super().__init__(env)
         self.flat = FlatSpec(env.single_observation_space, env.single_action_space)
@@ -201,7 +251,8 @@ class VectorPreferenceReward(_LearnedReward, VectorWrapper):
     def learned_rewards(self, obs: Any, actions: Any, next_obs: Any, n: int) -> np.ndarray:
         """``[n]`` learned rewards of ``n`` stored transitions (batches in the env's own format).
 
-        The same features, predictor and shaping as :meth:`step` (``done`` is not known, so an
+        The same features, predictor and shaping (today's ``k_t``, as RUNE's SAC weights its
+        stored stds by the current ``beta_t``) as :meth:`step` (``done`` is not known, so an
         episode-level predictor cannot be used here): what an off-policy agent uses to relabel
         its replay buffer after a refit (PEBBLE). Call it after the wrapper got the new
         predictor.
@@ -235,6 +286,7 @@ class VectorPreferenceReward(_LearnedReward, VectorWrapper):
             for i in np.flatnonzero(done):
                 scored_next[i] = self.flat.obs(final[i], 1)[0]
         r_hat = self._learned(self._last_obs, self.flat.acts(actions, n), scored_next, done)
+        self._advance_shaping(n)
         # the hidden reward: info['true_reward'] where reported (final_info for a SAME_STEP
         # reset), else the env's own reward
         reported_true, reported = step_true_rewards(infos, n)

@@ -50,6 +50,7 @@ from prefenv.app.reports import (
 from prefenv.app.spec import RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_json_atomic
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError
+from prefenv.exploration import RuneSchedule
 from prefenv.loop import PreferenceLoop, RoundMetrics
 from prefenv.recording import TrajectoryRecorder
 from prefenv.records import Trajectory
@@ -128,12 +129,14 @@ class TrainingRun:
         self.factory = agent_factory(spec.agent)
         venv = make_vector_env(spec)
         self.reward_model = self._reward_model(venv, resume)
-        self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=spec.shaping)
+        shaping = RuneSchedule() if spec.rune else spec.shaping
+        self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=shaping)
         self.recorder = TrajectoryRecorder(self.reward_env)
         self.progress = StepProgress(self.recorder)  # what the agent steps: counts into the bar
         agent_dir, log_dir = self.out / "agent", self.out / LOG_DIR
         if resume:
             self.agent = self.factory.load(spec, self.progress, agent_dir, log_dir=log_dir)
+            self.reward_env.shaping_steps = int(self.agent.num_timesteps)  # RUNE's k_t goes on
         else:
             self.agent = self.factory.build(
                 spec, self.progress, seed=seeds.agent, env_seed=seeds.env, log_dir=log_dir

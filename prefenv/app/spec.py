@@ -120,6 +120,12 @@ class TrainSpec:
     """Hidden layers per reward network (B-Pref: 3)."""
     shaping: float = 0.0
     """Uncertainty shaping k: reward = mean + k * std of the ensemble."""
+    rune: bool = False
+    """RUNE exploration bonus: reward = mean + k_t * std of the ensemble with k_t = 0.05 (1 -
+    1e-5)^t, t = env steps (Liang et al. 2022); needs --ensemble >= 2, replaces --shaping."""
+    query_window: int = 0
+    """QPA's policy-aligned queries: draw each round's pairs from the newest N finished episodes
+    only (QPA: 10); 0 = every episode in the query pool."""
     vectorization: str = "auto"
     """auto (the id's native vector env when it registers one, e.g. the recommendation ids; else
     sync), sync, async or vector_entry_point."""
@@ -203,6 +209,7 @@ class TrainSpec:
             reward_train=RewardTrainConfig(max_epochs=self.reward_epochs, seed=seeds.reward_model),
             seed=seeds.queries,
             step_unit=self.step_unit(),
+            query_window=self.query_window or None,
         )
 
 
@@ -220,6 +227,14 @@ def _check_values(spec: TrainSpec) -> None:
     for name in _AT_LEAST_ONE:
         if getattr(spec, name) < 1:
             raise ValueError(f"{flag(name)} must be at least 1, got {getattr(spec, name)}")
+    if spec.rune and (spec.ensemble < 2 or spec.shaping):
+        raise ValueError(
+            "--rune scores k_t * std across ensemble members: it needs --ensemble 2 or more and "
+            f"replaces --shaping (got --ensemble {spec.ensemble}, --shaping {spec.shaping})"
+        )
+    if spec.query_window < 0:
+        raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
+                         f"{spec.query_window}")  # fmt: skip
     if spec.queries < 2:
         raise ValueError(
             f"--queries must be at least 2, got {spec.queries}: the reward model needs labelled "

@@ -67,9 +67,18 @@ def _final_state(out: Path) -> dict:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("agent", ["ppo-kl", "sb3-ppo"])
-def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(tmp_path, agent, monkeypatch):
-    argv = ["train", *TINY, "--rounds", "4", "--agent", agent]
+METHODS = ["--rune", "--query-window", "3"]  # issue 14's switchable methods, all on
+
+
+@pytest.mark.parametrize(
+    ("agent", "methods"),
+    [("ppo-kl", []), ("sb3-ppo", []), ("ppo-kl", METHODS)],
+    ids=["ppo-kl", "sb3-ppo", "ppo-kl-methods-on"],
+)
+def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(
+    tmp_path, agent, methods, monkeypatch
+):
+    argv = ["train", *TINY, "--rounds", "4", "--agent", agent, *methods]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     checkpoint = TrainingRun.checkpoint
 
