@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from prefenv.agent import Agent, RelabellingAgent, RewardFn
+from prefenv.intrinsic import StateEntropyReward
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
 from prefenv.records import Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
@@ -212,6 +213,10 @@ class PreferenceLoop:
         reward_env: the env stack's learned-reward wrapper. Right after each refit (before any
             relabelling) it gets the new snapshot ``reward_model.predictor()``; without it the
             wrapper keeps scoring with the snapshot it was built with.
+        intrinsic_env: PEBBLE's unsupervised pre-training: a
+            :class:`~prefenv.intrinsic.StateEntropyReward` above the recorder, enabled while the
+            initial policy trains (round 0's ``initial_timesteps``) and switched off before the
+            first queries; None trains the initial policy on the learned reward as it is.
     """
 
     env: TrajectoryRecorder
@@ -222,6 +227,7 @@ class PreferenceLoop:
     config: PreferenceLoopConfig
     reward_fn: RewardFn | None = None
     reward_env: VectorPreferenceReward | None = None
+    intrinsic_env: StateEntropyReward | None = None
     round: int = 0
     timesteps: int = 0
     labels_used: int = 0
@@ -250,6 +256,8 @@ class PreferenceLoop:
         start = time.perf_counter()
         if self.round == 0:
             self.agent.learn(self._round_steps[0])
+            if self.intrinsic_env is not None:  # whole rollouts: none straddles the switch
+                self.intrinsic_env.enabled = False
             self.env.pop_episode_stats()
         # rows stored after the last finished round belong to this round (a killed run resumed):
         # keep them and ask only for the rest of the round's budget

@@ -51,6 +51,7 @@ from prefenv.app.spec import RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError
 from prefenv.exploration import RuneSchedule
+from prefenv.intrinsic import StateEntropyEstimator, StateEntropyReward
 from prefenv.loop import PreferenceLoop, RoundMetrics
 from prefenv.recording import TrajectoryRecorder
 from prefenv.records import Trajectory
@@ -132,7 +133,15 @@ class TrainingRun:
         shaping = RuneSchedule() if spec.rune else spec.shaping
         self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=shaping)
         self.recorder = TrajectoryRecorder(self.reward_env)
-        self.progress = StepProgress(self.recorder)  # what the agent steps: counts into the bar
+        # PEBBLE: above the recorder, so its returns and the teacher's segments never see it;
+        # a resumed run is past the initial phase and needs none
+        self.intrinsic = None
+        if spec.unsupervised and not resume:
+            capacity = max(10_000, spec.initial_steps)  # BPref keeps every unsupervised state
+            self.intrinsic = StateEntropyReward(
+                self.recorder, StateEntropyEstimator(capacity=capacity)
+            )
+        self.progress = StepProgress(self.intrinsic or self.recorder)  # counts into the bar
         agent_dir, log_dir = self.out / "agent", self.out / LOG_DIR
         if resume:
             self.agent = self.factory.load(spec, self.progress, agent_dir, log_dir=log_dir)
@@ -153,6 +162,7 @@ class TrainingRun:
             config=spec.loop_config(),
             reward_fn=self.reward_env.learned_rewards,
             reward_env=self.reward_env,
+            intrinsic_env=self.intrinsic,
         )
         self.started = time.time()
         self.elapsed_before = 0.0

@@ -123,6 +123,10 @@ class TrainSpec:
     rune: bool = False
     """RUNE exploration bonus: reward = mean + k_t * std of the ensemble with k_t = 0.05 (1 -
     1e-5)^t, t = env steps (Liang et al. 2022); needs --ensemble >= 2, replaces --shaping."""
+    unsupervised: bool = False
+    """PEBBLE's unsupervised pre-training: the initial policy trains on a state-entropy reward
+    (k-NN particle estimate, k = 5) during --initial-steps, so the first queries compare more
+    varied behaviour."""
     query_window: int = 0
     """QPA's policy-aligned queries: draw each round's pairs from the newest N finished episodes
     only (QPA: 10); 0 = every episode in the query pool."""

@@ -67,7 +67,7 @@ def _final_state(out: Path) -> dict:
     }  # fmt: skip
 
 
-METHODS = ["--rune", "--query-window", "3"]  # issue 14's switchable methods, all on
+METHODS = ["--rune", "--query-window", "3", "--unsupervised"]  # issue 14's switchable methods, all on
 
 
 @pytest.mark.parametrize(

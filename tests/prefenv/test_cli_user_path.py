@@ -196,3 +196,14 @@ def test_a_run_json_of_schema_1_reads_as_the_same_run(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"schema": "prefenv.run/1", "spec": old}))
     spec = load_spec(tmp_path)
     assert spec.rounds == 3 and spec.imports == () and spec.loop_config().n_rounds == 2
+
+
+def test_unsupervised_pretraining_trains_the_initial_policy_on_the_intrinsic_reward(tmp_path):
+    """--unsupervised changes what round 0 trains on, and only round 0: the recorder's learned
+    returns never include the bonus (they stay those of the reward model's predictor)."""
+    runs = {}
+    for name, extra in (("plain", []), ("pebble", ["--unsupervised"])):
+        assert main(["train", *TINY, *extra, "--out", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "loop_state.json").read_text())["history"]
+    assert runs["plain"][0]["true_return"] != runs["pebble"][0]["true_return"]
+    assert load_spec(tmp_path / "pebble").unsupervised is True
