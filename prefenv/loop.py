@@ -7,6 +7,11 @@ that env* (its ``learn(n_steps)`` continues where it stopped: prefenv's PPO-KL, 
 bridge), a teacher, a durable store and the reward model the wrapper reads. Each round returns a
 :class:`RoundMetrics`, including a reward-hacking alarm that fires when the learned return rises
 while the true return falls.
+
+The switchable methods of issue 14 plug in here as options of :class:`PreferenceLoopConfig`
+(``query_window``, SURF and RIME through ``reward_train``) and of the loop (``intrinsic_env``).
+The module is just over 400 lines: the config, its two schedules and the round are one
+algorithm, and each method adds only the line that calls it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import numpy as np
 from prefenv.agent import Agent, RelabellingAgent, RewardFn
 from prefenv.intrinsic import StateEntropyReward
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
-from prefenv.records import Trajectory
+from prefenv.records import Segment, Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
-from prefenv.sampling import QUERY_METHODS, select_queries
+from prefenv.sampling import QUERY_METHODS, sample_segment_pairs, select_queries
 from prefenv.store import ComparisonStore
 from prefenv.teachers import Teacher
 from prefenv.wrappers import VectorPreferenceReward
@@ -111,6 +116,11 @@ class PreferenceLoopConfig:
                 f"{sum(schedule[1:])} for {self.n_rounds + 1} rounds in whole units of "
                 f"{self.step_unit} steps: every round needs at least one unit"
             )
+
+
+SURF_MAX_PAIRS = 5_000
+"""At most this many unlabelled pairs per refit (50-step segments of 17 features: about 35 MB)."""
+_SURF_STREAM = 7  # a seed-sequence word that keeps SURF's draws apart from the query sampler's
 
 
 def query_schedule(config: PreferenceLoopConfig) -> list[int]:
@@ -271,9 +281,11 @@ class PreferenceLoop:
         comparisons = pending + (self._ask(n_new) if n_new > 0 else [])
         self.store.append(comparisons[len(pending) :])
         self.labels_used += len(comparisons)
+        labelled = self.store.load(labelled_only=True)
         reward_metrics = train_reward_model(
-            self.reward_model, self.store.load(labelled_only=True), self.config.reward_train
-        )
+            self.reward_model, labelled, self.config.reward_train,
+            unlabelled=self._unlabelled_pairs(len(labelled)),
+        )  # fmt: skip
         if self.reward_env is not None:
             self.reward_env.set_predictor(self.reward_model.predictor())
         relabelled = 0
@@ -324,6 +336,24 @@ class PreferenceLoop:
     def restore_query_pool(self, trajectories: Sequence[Trajectory]) -> None:
         """Put back the :meth:`query_pool` of a checkpoint (a resumed run starts a new recorder)."""
         self._restored = list(trajectories)
+
+    def _unlabelled_pairs(self, n_labelled: int) -> list[tuple[Segment, Segment]] | None:
+        """SURF's unlabelled pairs for this round's refit (None when SURF is off).
+
+        ``Surf.unlabelled_per_label`` pairs per label, at most :data:`SURF_MAX_PAIRS`, cut from
+        the query pool with a generator seeded by the round, so a resumed run draws the same.
+        """
+        surf = self.config.reward_train.surf
+        if surf is None:
+            return None
+        rng = np.random.default_rng([self.config.seed, _SURF_STREAM, self.round])
+        return sample_segment_pairs(
+            self.query_pool(),
+            min(surf.unlabelled_per_label * n_labelled, SURF_MAX_PAIRS),
+            self.config.segment_length,
+            rng=rng,
+            cut_at_termination=self.config.cut_at_termination,
+        )
 
     def _ask(self, n_queries: int) -> list:
         trajectories = self.query_pool()

@@ -10,6 +10,12 @@ clipping, the NaN check (:class:`~prefenv.predictors.RewardModelError`), the val
 and the metrics live here once, which is why the module is over 400 lines: splitting the loss,
 config, metrics and pair-source protocol from the loop that uses them would scatter one
 algorithm.
+
+Two options, off by default, change what each epoch trains on: ``config.robust``
+(:mod:`prefenv.label_noise`, RIME) trusts, flips or drops each labelled pair by its loss before
+the epoch, and ``config.surf`` (:mod:`prefenv.surf`, SURF) crops every pair and adds confident
+pseudo-labels on unlabelled pairs to every step. The trainer never re-initialises the model: a
+refit continues from the current weights (a fresh optimiser, the normaliser refitted).
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prefenv.label_noise import LabelNoiseFilter, LabelSplit, RobustLabels, pair_losses
 from prefenv.predictors import RewardModelError
 from prefenv.records import Comparison, Segment
 from prefenv.sampling import MemberReturns
+from prefenv.surf import Surf, UnlabelledBatches
 
 __all__ = [
     "bradley_terry_loss",
@@ -115,6 +123,12 @@ class RewardTrainConfig:
     eval_batch_size: int = 1024
     """Pairs per no-grad ``segment_returns`` call when evaluating (lower it for large text
     models)."""
+    robust: RobustLabels | None = None
+    """RIME's label-noise filter (:mod:`prefenv.label_noise`): each epoch, trust, flip or drop
+    every labelled pair by its loss. None trains on every label as given."""
+    surf: Surf | None = None
+    """SURF (:mod:`prefenv.surf`): temporal crop of every pair, and pseudo-labels on the
+    ``unlabelled`` pairs given to :func:`train_reward_model`. None disables both."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
@@ -144,6 +158,14 @@ class MemberTrainMetrics:
     val_accuracy: float
     epochs: int
     best_epoch: int
+    flipped: int = 0
+    """Pairs whose label the noise filter flipped in the last epoch (``config.robust``)."""
+    dropped: int = 0
+    """Pairs the noise filter left out of the last epoch."""
+    tau_lower: float = math.nan
+    """The noise filter's trust bound in the last epoch (NaN without ``config.robust``)."""
+    pseudo_labelled: int = 0
+    """Confident unlabelled pairs trained on in the last epoch (``config.surf``)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,12 @@ class RewardTrainMetrics:
     n_val: int
     members: tuple[MemberTrainMetrics, ...]
     seconds: float
+    flipped: float = 0.0
+    """Labels flipped by the noise filter in the last epoch, mean over members."""
+    dropped: float = 0.0
+    """Pairs dropped by the noise filter in the last epoch, mean over members."""
+    pseudo_labelled: float = 0.0
+    """Pseudo-labelled pairs trained on in the last epoch, mean over members."""
 
 
 @runtime_checkable
@@ -214,12 +242,34 @@ class _Pairs:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def returns(self, model: PairSource, index: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
-        """``([b], [b], [b])`` returns of both sides and the labels, one ``segment_returns`` call."""
-        segments = [self.segments0[i] for i in index] + [self.segments1[i] for i in index]
-        returns = model.segment_returns(segments)
-        labels = self.labels[torch.from_numpy(index)].to(returns.device)
+    def returns(
+        self,
+        model: PairSource,
+        index: np.ndarray,
+        labels: Tensor | None = None,
+        surf: UnlabelledBatches | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``([b], [b], [b])`` returns of both sides and the labels, one ``segment_returns`` call.
+
+        ``labels`` (``[N]``, default the given ones) replaces the labels for this call; ``surf``
+        crops the segments first.
+        """
+        segments0 = [self.segments0[i] for i in index]
+        segments1 = [self.segments1[i] for i in index]
+        if surf is not None:
+            segments0, segments1 = surf.crop(segments0, segments1)
+        returns = model.segment_returns(segments0 + segments1)
+        labels = self.labels if labels is None else labels
+        labels = labels[torch.from_numpy(index)].to(returns.device)
         return returns[: len(index)], returns[len(index) :], labels
+
+    @torch.no_grad()
+    def losses(self, model: PairSource, index: np.ndarray, config: RewardTrainConfig) -> np.ndarray:
+        """``[len(index)]`` per-pair losses (:func:`~prefenv.label_noise.pair_losses`), batched."""
+        chunks = np.array_split(index, max(1, math.ceil(len(index) / config.eval_batch_size)))
+        return np.concatenate(
+            [pair_losses(*self.returns(model, chunk)).cpu().numpy() for chunk in chunks]
+        )
 
     @torch.no_grad()
     def evaluate(self, model: PairSource, config: RewardTrainConfig) -> tuple[float, float]:
@@ -247,9 +297,23 @@ def _training_step(
     pairs: _Pairs,
     index: np.ndarray,
     config: RewardTrainConfig,
-) -> float:
-    returns0, returns1, labels = pairs.returns(model, index)  # type: ignore[arg-type]
-    loss = bradley_terry_loss(returns0, returns1, labels, config.margin, config.centering_coef)
+    labels: Tensor | None = None,
+    surf: UnlabelledBatches | None = None,
+) -> tuple[float, int]:
+    """One optimiser step on ``pairs[index]``: ``(labelled loss, pseudo-labelled pairs)``.
+
+    ``labels`` (``[N]``) overrides the given labels (the noise filter's flips); ``surf`` crops the
+    pairs and adds the pseudo-label loss of one unlabelled batch.
+    """
+    returns0, returns1, labels = pairs.returns(model, index, labels, surf)  # type: ignore[arg-type]
+    labelled_loss = bradley_terry_loss(
+        returns0, returns1, labels, config.margin, config.centering_coef
+    )
+    loss, n_pseudo = labelled_loss, 0
+    if surf is not None:
+        unlabelled_loss, n_pseudo = surf.loss(model.segment_returns)  # type: ignore[operator]
+        if unlabelled_loss is not None:
+            loss = loss + unlabelled_loss
     if not torch.isfinite(loss):
         raise RewardModelError(
             "Bradley-Terry loss is NaN/inf: lower the learning rate or check the labels"
@@ -259,7 +323,25 @@ def _training_step(
     if config.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(list(model.parameters()), config.max_grad_norm)
     optimizer.step()
-    return loss.item()
+    return labelled_loss.item(), n_pseudo
+
+
+def _filter_labels(
+    noise_filter: LabelNoiseFilter,
+    model: nn.Module,
+    train: _Pairs,
+    sample: np.ndarray,
+    config: RewardTrainConfig,
+) -> tuple[LabelSplit, np.ndarray, Tensor]:
+    """The noise filter's verdict on the distinct pairs of ``sample``, the ``sample`` entries
+    kept for this epoch, and the ``[N]`` labels with this epoch's flips applied."""
+    model.eval()
+    pairs = np.unique(sample)
+    split = noise_filter.split(train.losses(model, pairs, config))  # type: ignore[arg-type]
+    labels = train.labels.clone()
+    flip = torch.from_numpy(pairs[split.flipped])
+    labels[flip] = 1.0 - labels[flip]
+    return split, sample[np.isin(sample, pairs[split.trusted | split.flipped])], labels
 
 
 def _train_member(
@@ -270,22 +352,38 @@ def _train_member(
     config: RewardTrainConfig,
     rng: np.random.Generator,
     progress: Any | None,
+    unlabelled: Sequence[tuple[Segment, Segment]],
 ) -> MemberTrainMetrics:
     """Minibatch AdamW over ``train[sample]`` with early stopping on ``val`` (or train) loss."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    noise_filter = None if config.robust is None else LabelNoiseFilter(config.robust)
+    surf = None
+    if config.surf is not None:  # its own stream: the minibatch order stays as without SURF
+        surf = UnlabelledBatches(config.surf, unlabelled, config.batch_size, rng.spawn(1)[0])
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    epoch = 0
+    epoch, split, n_pseudo = 0, None, 0
     for epoch in range(1, config.max_epochs + 1):
+        epoch_sample, labels = sample, None
+        if noise_filter is not None:
+            split, epoch_sample, labels = _filter_labels(noise_filter, model, train, sample, config)
         model.train()
-        order = rng.permutation(sample)
-        epoch_losses = [
+        order = rng.permutation(epoch_sample)
+        steps = [
             _training_step(
-                model, optimizer, train, order[start : start + config.batch_size], config
+                model,
+                optimizer,
+                train,
+                order[start : start + config.batch_size],
+                config,
+                labels,
+                surf,
             )
             for start in range(0, len(order), config.batch_size)
         ]
+        epoch_losses = [loss for loss, _ in steps]
+        n_pseudo = sum(n for _, n in steps)
         model.eval()
         monitored = val.evaluate(model, config)[0] if len(val) else float(np.mean(epoch_losses))  # type: ignore[arg-type]
         if progress is not None:
@@ -299,7 +397,17 @@ def _train_member(
     model.load_state_dict(best_state)
     train_loss, _ = train.evaluate(model, config)  # type: ignore[arg-type]
     val_loss, val_accuracy = val.evaluate(model, config)  # type: ignore[arg-type]
-    return MemberTrainMetrics(train_loss, val_loss, val_accuracy, epoch, best_epoch)
+    return MemberTrainMetrics(
+        train_loss,
+        val_loss,
+        val_accuracy,
+        epoch,
+        best_epoch,
+        flipped=0 if split is None else int(split.flipped.sum()),
+        dropped=0 if split is None else int(split.dropped.sum()),
+        tau_lower=math.nan if split is None else split.tau_lower,
+        pseudo_labelled=n_pseudo,
+    )
 
 
 def split_comparisons(
@@ -355,6 +463,7 @@ def train_reward_model(
     comparisons: Sequence[Comparison],
     config: RewardTrainConfig = RewardTrainConfig(),  # noqa: B008 (frozen, immutable)
     val_comparisons: Sequence[Comparison] | None = None,
+    unlabelled: Sequence[tuple[Segment, Segment]] | None = None,
 ) -> RewardTrainMetrics:
     """Fit ``model`` in place to labelled comparisons with the Bradley-Terry loss.
 
@@ -365,14 +474,25 @@ def train_reward_model(
     input normaliser (:class:`NormalizedInputs`) has it fitted to the training segments first. An
     :class:`EnsemblePairSource` trains each member separately, on its own bootstrap resample when
     ``config.bootstrap``. Torch's CPU generator is seeded per member from ``config.seed`` (dropout
-    is reproducible) and restored afterwards.
+    is reproducible) and restored afterwards. Training continues from the model's current
+    weights (nothing is re-initialised).
+
+    With ``config.robust`` each network filters its labels every epoch
+    (:mod:`prefenv.label_noise`); with ``config.surf`` every pair is cropped and the
+    ``unlabelled`` segment pairs give pseudo-labels (:mod:`prefenv.surf`).
 
     Raises:
-        ValueError: no labelled comparisons, or (text models) a segment without text.
+        ValueError: no labelled comparisons, ``unlabelled`` pairs without ``config.surf``, or
+            (text models) a segment without text.
         TypeError: ``model`` is not an ``nn.Module`` :class:`PairSource`.
         RewardModelError: the predicted returns or the loss became NaN/inf.
     """
     _check_model(model)
+    if unlabelled and config.surf is None:
+        raise ValueError(
+            f"{len(unlabelled)} unlabelled pairs given but config.surf is None, so nothing "
+            "would use them: pass RewardTrainConfig(surf=prefenv.surf.Surf()) or no pairs"
+        )
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     train_list, val_list = split_comparisons(comparisons, config, rng, val_comparisons)
@@ -395,7 +515,11 @@ def train_reward_model(
         torch_seed = int(member_rng.spawn(1)[0].integers(2**31))  # leaves member_rng's draws alone
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
-            members.append(_train_member(network, train, sample, val, config, member_rng, progress))
+            members.append(
+                _train_member(
+                    network, train, sample, val, config, member_rng, progress, unlabelled or []
+                )
+            )
     if progress is not None:
         progress.close()
     model.eval()
@@ -411,6 +535,9 @@ def train_reward_model(
         n_val=len(val),
         members=tuple(members),
         seconds=time.perf_counter() - started,
+        flipped=float(np.mean([m.flipped for m in members])),
+        dropped=float(np.mean([m.dropped for m in members])),
+        pseudo_labelled=float(np.mean([m.pseudo_labelled for m in members])),
     )
 
 

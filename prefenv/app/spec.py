@@ -21,9 +21,11 @@ from prefenv.app import agents as _builtin_agents  # noqa: F401  (registers ppo-
 from prefenv.app.presets import preset_for
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError, CheckpointNotFoundError
+from prefenv.label_noise import RobustLabels
 from prefenv.loop import PreferenceLoopConfig
 from prefenv.reward_training import RewardTrainConfig
 from prefenv.sampling import QUERY_METHODS
+from prefenv.surf import Surf
 from prefenv.teachers import make_teacher
 
 __all__ = [
@@ -127,6 +129,12 @@ class TrainSpec:
     """PEBBLE's unsupervised pre-training: the initial policy trains on a state-entropy reward
     (k-NN particle estimate, k = 5) during --initial-steps, so the first queries compare more
     varied behaviour."""
+    robust_labels: bool = False
+    """RIME's noise-robust reward training: each epoch, pairs whose loss is far above a dynamic
+    threshold are flipped and those between the bounds dropped (Cheng et al. 2024)."""
+    surf: bool = False
+    """SURF: confident pseudo-labels on unlabelled segment pairs from the query pool, and
+    temporal crops of labelled pairs, in every refit (Park et al. 2022)."""
     query_window: int = 0
     """QPA's policy-aligned queries: draw each round's pairs from the newest N finished episodes
     only (QPA: 10); 0 = every episode in the query pool."""
@@ -210,7 +218,12 @@ class TrainSpec:
             initial_timesteps=self.initial_steps,
             segment_length=self.segment_length,
             query_method=self.query_method,
-            reward_train=RewardTrainConfig(max_epochs=self.reward_epochs, seed=seeds.reward_model),
+            reward_train=RewardTrainConfig(
+                max_epochs=self.reward_epochs,
+                seed=seeds.reward_model,
+                robust=RobustLabels() if self.robust_labels else None,
+                surf=Surf() if self.surf else None,
+            ),
             seed=seeds.queries,
             step_unit=self.step_unit(),
             query_window=self.query_window or None,

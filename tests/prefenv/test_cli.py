@@ -67,7 +67,9 @@ def _final_state(out: Path) -> dict:
     }  # fmt: skip
 
 
-METHODS = ["--rune", "--query-window", "3", "--unsupervised"]  # issue 14's switchable methods, all on
+METHODS = [
+    "--rune", "--query-window", "3", "--unsupervised", "--robust-labels", "--surf",
+]  # fmt: skip  # issue 14's switchable methods, all on
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,209 @@
+"""RIME's noisy-label filter: the threshold rule by hand, and planted flips caught in training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prefenv.label_noise import LabelNoiseFilter, RobustLabels, pair_losses
+from prefenv.records import Comparison, Segment, Trajectory
+from prefenv.reward_models import MLPRewardModel, RewardEnsemble
+from prefenv.reward_training import (
+    RewardTrainConfig,
+    RewardTrainMetrics,
+    bradley_terry_loss,
+    evaluate_reward_model,
+    train_reward_model,
+)
+from prefenv.sampling import sample_segment_pairs
+
+TRUE_WEIGHTS = np.array([1.0, -0.5])
+"""The hidden reward of the synthetic task: ``r_t = obs_t @ TRUE_WEIGHTS``."""
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- the rule, by hand
+
+
+def test_first_split_trusts_all_but_the_flips_then_the_bound_tightens() -> None:
+    noise_filter = LabelNoiseFilter(RobustLabels())
+    # before any trusted pair: rho = 0, var = 1 -> tau_lower = -ln(1e-8) + 0 + min(3 * 1, 3)
+    assert noise_filter.tau_lower == pytest.approx(-math.log(1e-8) + 3.0)
+    split = noise_filter.split(np.array([0.1, 0.5, 7.0, 30.0]))
+    assert split.tau_upper == pytest.approx(-math.log(1e-3))  # 6.91
+    np.testing.assert_array_equal(split.flipped, [False, False, True, True])
+    np.testing.assert_array_equal(split.trusted, [True, True, False, False])  # flips win
+    np.testing.assert_array_equal(split.dropped, [False, False, False, False])
+    # statistics of the trusted losses {0.1, 0.5}: rho = 0.1 * 0.5, pooled var = 0.04
+    assert noise_filter.max == pytest.approx(0.05)
+    assert noise_filter.var == pytest.approx(0.04)
+    beta = 3.0 - 2.0 * 1 / 60
+    expected = -math.log(0.05 + 1e-8) + 0.5 * 0.05 + beta * 0.04
+    assert noise_filter.tau_lower == pytest.approx(expected)  # ~3.14
+    split = noise_filter.split(np.array([1.0, 3.0, 3.5, 8.0]))
+    np.testing.assert_array_equal(split.trusted, [True, True, False, False])
+    np.testing.assert_array_equal(split.dropped, [False, False, True, False])
+    np.testing.assert_array_equal(split.flipped, [False, False, False, True])
+
+
+def test_beta_decays_linearly_to_its_floor() -> None:
+    noise_filter = LabelNoiseFilter(RobustLabels(beta_max=3.0, beta_min=1.0, decay_epochs=4))
+    betas = []
+    for _ in range(6):
+        betas.append(noise_filter.beta)
+        noise_filter.split(np.array([0.2, 0.3]))
+    assert betas == pytest.approx([3.0, 2.5, 2.0, 1.5, 1.0, 1.0])
+
+
+def test_uncertainty_term_is_capped() -> None:
+    noise_filter = LabelNoiseFilter(RobustLabels(max_uncertainty=0.5))
+    noise_filter.split(np.array([0.0, 10.0, 5.0]))  # tau_upper 6.9: 10 flipped, {0, 5} trusted
+    assert noise_filter.var == pytest.approx(6.25)
+    rho = noise_filter.max
+    assert noise_filter.tau_lower == pytest.approx(-math.log(rho + 1e-8) + 0.5 * rho + 0.5)
+
+
+def test_nothing_under_the_bound_trusts_every_unflipped_pair() -> None:
+    noise_filter = LabelNoiseFilter(RobustLabels())
+    noise_filter.max, noise_filter.var = 2.0, 0.0  # tau_lower = -ln 2 + 1 ~ 0.31
+    split = noise_filter.split(np.array([1.0, 2.0, 9.0]))
+    np.testing.assert_array_equal(split.trusted, [True, True, False])
+    np.testing.assert_array_equal(split.flipped, [False, False, True])
+    assert noise_filter.max == 2.0  # statistics untouched
+
+
+def test_config_and_inputs_are_validated() -> None:
+    with pytest.raises(ValueError, match="beta_min"):
+        RobustLabels(beta_min=4.0, beta_max=3.0)
+    with pytest.raises(ValueError, match="flip_tau"):
+        RobustLabels(flip_tau=0.7)
+    with pytest.raises(ValueError, match="decay_epochs"):
+        RobustLabels(decay_epochs=0)
+    with pytest.raises(ValueError, match="finite losses"):
+        LabelNoiseFilter(RobustLabels()).split(np.array([0.1, math.nan]))
+
+
+def test_pair_losses_are_the_bradley_terry_loss_per_pair() -> None:
+    gen = torch.Generator().manual_seed(0)
+    r0, r1 = torch.randn(32, generator=gen), torch.randn(32, generator=gen)
+    labels = torch.randint(0, 3, (32,), generator=gen).float() / 2
+    losses = pair_losses(r0, r1, labels)
+    assert losses.shape == (32,)
+    torch.testing.assert_close(losses.mean(), bradley_terry_loss(r0, r1, labels))
+
+
+# ---------------------------------------------------------------- planted flips in training
+
+
+def _comparisons(seed: int, n: int) -> list[Comparison]:
+    """Oracle comparisons of 5-step segments of random 2-D states under the linear reward."""
+    rng = np.random.default_rng(seed)
+    trajectories = []
+    for _ in range(40):
+        obs = rng.normal(size=(51, 2))
+        trajectories.append(Trajectory(obs, rng.normal(size=(50, 1)), obs[:-1] @ TRUE_WEIGHTS))
+    pairs = sample_segment_pairs(trajectories, n, 5, rng=rng)
+    return [Comparison(a, b, float(b.true_return > a.true_return)) for a, b in pairs]
+
+
+def _flip(comparisons: list[Comparison], index: np.ndarray) -> list[Comparison]:
+    noisy = list(comparisons)
+    for i in index:
+        c = comparisons[i]
+        noisy[i] = Comparison(c.segment0, c.segment1, 1.0 - c.label)
+    return noisy
+
+
+def _fit(
+    comparisons: list[Comparison], robust: RobustLabels | None
+) -> tuple[MLPRewardModel, RewardTrainMetrics]:
+    torch.manual_seed(0)
+    # linear output: a tanh-bounded step reward cannot order sums of unbounded true rewards
+    model = MLPRewardModel(2, 1, hidden_sizes=(32, 32), output_activation=None)
+    config = RewardTrainConfig(
+        lr=3e-3, batch_size=64, max_epochs=60, patience=60, val_fraction=0.0, robust=robust
+    )
+    metrics = train_reward_model(model, comparisons, config)
+    return model, metrics
+
+
+def test_filter_catches_planted_flips_and_beats_training_on_them(one_thread) -> None:
+    """20% of 400 labels flipped: the filter flags most of them, and accuracy on the truth rises.
+
+    Measured (seeds 0-2 of this setup): without the filter 0.84-0.85 held-out accuracy against
+    the true labels, with it 0.94-0.96; the final model's losses against the final bound flag
+    the planted flips with precision 0.91-0.95 and recall 0.84-0.95.
+    """
+    clean, held_out = _comparisons(0, 400), _comparisons(100, 500)
+    planted = np.random.default_rng(7).choice(len(clean), 80, replace=False)
+    noisy = _flip(clean, planted)
+
+    plain, _ = _fit(noisy, None)
+    robust, metrics = _fit(noisy, RobustLabels())
+    _, accuracy_plain = evaluate_reward_model(plain, held_out)
+    _, accuracy_robust = evaluate_reward_model(robust, held_out)
+    assert accuracy_robust >= accuracy_plain + 0.05, (accuracy_plain, accuracy_robust)
+    assert accuracy_robust >= 0.9
+
+    member = metrics.members[0]
+    assert member.flipped + member.dropped >= 40 and metrics.flipped == member.flipped
+    with torch.no_grad():
+        losses = pair_losses(
+            robust.segment_returns([c.segment0 for c in noisy]),
+            robust.segment_returns([c.segment1 for c in noisy]),
+            torch.tensor([c.label for c in noisy]),
+        ).numpy()
+    flagged = losses >= member.tau_lower
+    caught = np.isin(np.flatnonzero(flagged), planted).sum()
+    precision, recall = caught / flagged.sum(), caught / len(planted)
+    assert precision >= 0.8 and recall >= 0.75, (precision, recall)
+
+
+def test_robust_training_reports_nothing_when_off_and_trains_ensembles(one_thread) -> None:
+    comparisons = _comparisons(1, 120)
+    _, metrics = _fit(comparisons, None)
+    assert (metrics.flipped, metrics.dropped) == (0.0, 0.0)
+    assert math.isnan(metrics.members[0].tau_lower)
+    torch.manual_seed(0)
+    ensemble = RewardEnsemble([MLPRewardModel(2, 1, hidden_sizes=(16,)) for _ in range(2)])
+    config = RewardTrainConfig(lr=3e-3, max_epochs=5, robust=RobustLabels())
+    metrics = train_reward_model(ensemble, comparisons, config)
+    assert len(metrics.members) == 2
+    assert all(math.isfinite(m.tau_lower) for m in metrics.members)
+    assert metrics.flipped == np.mean([m.flipped for m in metrics.members])
+
+
+def test_text_like_pair_sources_filter_too() -> None:
+    """The filter needs only segment_returns: a featureless context-scored source works."""
+
+    class Scores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scores = torch.nn.Parameter(torch.zeros(6))
+
+        def segment_returns(self, segments) -> torch.Tensor:
+            return self.scores[torch.tensor([s.context["id"] for s in segments])]
+
+    segments = [
+        Segment(np.zeros((2, 0)), np.zeros((1, 0)), np.array([float(i)]), context={"id": i})
+        for i in range(6)
+    ]
+    rng = np.random.default_rng(0)
+    pairs = [tuple(rng.choice(6, 2, replace=False)) for _ in range(200)]
+    comparisons = [Comparison(segments[a], segments[b], float(b > a)) for a, b in pairs]
+    comparisons = _flip(comparisons, np.arange(0, 200, 10))  # 10% wrong
+    model = Scores()
+    config = RewardTrainConfig(lr=0.1, batch_size=32, max_epochs=40, robust=RobustLabels())
+    train_reward_model(model, comparisons, config)
+    assert (model.scores.diff() > 0).all(), model.scores
