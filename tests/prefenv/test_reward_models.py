@@ -328,6 +328,7 @@ REWARD_STACK = (
     "prefenv.reward_checkpoints",
     "prefenv.reward_networks",
     "prefenv.reward_models",
+    "prefenv.exploration",
     "prefenv.wrappers",
 )
 
