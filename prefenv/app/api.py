@@ -24,7 +24,7 @@ from typing import Any
 
 from prefenv.app.budget import warn_budget
 from prefenv.app.folders import set_aside, undo_failed_start
-from prefenv.app.runs import LOG_DIR, QUERY_POOL_FILE, TrainingRun, evaluate_run
+from prefenv.app.runs import FINAL_EVAL_FILE, LOG_DIR, QUERY_POOL_FILE, TrainingRun, evaluate_run
 from prefenv.app.spec import TrainSpec, load_spec, save_spec
 from prefenv.errors import CheckpointError
 
@@ -43,6 +43,7 @@ STORE_FILES = ("comparisons.sqlite", "comparisons.sqlite-wal", "comparisons.sqli
 RUN_ENTRIES = (
     "run.json", *STORE_FILES, "loop_state.json", QUERY_POOL_FILE, "rounds.csv",
     "learning_curve.png", "summary.json", "summary.md", "agent", "reward_model", LOG_DIR,
+    FINAL_EVAL_FILE,
 )  # fmt: skip
 """What a run folder holds: ``overwrite`` replaces these and leaves anything else alone."""
 _ROUND_OUTPUTS = tuple(e for e in RUN_ENTRIES if e != "run.json" and e not in STORE_FILES)

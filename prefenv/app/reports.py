@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -307,6 +308,7 @@ def write_summary(
         "final_learned_return": finished[-1].learned_return if finished else None,
         "final_return_round": finished[-1].round if finished else None,
         "best_true_return": max((m.true_return for m in finished), default=None),
+        **_final_eval(out / "final_eval.json"),
         "reward_model_val_accuracy": last.reward_model.val_accuracy,
         "return_correlation": last.return_correlation,
         "hacking_alarms": [m.round for m in history if m.hacking_alarm],
@@ -321,6 +323,21 @@ def write_summary(
     write_json_atomic(out / "summary.json", summary)
     atomic_write(out / "summary.md", lambda handle: handle.write(_markdown(summary, spec)))
     return summary
+
+
+def _final_eval(path: Path) -> dict[str, Any]:
+    """The final evaluation's figures, flat: both modes' mean true return and episode length."""
+    if not path.is_file():
+        return {}
+    result = json.loads(path.read_text())
+    return {
+        "eval_episodes": result["episodes"],
+        **{f"eval_{mode}_return": result[mode]["true_return_mean"] for mode in _MODES},
+        **{f"eval_{mode}_length": result[mode]["length_mean"] for mode in _MODES},
+    }
+
+
+_MODES = ("deterministic", "sampled")
 
 
 def _markdown(summary: dict[str, Any], spec: TrainSpec) -> str:

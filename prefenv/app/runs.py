@@ -79,6 +79,8 @@ NEXT_OBS_METADATA = "prefenv_reward_next_obs"
 so the learned reward must be ``r(obs, act, next_obs)``; otherwise ``r(obs, act)`` (B-Pref)."""
 
 QUERY_POOL_FILE = "query_pool.npz"
+FINAL_EVAL_FILE = "final_eval.json"
+"""The final agent's deterministic and sampled evaluation (``TrainSpec.eval_episodes``)."""
 LOG_DIR = "agent_logs"
 """The run folder's TensorBoard / CSV log folder (``tensorboard --logdir RUN/agent_logs``)."""
 
@@ -217,6 +219,9 @@ class TrainingRun:
                 self.checkpoint()
                 bar.set_postfix_str(_round_postfix(metrics, self.spec.rounds))
             self.progress.bar = None
+        if self.spec.eval_episodes and not (self.out / FINAL_EVAL_FILE).exists():
+            evaluation = evaluate_run(self.out, episodes=self.spec.eval_episodes)
+            write_json_atomic(self.out / FINAL_EVAL_FILE, evaluation)
         summary = self.write_summary()
         self.store.close()
         return summary

@@ -151,6 +151,9 @@ class TrainSpec:
     policy."""
     ref_temperature: float = 1.0
     """Softmax temperature of the --reference recommender (lower = sharper)."""
+    eval_episodes: int = 5
+    """Episodes of the final agent, deterministic and sampled, run when training ends; their
+    returns and lengths go into the summary (0 skips; prefenv eval runs more)."""
     preset: str = "auto"
     """Tuned agent settings for the task (prefenv/app/presets.toml): auto (the table's entry
     for --env and --agent, if any), or none (the agent's defaults). run.json records the entry
@@ -252,6 +255,8 @@ def _check_values(spec: TrainSpec) -> None:
     if spec.query_window < 0:
         raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
                          f"{spec.query_window}")  # fmt: skip
+    if spec.eval_episodes < 0:
+        raise ValueError(f"--eval-episodes must be 0 (skip) or more, got {spec.eval_episodes}")
     if spec.queries < 2:
         raise ValueError(
             f"--queries must be at least 2, got {spec.queries}: the reward model needs labelled "

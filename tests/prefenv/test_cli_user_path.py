@@ -207,3 +207,17 @@ def test_unsupervised_pretraining_trains_the_initial_policy_on_the_intrinsic_rew
         runs[name] = json.loads((tmp_path / name / "loop_state.json").read_text())["history"]
     assert runs["plain"][0]["true_return"] != runs["pebble"][0]["true_return"]
     assert load_spec(tmp_path / "pebble").unsupervised is True
+
+
+def test_the_summary_evaluates_the_final_agent_deterministic_and_sampled(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--eval-episodes", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_episodes"] == 2
+    for mode in ("deterministic", "sampled"):
+        assert summary[f"eval_{mode}_length"] == 50  # Reacher's episodes never end early
+        assert summary[f"eval_{mode}_return"] < 0
+    assert summary["eval_deterministic_return"] != summary["eval_sampled_return"]
+    assert "eval_sampled_return" in (out / "summary.md").read_text()
+    assert main(["train", *TINY, "--eval-episodes", "0", "--out", str(tmp_path / "b")]) == 0
+    assert "eval_episodes" not in json.loads((tmp_path / "b" / "summary.json").read_text())
