@@ -54,6 +54,7 @@ import torch
 import prefenv
 from agents.ppo_kl import PPOKL, PPOKLConfig
 from agents.ppo_kl.logger import IterationMetrics
+from prefenv.app.spec import write_json_atomic
 
 NUM_ENVS = 8
 BASE: dict[str, Any] = {
@@ -222,13 +223,6 @@ def run_cell(
     }
 
 
-def _write_atomic(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
-
-
 def _mean_std(values: list[float]) -> str:
     return (
         f"{np.mean(values):,.0f} ± {np.std(values):,.0f}"
@@ -302,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                     record = run_cell(
                         env_id, arm, seed, args.steps, args.eval_episodes, args.threads
                     )
-                    _write_atomic(path, record)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_json_atomic(path, record)  # fsync + rename: a kill leaves no half file
                     det, smp = record["deterministic"], record["sampled"]
                     print(
                         f"{env_id} {arm.name} seed {seed}: det {det['mean']:.0f} "
