@@ -330,14 +330,11 @@ def _final_eval(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     result = json.loads(path.read_text())
-    return {
-        "eval_episodes": result["episodes"],
-        **{f"eval_{mode}_return": result[mode]["true_return_mean"] for mode in _MODES},
-        **{f"eval_{mode}_length": result[mode]["length_mean"] for mode in _MODES},
-    }
-
-
-_MODES = ("deterministic", "sampled")
+    figures = {"eval_episodes": result["episodes"]}
+    for mode in ("deterministic", "sampled"):
+        figures |= {f"eval_{mode}_return": result[mode]["true_return_mean"],
+                    f"eval_{mode}_length": result[mode]["length_mean"]}  # fmt: skip
+    return figures
 
 
 def _markdown(summary: dict[str, Any], spec: TrainSpec) -> str:

@@ -220,7 +220,7 @@ class TrainingRun:
                 bar.set_postfix_str(_round_postfix(metrics, self.spec.rounds))
             self.progress.bar = None
         if self.spec.eval_episodes and not (self.out / FINAL_EVAL_FILE).exists():
-            evaluation = evaluate_run(self.out, episodes=self.spec.eval_episodes)
+            evaluation = evaluate_run(self.out, self.spec.eval_episodes, spec=self.spec)
             write_json_atomic(self.out / FINAL_EVAL_FILE, evaluation)
         summary = self.write_summary()
         self.store.close()
@@ -312,7 +312,10 @@ def load_trajectories(path: Path) -> list[Trajectory]:
 
 
 def evaluate_run(
-    out: str | os.PathLike[str], episodes: int = 10, seed: int = 12345
+    out: str | os.PathLike[str],
+    episodes: int = 10,
+    seed: int = 12345,
+    spec: TrainSpec | None = None,
 ) -> dict[str, Any]:
     """Episodes of the run's latest agent, deterministic and sampled: returns and lengths.
 
@@ -324,7 +327,7 @@ def evaluate_run(
         the agent; the comparison store is not opened.
     """
     out = Path(out)
-    spec = load_spec(out)
+    spec = spec or load_spec(out)  # the run's own settings (default: its run.json)
     venv = make_vector_env(spec)
     spaces = (venv.single_observation_space, venv.single_action_space)
     reward_model = load_reward_model(out / "reward_model", *spaces)
