@@ -183,6 +183,7 @@ def cell_spec(cell: Cell, args: argparse.Namespace) -> TrainSpec:
         rounds=args.rounds,
         initial_steps=args.initial_steps,
         seed=cell.seed,
+        eval_episodes=0,  # evaluated below with --eval-episodes: not twice
         **cell.arm.fields,
     ).with_preset()
 

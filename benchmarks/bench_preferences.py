@@ -117,6 +117,7 @@ def main() -> None:
             initial_steps=args.initial_steps,
             seed=seed,
             preset=args.preset,
+            eval_episodes=0,  # evaluated below with --eval-episodes: not twice
         ).with_preset()  # as prefenv train: the task's tuned settings unless --preset none
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
