@@ -41,6 +41,7 @@ __all__ = [
     "query_schedule",
     "hacking_alarm",
     "step_schedule",
+    "whole_units",
 ]
 
 
@@ -398,6 +399,13 @@ class PreferenceLoop:
         self._rng.bit_generator.state = state["rng"]
 
 
+def whole_units(initial_timesteps: int, total_timesteps: int, unit: int) -> tuple[int, int]:
+    """``(initial, units)``: the initial phase rounded up to whole ``unit`` steps, and how many
+    whole units fit after it under ``total_timesteps`` (negative when none do)."""
+    initial = -(-initial_timesteps // unit) * unit
+    return initial, (total_timesteps - initial) // unit
+
+
 def step_schedule(config: PreferenceLoopConfig) -> list[int]:
     """Env steps of each ``agent.learn`` call: the initial policy's, then one per round's refit.
 
@@ -407,6 +415,6 @@ def step_schedule(config: PreferenceLoopConfig) -> list[int]:
     ``sum(step_schedule(config)) <= total_timesteps`` steps, less by under one unit per call.
     """
     unit, parts = config.step_unit, config.n_rounds + 1
-    initial = -(-config.initial_timesteps // unit) * unit
-    base, extra = divmod(max(config.total_timesteps - initial, 0) // unit, parts)
+    initial, units = whole_units(config.initial_timesteps, config.total_timesteps, unit)
+    base, extra = divmod(max(units, 0), parts)
     return [initial, *((base + (1 if i < extra else 0)) * unit for i in range(parts))]

@@ -22,7 +22,7 @@ from prefenv.app.presets import preset_for
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError, CheckpointNotFoundError
 from prefenv.label_noise import RobustLabels
-from prefenv.loop import PreferenceLoopConfig
+from prefenv.loop import PreferenceLoopConfig, whole_units
 from prefenv.reward_training import RewardTrainConfig
 from prefenv.sampling import QUERY_METHODS
 from prefenv.surf import Surf
@@ -193,8 +193,7 @@ class TrainSpec:
             ValueError: the fix named with the flags (a larger ``--steps``, fewer ``--rounds``...).
         """
         unit = self.step_unit()
-        initial = -(-self.initial_steps // unit) * unit
-        units = (self.steps - initial) // unit
+        initial, units = whole_units(self.initial_steps, self.steps, unit)
         if units < self.rounds:
             raise ValueError(
                 f"--steps {self.steps} leaves {max(units, 0)} whole rollouts of {unit} steps after "
