@@ -1,5 +1,9 @@
 """The comparison store's file: its SQLite layout, its errors, and how a file is trusted.
 
+Over 400 lines: the schema (both table sets and the upgrade from schema 1) and every check that
+decides whether a file may be trusted belong together; the messages that explain each refusal take
+the room.
+
 :mod:`prefenv.store` reads and writes rows; this module decides whether a file on disk may be
 opened as a store at all: the schema check (and creation), the store's identity, the ``-wal``
 file rule, and the read-only damage check behind
@@ -29,10 +33,12 @@ __all__ = [
     "StoreSchemaError",
 ]
 
-SCHEMA = "prefenv.comparisons/1"
-"""Schema id written to (and required in) the ``meta`` table of every store."""
+SCHEMA = "prefenv.comparisons/2"
+"""Schema id written to (and required in) the ``meta`` table of every store. Version 2 adds the
+human query queue (:data:`QUEUE_TABLES`); a version-1 store is upgraded in place when opened."""
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_SCHEMA_V1 = "prefenv.comparisons/1"
 _SCHEMA_PATTERN = re.compile(r"prefenv\.comparisons/(\d+)")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
@@ -54,6 +60,48 @@ CREATE TABLE comparisons (
 CREATE INDEX comparisons_teacher ON comparisons (teacher, id);
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA}');
 """
+QUEUE_TABLES = f"""
+CREATE TABLE queries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    public_id TEXT NOT NULL UNIQUE,
+    run TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    posted REAL NOT NULL,
+    closed REAL,
+    overlap INTEGER NOT NULL,
+    n_labels INTEGER NOT NULL DEFAULT 0,
+    gold REAL,
+    media TEXT,
+    {", ".join(f"{name}{k} BLOB NOT NULL" for k in (0, 1) for name in ARRAYS)},
+    context0 TEXT,
+    context1 TEXT
+);
+CREATE INDEX queries_open ON queries (closed, gold, id);
+CREATE TABLE assignments (
+    query_id INTEGER NOT NULL REFERENCES queries (id),
+    annotator TEXT NOT NULL,
+    assigned REAL NOT NULL,
+    PRIMARY KEY (query_id, annotator)
+);
+CREATE TABLE labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    query_id INTEGER NOT NULL REFERENCES queries (id),
+    annotator TEXT NOT NULL,
+    choice TEXT NOT NULL,
+    created REAL NOT NULL,
+    response_seconds REAL,
+    comparison_id INTEGER,
+    UNIQUE (query_id, annotator)
+);
+CREATE INDEX labels_unharvested ON labels (comparison_id, id);
+CREATE TABLE annotators (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+"""
+"""The human query queue (schema 2): queries posted for people, who was assigned each, the
+labels they gave and the annotators' hashed access tokens (see :mod:`prefenv.queue`)."""
 _ADD_IDENTITY = "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)"
 _SCAN = f"SELECT {', '.join(SEGMENT_COLUMNS)} FROM comparisons ORDER BY id"
 
@@ -97,8 +145,10 @@ class StoreMismatchError(StoreError):
     """The store opens but is not the one expected: another identity, or fewer rows."""
 
 
-def connect(path: Path) -> tuple[sqlite3.Connection, str]:
+def connect(path: Path, *, any_thread: bool = False) -> tuple[sqlite3.Connection, str]:
     """Open (creating it if missing) the store at ``path``: the connection and its identity.
+
+    ``any_thread`` lets other threads use the connection (the caller then serialises access).
 
     Raises:
         StoreSchemaError: not a store of this schema (:class:`StoreDamagedError`: unreadable);
@@ -113,7 +163,12 @@ def connect(path: Path) -> tuple[sqlite3.Connection, str]:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=not any_thread,
+        )
     except sqlite3.Error as error:
         raise OSError(f"cannot open comparison store {path}: {error}") from error
     try:
@@ -146,13 +201,28 @@ def check_store_files(path: Path) -> None:
 
 
 def _not_sqlite(path: Path) -> str | None:
-    """What is wrong with a non-empty file that is not SQLite, or None (SQLite, empty, absent)."""
-    if not path.is_file():
+    """What is wrong with a non-empty file that is not SQLite, or None (SQLite, empty, absent).
+
+    SQLite itself answers first: a plain ``open()`` + ``close()`` of a store this process
+    already has open would drop the process's POSIX locks on it, and another process could then
+    checkpoint and delete the ``-wal`` under this process's connections (their later commits
+    would be lost). Only a file SQLite calls "not a database" is read directly, for the message.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
         return None
-    with path.open("rb") as file:
-        head = file.read(len(_SQLITE_MAGIC))
-    if head and head != _SQLITE_MAGIC:
-        return f"found a non-SQLite file starting with {head[:8]!r}"
+    try:
+        conn = _connect_read_only(path)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as error:
+        if "not a database" not in str(error):
+            return None  # damage and locks are judged by the checks that follow
+        with path.open("rb") as file:  # not SQLite: no SQLite lock of this process is on it
+            head = file.read(len(_SQLITE_MAGIC))
+        if head != _SQLITE_MAGIC:  # an SQLite header over garbage is a damaged store instead
+            return f"found a non-SQLite file starting with {head[:8]!r}"
     return None
 
 
@@ -314,6 +384,8 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> str:
     conn.execute("PRAGMA synchronous = FULL")
     if not tables:
         _create_schema(conn, path)
+    elif "queries" not in tables:
+        _upgrade_v1(conn)
     return _identity(conn)
 
 
@@ -324,11 +396,30 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")  # another process created it first: check theirs
             _check_schema(conn, path, {"meta", "comparisons"})
             return
-        # One statement at a time: executescript() would commit on its own.
-        for statement in _CREATE_TABLES.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        _execute_all(conn, _CREATE_TABLES + ";" + QUEUE_TABLES)
         conn.execute(_ADD_IDENTITY, (uuid.uuid4().hex,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _execute_all(conn: sqlite3.Connection, script: str) -> None:
+    # One statement at a time: executescript() would commit on its own.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _upgrade_v1(conn: sqlite3.Connection) -> None:
+    """Add the query queue to a schema-1 store, in one transaction (its comparisons untouched)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if found is not None and found[0] == _SCHEMA_V1:  # another process may have upgraded it
+            _execute_all(conn, QUEUE_TABLES)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -367,10 +458,10 @@ def _check_schema(conn: sqlite3.Connection, path: Path, tables: set[str]) -> Non
             f"{path} is not a prefenv comparison store (an SQLite database with tables "
             f"{listed} and no prefenv schema): pass a new path"
         )
-    if found == SCHEMA:
+    if found in (SCHEMA, _SCHEMA_V1):
         if "comparisons" not in tables:
             raise StoreSchemaError(
-                f"{path} says schema {SCHEMA} but has no comparisons table: the file was damaged "
+                f"{path} says schema {found} but has no comparisons table: the file was damaged "
                 "outside prefenv; pass a new path"
             )
         return

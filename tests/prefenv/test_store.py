@@ -210,7 +210,7 @@ def _set_schema(path: Path, value: str) -> None:
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
-        ("prefenv.comparisons/999", r"newer than this prefenv \(prefenv.comparisons/1\): upgrade"),
+        ("prefenv.comparisons/999", r"newer than this prefenv \(prefenv.comparisons/2\): upgrade"),
         ("prefenv.comparisons/0", "unknown schema 'prefenv.comparisons/0'"),
         ("something-else", "unknown schema 'something-else'"),
     ],
@@ -347,3 +347,28 @@ def test_import_malformed_line_names_file_line_and_field(
         import_jsonl(path)
     assert str(path) in str(caught.value)
     assert field in str(caught.value)
+
+
+def test_a_second_store_connection_keeps_the_first_ones_locks(tmp_path: Path) -> None:
+    """Opening a store twice in one process (the trainer's store and its query queue) and
+    letting another process write must lose nothing: opening once read the file with a plain
+    open()/close(), which drops every POSIX lock the process holds on it, so the other process
+    took itself for the last user, deleted the -wal, and this process's next commits vanished."""
+    import subprocess
+    import sys
+
+    from prefenv.queue import QueryQueue
+
+    path = tmp_path / "store.sqlite"
+    store = ComparisonStore(path)
+    queue = QueryQueue(path)  # a second connection in this process
+    other = "from prefenv.queue import QueryQueue\nq = QueryQueue({!r}); q.add_annotator('pat'); q.close()"
+    subprocess.run([sys.executable, "-c", other.format(str(path))], check=True, timeout=120)
+    store.append(make_comparisons(1))
+    queue.add_annotator("sam")
+    count = "import sqlite3; c = sqlite3.connect({!r}); print(c.execute('SELECT COUNT(*) FROM comparisons').fetchone()[0], c.execute('SELECT COUNT(*) FROM annotators').fetchone()[0])"
+    seen = subprocess.run([sys.executable, "-c", count.format(str(path))], check=True,
+                          capture_output=True, text=True, timeout=120).stdout.split()  # fmt: skip
+    assert seen == ["1", "2"]
+    store.close()
+    queue.close()
