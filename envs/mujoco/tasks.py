@@ -104,6 +104,8 @@ class MujocoTask(gym.Wrapper):
             raise ValueError(f"unknown MuJoCo task {task!r}: choose one of {sorted(TASKS)}")
         env = TASKS[task](render_mode=render_mode, width=width, height=height, **(v5_kwargs or {}))
         super().__init__(env)
+        # a human labeller sees a query as two clips (prefenv.presenters.PRESENTER_METADATA)
+        self.metadata = {**env.metadata, "prefenv_presenter": "envs.mujoco.clips:ClipPresenter"}
         self.task = task
         self.reward_terms: tuple[str, ...] = TASK_TERMS[task]
         self.objective_weights: dict[str, float] | None = _validate_weights(task, objective_weights)

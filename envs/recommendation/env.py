@@ -71,9 +71,14 @@ class RecommendationEnv(gym.Env):
             uniform on ``[-1, 1]^K``.
     """
 
-    metadata = {"render_modes": [], "prefenv_reward_next_obs": True}
+    metadata = {
+        "render_modes": [],
+        "prefenv_reward_next_obs": True,
+        "prefenv_presenter": "envs.recommendation.sessions:SessionPresenter",
+    }
     """``prefenv_reward_next_obs``: a learned reward must see ``next_obs`` (the user's click and
-    watch time show only there), so training runs build ``r(obs, act, next_obs)`` models."""
+    watch time show only there), so training runs build ``r(obs, act, next_obs)`` models.
+    ``prefenv_presenter``: a human labeller sees a query as two session tables."""
 
     def __init__(
         self,

@@ -145,7 +145,12 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         render_mode: None or ``"ansi"`` (``render()`` returns prompt + completion so far).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {
+        "render_modes": ["ansi"],
+        "render_fps": 4,
+        "prefenv_presenter": "envs.text.presenter:TextPresenter",
+    }
+    """``prefenv_presenter``: a human labeller sees a query as its prompt and two completions."""
 
     def __init__(
         self,
