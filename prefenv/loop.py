@@ -27,7 +27,7 @@ import numpy as np
 from prefenv.agent import Agent, RelabellingAgent, RewardFn
 from prefenv.intrinsic import StateEntropyReward
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
-from prefenv.records import Segment, Trajectory
+from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
 from prefenv.sampling import QUERY_METHODS, sample_segment_pairs, select_queries
 from prefenv.store import ComparisonStore
@@ -160,6 +160,9 @@ class RoundMetrics:
         hacking_alarm: within this round, learned return rose while true return fell.
         seconds: wall-clock of this round.
         relabelled: replay-buffer transitions rescored with the refit model (off-policy agents).
+        refits: reward-model refits this round (a human-fed round refits as labels arrive).
+        human_labels: labels from people among ``labels_this_round`` (the rest are simulated).
+        expired: queries posted for people this round that closed unanswered at its deadline.
     """
 
     round: int
@@ -175,6 +178,9 @@ class RoundMetrics:
     hacking_alarm: bool
     seconds: float
     relabelled: int = 0
+    refits: int = 1
+    human_labels: int = 0
+    expired: int = 0
 
 
 def _correlation(stats: Sequence[EpisodeStats]) -> float:
@@ -265,11 +271,7 @@ class PreferenceLoop:
     def step(self) -> RoundMetrics:
         """One round: (round 0: run the initial policy) -> query -> store -> refit -> train."""
         start = time.perf_counter()
-        if self.round == 0:
-            self.agent.learn(self._round_steps[0])
-            if self.intrinsic_env is not None:  # whole rollouts: none straddles the switch
-                self.intrinsic_env.enabled = False
-            self.env.pop_episode_stats()
+        self._initial_phase()
         # rows stored after the last finished round belong to this round (a killed run resumed):
         # keep them and ask only for the rest of the round's budget
         budget = self._queries[self.round]
@@ -282,6 +284,22 @@ class PreferenceLoop:
         comparisons = pending + (self._ask(n_new) if n_new > 0 else [])
         self.store.append(comparisons[len(pending) :])
         self.labels_used += len(comparisons)
+        reward_metrics, relabelled = self._refit()
+        self.agent.learn(self._round_steps[self.round + 1])
+        return self._finish_round(start, comparisons, reward_metrics, relabelled)
+
+    def _initial_phase(self) -> None:
+        """Round 0 only: train the initial policy, then switch PEBBLE's intrinsic reward off."""
+        if self.round != 0:
+            return
+        self.agent.learn(self._round_steps[0])
+        if self.intrinsic_env is not None:  # whole rollouts: none straddles the switch
+            self.intrinsic_env.enabled = False
+        self.env.pop_episode_stats()
+
+    def _refit(self) -> tuple[RewardTrainMetrics, int]:
+        """Refit the reward model on every stored label, hand the wrapper the new snapshot and
+        let a relabelling agent rescore its buffer; ``(metrics, transitions relabelled)``."""
         labelled = self.store.load(labelled_only=True)
         reward_metrics = train_reward_model(
             self.reward_model, labelled, self.config.reward_train,
@@ -292,7 +310,17 @@ class PreferenceLoop:
         relabelled = 0
         if isinstance(self.agent, RelabellingAgent) and self.reward_fn is not None:
             relabelled = self.agent.relabel_rewards(self.reward_fn)
-        self.agent.learn(self._round_steps[self.round + 1])
+        return reward_metrics, relabelled
+
+    def _finish_round(
+        self,
+        start: float,
+        comparisons: Sequence[Comparison],
+        reward_metrics: RewardTrainMetrics,
+        relabelled: int,
+        **extra: Any,
+    ) -> RoundMetrics:
+        """The round's metrics from the episodes it finished; advances to the next round."""
         # on-policy agents round a learn call up to whole rollouts: count what they did
         self.timesteps = int(self.agent.num_timesteps)
         stats = self.env.pop_episode_stats()
@@ -312,6 +340,7 @@ class PreferenceLoop:
             hacking_alarm=hacking_alarm(stats),
             seconds=time.perf_counter() - start,
             relabelled=relabelled,
+            **extra,
         )
         self.history.append(metrics)
         self.round += 1
@@ -356,7 +385,11 @@ class PreferenceLoop:
             cut_at_termination=self.config.cut_at_termination,
         )
 
-    def _ask(self, n_queries: int) -> list:
+    def _ask(self, n_queries: int) -> list[Comparison]:
+        return self.teacher.label(self._select_pairs(n_queries))
+
+    def _select_pairs(self, n_queries: int) -> list[tuple[Segment, Segment]]:
+        """This round's query pairs from the query pool (adapting the teacher's thresholds)."""
         trajectories = self.query_pool()
         if not trajectories:
             raise RuntimeError(
@@ -370,7 +403,7 @@ class PreferenceLoop:
             self.config.segment_length,
         )
         method = self.config.query_method if self.round > 0 else "uniform"
-        pairs = select_queries(
+        return select_queries(
             trajectories,
             n_queries,
             method=method,
@@ -381,7 +414,6 @@ class PreferenceLoop:
             cut_at_termination=self.config.cut_at_termination,
             window=self.config.query_window,
         )
-        return self.teacher.label(pairs)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and RNG state, JSON-able, for resuming a killed run (see :meth:`query_pool`)."""
@@ -389,6 +421,7 @@ class PreferenceLoop:
             "round": self.round,
             "timesteps": self.timesteps,
             "labels_used": self.labels_used,
+            "stored": len(self.store),
             "rng": self._rng.bit_generator.state,
         }
 

@@ -105,7 +105,13 @@ class RewardTrainConfig:
     weight_decay: float = 0.0
     """Decoupled weight decay (AdamW); 0 is plain Adam."""
     val_fraction: float = 0.1
-    """Share of the comparisons held out for early stopping when no validation set is given."""
+    """Share of the comparisons held out for early stopping when no validation set is given;
+    a share under ``min_val`` comparisons holds out none (training loss is monitored)."""
+    min_val: int = 10
+    """Fewest held-out comparisons worth stopping on: early stopping on 2 pairs halts at the first
+    epoch whose two answers happen to be wrong and restores a barely trained model (measured: 20
+    labels of a point-reaching task gave a model ordering 17% of later pairs rightly, against 66%
+    when all 20 trained)."""
     patience: int = 10
     """Epochs without a validation-loss improvement before stopping (best weights are restored)."""
     bootstrap: bool = True
@@ -143,6 +149,8 @@ class RewardTrainConfig:
                 )
         if not self.lr > 0:
             raise ValueError(f"RewardTrainConfig: lr must be > 0, got {self.lr}")
+        if self.min_val < 0:
+            raise ValueError(f"RewardTrainConfig: min_val must be >= 0, got {self.min_val}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(
                 f"RewardTrainConfig: val_fraction must be in [0, 1), got {self.val_fraction}"
@@ -417,7 +425,8 @@ def split_comparisons(
     val_comparisons: Sequence[Comparison] | None = None,
 ) -> tuple[list[Comparison], list[Comparison]]:
     """``(train, validation)`` labelled comparisons: ``val_comparisons`` when given, else a random
-    ``config.val_fraction`` share held out. Skipped comparisons are dropped.
+    ``config.val_fraction`` share held out (none when that is under ``config.min_val``).
+    Skipped comparisons are dropped.
 
     Raises:
         ValueError: none of ``comparisons`` is labelled.
@@ -431,7 +440,7 @@ def split_comparisons(
     if val_comparisons is not None:
         return labelled, _labelled(val_comparisons)
     n_val = int(len(labelled) * config.val_fraction)
-    if n_val == 0 or n_val == len(labelled):
+    if n_val < max(config.min_val, 1) or n_val == len(labelled):
         return labelled, []
     order = rng.permutation(len(labelled))
     return [labelled[i] for i in order[n_val:]], [labelled[i] for i in order[:n_val]]

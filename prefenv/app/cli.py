@@ -35,7 +35,8 @@ from prefenv.app.budget import BudgetWarning, plan_budget
 from prefenv.app.fields import add_field_options, field_docs, from_options
 from prefenv.app.presets import parse_hparams, read_hparams_file
 from prefenv.app.runs import LOG_DIR, TrainingRun
-from prefenv.app.spec import TrainSpec
+from prefenv.app.spec import HUMAN, TrainSpec
+from prefenv.human import NoLabelsError
 
 __all__ = ["QUICKSTART", "main", "train_spec"]
 
@@ -130,11 +131,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"  if killed   prefenv resume --out {args.out}",
         flush=True,
     )
+    if spec.teacher == HUMAN:
+        print(
+            f"  label it    prefenv label --run {args.out}   (in another terminal: people answer "
+            f"while the agent trains; each round waits at most {spec.human_timeout:g} s, then "
+            f"{spec.on_timeout}s)",
+            flush=True,
+        )
     return _finish(run, args.out)
 
 
 def _finish(run: TrainingRun, out: Path) -> int:
     summary = run.run(progress=True)
+    if run.paused:
+        print(
+            f"\npaused after round {run.loop.round}/{run.spec.rounds}: its queries are still "
+            f"waiting for people (--on-timeout pause). Label them (prefenv label --run {out}), "
+            f"then: prefenv resume --out {out}"
+        )
+        return 0
     final = summary["final_true_return"]
     print(f"\nfinal true return: {'no episode finished' if final is None else f'{final:,.1f}'}")
     if summary.get("warning"):
@@ -142,6 +157,9 @@ def _finish(run: TrainingRun, out: Path) -> int:
     print(f"learning curve:    {out / 'learning_curve.png'}")
     print(f"summary:           {out / 'summary.md'} (and summary.json)")
     print(f"comparisons:       {out / 'comparisons.sqlite'} ({summary['labels_used']} queries)")
+    if run.spec.teacher == HUMAN:
+        print(f"labels trained on: {summary['labels_human']} from people, "
+              f"{summary['labels_simulated']} simulated")  # fmt: skip
     return 0
 
 
@@ -201,22 +219,25 @@ def _parser() -> argparse.ArgumentParser:
         help="module to import first, whose import registers the id (repeatable)",
     )  # fmt: skip
     check.add_argument("--seed", type=int, default=0, help="env seed (default: %(default)s)")
+    from prefenv.app.label_cli import add_label_parser
     from prefenv.app.text_cli import add_text_parser
 
     add_text_parser(sub)
+    add_label_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = _parser().parse_args(argv)
+    from prefenv.app.label_cli import cmd_label
     from prefenv.app.text_cli import cmd_text
 
     commands = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
-                "check": _cmd_check, "text": cmd_text}  # fmt: skip
+                "check": _cmd_check, "text": cmd_text, "label": cmd_label}  # fmt: skip
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError, gym.error.Error) as exc:
+    except (ValueError, FileNotFoundError, TypeError, gym.error.Error, NoLabelsError) as exc:
         print(f"prefenv {args.command}: {exc}", file=sys.stderr)
         return 2
 

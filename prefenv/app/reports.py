@@ -1,4 +1,7 @@
 """What a run folder shows a reader: ``rounds.csv``, the learning curve, the summary, evaluation,
+
+Over 400 lines: every report of a run (CSV, TensorBoard events, summary, plot) reads the same round
+metrics, and splitting them would split one format's rules across files.
 and the round metrics as TensorBoard scalars beside the agent's.
 
 Every file writer here replaces its file atomically, so a run killed mid-round leaves the previous
@@ -303,6 +306,9 @@ def write_summary(
         "hparams": spec.hparams,
         "timesteps": last.timesteps,
         "labels_used": last.labels_used,
+        # labels trained on, by source: people (--teacher human) and simulated teachers
+        "labels_human": sum(m.human_labels for m in history),
+        "labels_simulated": sum(m.labels_this_round - m.human_labels for m in history),
         "episodes_finished": sum(m.episodes for m in history),
         "final_true_return": finished[-1].true_return if finished else None,
         "final_learned_return": finished[-1].learned_return if finished else None,

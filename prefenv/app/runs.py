@@ -1,5 +1,8 @@
 """Training runs on disk: build the env/agent/teacher stack, run the loop, checkpoint, resume.
 
+Over 400 lines: a run folder's whole life (build, run, checkpoint, resume, evaluate, and the human-
+feedback wiring) is one object whose pieces share its state.
+
 A run folder holds everything needed to inspect or continue a run::
 
     runs/NAME/
@@ -47,12 +50,14 @@ from prefenv.app.reports import (
     write_rounds_csv,
     write_summary,
 )
-from prefenv.app.spec import RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_json_atomic
+from prefenv.app.spec import HUMAN, RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_json_atomic
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError
 from prefenv.exploration import RuneSchedule
+from prefenv.human import HumanFeedback, HumanPreferenceLoop
 from prefenv.intrinsic import StateEntropyEstimator, StateEntropyReward
 from prefenv.loop import PreferenceLoop, RoundMetrics
+from prefenv.queue import QueryQueue
 from prefenv.recording import TrajectoryRecorder
 from prefenv.records import Trajectory
 from prefenv.reward_models import RewardEnsemble, load_reward_model
@@ -153,9 +158,11 @@ class TrainingRun:
                 spec, self.progress, seed=seeds.agent, env_seed=seeds.env, log_dir=log_dir
             )
         self.teacher_rng = np.random.default_rng(seeds.teacher)
-        self.teacher = make_teacher(spec.teacher, self.teacher_rng)
+        human = spec.teacher == HUMAN  # then the simulated teacher only fills in (simulate)
+        self.teacher = make_teacher(spec.fallback_teacher if human else spec.teacher,
+                                    self.teacher_rng)  # fmt: skip
         self.store = _open_store(self.out, resume)
-        self.loop = PreferenceLoop(
+        parts = dict(
             env=self.recorder,
             agent=self.agent,
             teacher=self.teacher,
@@ -165,6 +172,12 @@ class TrainingRun:
             reward_fn=self.reward_env.learned_rewards,
             reward_env=self.reward_env,
             intrinsic_env=self.intrinsic,
+        )
+        self.feedback = _human_feedback(spec, self.out) if human else None
+        self.loop = (
+            HumanPreferenceLoop(**parts, feedback=self.feedback)
+            if self.feedback is not None
+            else PreferenceLoop(**parts)
         )
         self.started = time.time()
         self.elapsed_before = 0.0
@@ -219,12 +232,25 @@ class TrainingRun:
                 self.checkpoint()
                 bar.set_postfix_str(_round_postfix(metrics, self.spec.rounds))
             self.progress.bar = None
+        if self.feedback is not None:
+            self.feedback.close()
+            self.feedback.queue.close()
+        if self.paused:
+            summary = self.write_summary()
+            self.store.close()
+            return summary
         if self.spec.eval_episodes and not (self.out / FINAL_EVAL_FILE).exists():
             evaluation = evaluate_run(self.out, self.spec.eval_episodes, spec=self.spec)
             write_json_atomic(self.out / FINAL_EVAL_FILE, evaluation)
         summary = self.write_summary()
         self.store.close()
         return summary
+
+    @property
+    def paused(self) -> bool:
+        """A --teacher human run stopped after a round people left unanswered (--on-timeout
+        pause); ``prefenv resume`` continues it."""
+        return isinstance(self.loop, HumanPreferenceLoop) and self.loop.paused
 
     @property
     def elapsed(self) -> float:
@@ -349,6 +375,33 @@ def evaluate_run(
             **modes}  # fmt: skip
 
 
+LABELLING_FILE = "labelling.json"
+"""What ``prefenv label`` needs of a --teacher human run: its name, env, page text, gold rate."""
+CLIPS_DIR = "clips"
+"""The run folder's media files (the labelling page's clips), written as queries are posted."""
+
+
+def _human_feedback(spec: TrainSpec, out: Path) -> HumanFeedback:
+    """The queue side of a --teacher human run, and its ``labelling.json`` for the server."""
+    from prefenv.app.media import presenter_for
+
+    clips = out / CLIPS_DIR
+    clips.mkdir(parents=True, exist_ok=True)
+    config = spec.human_config()
+    saved = out / LABELLING_FILE  # a resumed run keeps its name, even in a renamed folder
+    name = json.loads(saved.read_text())["run"] if saved.is_file() else out.name
+    write_json_atomic(saved, {
+        "run": name, "env": spec.env, "instructions": spec.instructions,
+        "gold_rate": config.gold_rate, "overlap": config.overlap, "lease_seconds": 600,
+        "round_timeout": config.round_timeout, "on_timeout": config.on_timeout,
+    })  # fmt: skip
+    return HumanFeedback(
+        QueryQueue(out / "comparisons.sqlite"), config, run=name,
+        presenter_factory=lambda: presenter_for(spec.env, spec.env_kwargs),
+        folder_stem=lambda query_id: (clips, f"q{query_id:06d}"),
+    )  # fmt: skip
+
+
 def _open_store(out: Path, resume: bool) -> ComparisonStore:
     """The run's comparison store: created for a new run; for a resume, the one it used, whole.
 
@@ -361,7 +414,8 @@ def _open_store(out: Path, resume: bool) -> ComparisonStore:
     if not resume:
         return ComparisonStore(path)
     state = json.loads((out / "loop_state.json").read_text())
-    used = int(state["loop"]["labels_used"])
+    # comparisons in the store at the checkpoint; runs before issue 13 stored one per label used
+    used = int(state["loop"].get("stored", state["loop"]["labels_used"]))
     try:
         return ComparisonStore.open_existing(path, min_rows=used, identity=state.get("store_id"))
     except StoreError as exc:

@@ -21,6 +21,7 @@ from prefenv.app import agents as _builtin_agents  # noqa: F401  (registers ppo-
 from prefenv.app.presets import preset_for
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError, CheckpointNotFoundError
+from prefenv.human import ON_TIMEOUT, HumanFeedbackConfig
 from prefenv.label_noise import RobustLabels
 from prefenv.loop import PreferenceLoopConfig, whole_units
 from prefenv.reward_training import RewardTrainConfig
@@ -89,7 +90,8 @@ class TrainSpec:
     eval import them again. Installed packages can declare 'prefenv.tasks' / 'prefenv.agents'
     entry points instead."""
     teacher: str = "oracle"
-    """Synthetic teacher preset or '+'-composition: oracle, noisy, mistake, skip, myopic, equal."""
+    """Synthetic teacher preset or '+'-composition: oracle, noisy, mistake, skip, myopic, equal;
+    or human: people label through `prefenv label --run OUT` while the agent trains."""
     queries: int = 250
     """Total query budget (skipped queries count)."""
     steps: int = 100_000
@@ -151,6 +153,26 @@ class TrainSpec:
     policy."""
     ref_temperature: float = 1.0
     """Softmax temperature of the --reference recommender (lower = sharper)."""
+    fallback_teacher: str = "oracle"
+    """With --teacher human: the simulated teacher that answers what people left unanswered
+    under --on-timeout simulate (the mixed mode)."""
+    refit_every: int = 10
+    """With --teacher human: refit the reward model as soon as this many new labels are in."""
+    human_timeout: float = 600.0
+    """With --teacher human: seconds a round waits for people, counted from posting its
+    queries; the run never waits longer."""
+    on_timeout: str = "continue"
+    """With --teacher human, at a round's deadline: continue (close what is unanswered, go on
+    with what is there), simulate (--fallback-teacher answers it), or pause (stop after the
+    round; prefenv resume goes on)."""
+    overlap: int = 1
+    """With --teacher human: annotators asked per query (2 or more measures agreement)."""
+    gold_rate: float = 0.1
+    """With --teacher human: share of the queries an annotator sees that are gold questions
+    (answer known from the true reward), giving each annotator an accuracy; 0: none."""
+    instructions: str = ""
+    """With --teacher human: the instruction text on the labelling page (empty: the task
+    family's own)."""
     eval_episodes: int = 5
     """Episodes of the final agent, deterministic and sampled, run when training ends; their
     returns and lengths go into the summary (0 skips; prefenv eval runs more)."""
@@ -167,7 +189,9 @@ class TrainSpec:
         _check_values(self)
         prefenv.import_modules(self.imports)
         prefenv.resolve_env_id(self.env, prefenv.register_task_envs)
-        make_teacher(self.teacher, np.random.default_rng(0))  # an unknown preset names the presets
+        if self.teacher != HUMAN:  # an unknown preset names the presets
+            make_teacher(self.teacher, np.random.default_rng(0))
+        make_teacher(self.fallback_teacher, np.random.default_rng(0))
         agent_factory(self.agent).check(self)
 
     def with_preset(self) -> TrainSpec:
@@ -207,6 +231,13 @@ class TrainSpec:
         factory = agent_factory(self.agent)
         return factory.steps_per_learn(self) if isinstance(factory, RolloutSized) else 1
 
+    def human_config(self) -> HumanFeedbackConfig:
+        """The waiting rules of a --teacher human run."""
+        return HumanFeedbackConfig(
+            refit_every=self.refit_every, round_timeout=self.human_timeout,
+            on_timeout=self.on_timeout, overlap=self.overlap, gold_rate=self.gold_rate,
+        )  # fmt: skip
+
     def seeds(self) -> RunSeeds:
         """The run's independent seeds (see :class:`RunSeeds`)."""
         return RunSeeds.from_seed(self.seed)
@@ -236,6 +267,10 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
                  "reward_width", "reward_depth")  # fmt: skip
 
 
+HUMAN = "human"
+"""The --teacher value that makes people the teacher (:class:`prefenv.human.HumanPreferenceLoop`)."""
+
+
 def flag(name: str) -> str:
     """The command-line flag of :class:`TrainSpec` field ``name`` (``n_envs`` -> ``--n-envs``)."""
     return "--import" if name == "imports" else f"--{name.replace('_', '-')}"
@@ -254,6 +289,13 @@ def _check_values(spec: TrainSpec) -> None:
     if spec.query_window < 0:
         raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
                          f"{spec.query_window}")  # fmt: skip
+    if spec.on_timeout not in ON_TIMEOUT:
+        raise ValueError(f"unknown --on-timeout {spec.on_timeout!r}: choose one of "
+                         f"{', '.join(ON_TIMEOUT)}")  # fmt: skip
+    if not (spec.refit_every >= 1 and spec.overlap >= 1 and spec.human_timeout >= 0):
+        raise ValueError("--refit-every and --overlap must be at least 1 and --human-timeout >= 0")
+    if not 0.0 <= spec.gold_rate < 1.0:
+        raise ValueError(f"--gold-rate must be in [0, 1), got {spec.gold_rate}")
     if spec.eval_episodes < 0:
         raise ValueError(f"--eval-episodes must be 0 (skip) or more, got {spec.eval_episodes}")
     if spec.queries < 2:

@@ -19,6 +19,7 @@ from prefenv.reward_training import (
     RewardTrainMetrics,
     bradley_terry_loss,
     evaluate_reward_model,
+    split_comparisons,
     train_reward_model,
 )
 from prefenv.sampling import sample_segment_pairs
@@ -367,3 +368,23 @@ def test_windows_cut_at_the_fall_teach_what_staying_alive_is_worth() -> None:
     full = model.segment_returns([t.segment(0, 30) for t in held_out if len(t) >= 30])
     tail = model.segment_returns([t.segment(len(t) - 5, 5) for t in held_out if len(t) >= 30])
     assert torch.sigmoid(full - tail).min().item() > 0.95
+
+
+def test_a_hold_out_under_min_val_pairs_is_not_taken():
+    """Early stopping on two held-out pairs halts on their luck: below ``min_val`` none are held."""
+    rng = np.random.default_rng(0)
+
+    def comparisons(n: int) -> list[Comparison]:
+        def segment() -> Segment:
+            return Segment(rng.normal(size=(4, 2)).astype(np.float32),
+                           rng.normal(size=(3, 1)).astype(np.float32), np.zeros(3, np.float32))  # fmt: skip
+
+        return [Comparison(segment(), segment(), 1.0) for _ in range(n)]
+
+    config = RewardTrainConfig()  # val_fraction 0.1, min_val 10
+    train, val = split_comparisons(comparisons(99), config, np.random.default_rng(0))
+    assert (len(train), len(val)) == (99, 0)
+    train, val = split_comparisons(comparisons(100), config, np.random.default_rng(0))
+    assert (len(train), len(val)) == (90, 10)
+    with pytest.raises(ValueError, match="min_val"):
+        RewardTrainConfig(min_val=-1)
