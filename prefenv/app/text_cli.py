@@ -3,6 +3,8 @@
     prefenv text pipeline --out runs/sentiment                 # base -> sft -> rm -> ppo -> dpo -> eval
     prefenv text sft --out runs/sentiment                      # one stage (earlier ones must be done)
     prefenv text rm --out runs/sentiment --teacher verbose     # ...with another annotator
+    prefenv text rm --out runs/sentiment --teacher human       # ...with people, who label in
+    prefenv label --run runs/sentiment --annotator alice       #    the browser meanwhile
     prefenv text pipeline --out runs/sentiment --overwrite     # start the folder again
     prefenv text pipeline --out runs/mine --base-model path/to/local/hf_model
 
@@ -15,7 +17,9 @@ killed pipeline is the same command again. One stage may run with settings that 
 later stages read (``rm --teacher verbose``): the later stages' outputs move to ``stale/`` and
 ``pipeline`` redoes them. Other changes are refused with the flags named; ``--overwrite`` starts
 the folder again. A failed first start leaves nothing in ``--out``
-(:func:`prefenv.app.text_runs.run_stage`).
+(:func:`prefenv.app.text_runs.run_stage`). With ``--teacher human`` the rm stage waits for people
+(``--human-timeout``, ``--on-timeout``, ``--overlap``, ``--fallback-teacher``:
+:mod:`prefenv.app.text_human`); after a pause the command exits 0 and says what to run next.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 from agents.ppo_kl.config import KLEstimator, PPOKLConfig
 from prefenv.app.fields import add_field_options, field_docs, from_options
+from prefenv.app.spec import HUMAN
 from prefenv.app.text_config import PPO_OPTIONS, TEXT_PPO, TextPipelineConfig, setting_flag
 from prefenv.app.text_runs import STAGES, run_pipeline, run_stage
 
@@ -90,11 +95,20 @@ def _config(args: argparse.Namespace) -> TextPipelineConfig:
 def cmd_text(args: argparse.Namespace) -> int:
     """Run the chosen stage (or the pipeline) and say where its outputs are."""
     config = _config(args)
+    if config.teacher == HUMAN and args.stage in ("pipeline", "rm"):
+        print(
+            f"label it: prefenv label --run {args.out} --annotator NAME   (in another terminal; "
+            f"the rm stage waits at most {config.human_timeout:g} s for people, then "
+            f"{config.on_timeout}s)",
+            flush=True,
+        )
     if args.stage == "pipeline":
         summary = run_pipeline(config, args.out, overwrite=args.overwrite)
     else:
         summary = run_stage(args.stage, config, args.out, overwrite=args.overwrite)
-    if args.stage in ("pipeline", "eval"):
+    if summary.get("paused"):
+        print(summary["message"])
+    elif args.stage in ("pipeline", "eval"):
         for name, result in summary.get("eval", {}).items():
             print(
                 f"{name:>4}: true score {result['true_score']:.3f}  KL to SFT "

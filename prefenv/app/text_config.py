@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from agents.ppo_kl.config import PPOKLConfig
-from prefenv.app.spec import write_json_atomic
+from prefenv.app.runs import CLIPS_DIR, LABELLING_FILE
+from prefenv.app.spec import HUMAN, write_json_atomic
 from prefenv.errors import CheckpointError
+from prefenv.human import ON_TIMEOUT
 
 __all__ = [
     "PPO_OPTIONS", "READ_FIRST_BY", "STAGES", "STAGE_OUTPUTS", "TEXT_PPO", "TextPipelineConfig",
@@ -51,8 +53,9 @@ The reward is the whitened reward-model score (unit std), so beta has the meanin
 ppo stage (``max_new_tokens``, ``n_envs * max_new_tokens // 4``, ``seed``)."""
 
 STREAMS = ("train_prompts", "eval_prompts", "demonstrations", "rm_samples", "rm_oracle",
-           "rm_heldout", "eval_sampling")  # fmt: skip
-"""The pipeline's random streams, each seeded by :meth:`TextPipelineConfig.stream_seed`."""
+           "rm_heldout", "eval_sampling", "rm_fallback")  # fmt: skip
+"""The pipeline's random streams, each seeded by :meth:`TextPipelineConfig.stream_seed` (a new
+stream goes at the end: a stream's seed is its index)."""
 
 PPO_OPTIONS = ("learning_rate", "kl_coef", "adaptive_kl", "kl_target", "kl_estimator", "kl_horizon")
 """The :class:`PPOKLConfig` fields ``prefenv text`` sets from the command line."""
@@ -77,14 +80,28 @@ class TextPipelineConfig:
     sft_steps: int = 150
     """SFT optimiser steps (batch 16)."""
     teacher: str = "oracle"
-    """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix.
-    The store keeps every teacher's labels; the rm and dpo stages use this teacher's only."""
+    """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix;
+    or human: people label the rm stage's pairs through `prefenv label --run OUT`. The store
+    keeps every teacher's labels; the rm and dpo stages use this teacher's only."""
     queries: int = 1000
     """Comparisons of the teacher (two SFT samples of one prompt each) the rm and dpo stages
     train on; only those not yet in the store are asked."""
     comparisons_file: str | None = None
     """A prompt/chosen/rejected JSONL file (human labels, a Hugging Face preference dataset, a
     prefenv export) to train the reward model and DPO on instead of asking the teacher."""
+    fallback_teacher: str = "oracle"
+    """With --teacher human: the text teacher preset that answers the queries people left
+    unanswered at the deadline under --on-timeout simulate (the mixed mode)."""
+    human_timeout: float = 600.0
+    """With --teacher human: seconds the rm stage waits for people to answer its queries, each
+    time it runs; it never waits longer."""
+    on_timeout: str = "continue"
+    """With --teacher human, at the deadline: continue (close the unanswered queries, train on
+    what people gave; refused if nobody answered), simulate (--fallback-teacher answers the
+    rest), or pause (stop without training; label them, then run the rm stage again)."""
+    overlap: int = 1
+    """With --teacher human: annotators asked per query (2 or more measures agreement); each
+    label is one comparison."""
     rm_ensemble: int = 1
     """Reward-model ensemble members (> 1: mean and disagreement)."""
     rm_epochs: int = 8
@@ -121,7 +138,8 @@ class TextPipelineConfig:
                 f"unknown text task {self.task!r} (--task): choose one of {sorted(TASKS)}"
             )
         for name in ("sft_demos", "sft_steps", "queries", "rm_ensemble", "rm_epochs", "n_envs",
-                     "dpo_epochs", "eval_prompts", "max_new_tokens", "torch_threads"):  # fmt: skip
+                     "dpo_epochs", "eval_prompts", "max_new_tokens", "torch_threads",
+                     "overlap"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{setting_flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("dpo_beta", "dpo_learning_rate", "reward_clip"):
@@ -136,10 +154,23 @@ class TextPipelineConfig:
                 f"TextPipelineConfig.ppo must be a PPOKLConfig, got {type(self.ppo).__name__}: "
                 "write ppo=dataclasses.replace(TEXT_PPO, kl_coef=0.1)"
             )
-        try:
-            merge_presets(self.teacher, TEXT_PRESETS, kind="text teacher")
-        except ValueError as error:
-            raise ValueError(f"--teacher {self.teacher!r}: {error}") from None
+        self._check_human_settings()
+        presets = {"teacher": self.teacher} if self.teacher != HUMAN else {}
+        for name, preset in {**presets, "fallback_teacher": self.fallback_teacher}.items():
+            try:
+                merge_presets(preset, TEXT_PRESETS, kind="text teacher")
+            except ValueError as error:
+                raise ValueError(f"{setting_flag(name)} {preset!r}: {error}") from None
+
+    def _check_human_settings(self) -> None:
+        """``--on-timeout`` and ``--human-timeout`` (they are read with ``--teacher human``)."""
+        if self.on_timeout not in ON_TIMEOUT:
+            raise ValueError(
+                f"unknown --on-timeout {self.on_timeout!r}: choose one of {', '.join(ON_TIMEOUT)}"
+            )
+        if not (math.isfinite(self.human_timeout) and self.human_timeout >= 0):
+            raise ValueError(f"--human-timeout must be a number of seconds >= 0, got "
+                             f"{self.human_timeout}")  # fmt: skip
 
     def stream_seed(self, stream: str, *index: int) -> int:
         """An int seed for one random stream of the pipeline (and an index within it).
@@ -193,6 +224,7 @@ READ_FIRST_BY: dict[str, str] = {
     "base_model": "base", "base_train_steps": "base",
     "sft_demos": "sft", "sft_steps": "sft",
     "teacher": "rm", "queries": "rm", "comparisons_file": "rm", "rm_ensemble": "rm",
+    "fallback_teacher": "rm", "human_timeout": "rm", "on_timeout": "rm", "overlap": "rm",
     "rm_epochs": "rm", "max_new_tokens": "rm", "eval_prompts": "rm",
     "ppo_steps": "ppo", "n_envs": "ppo", "ppo": "ppo", "reward_clip": "ppo",
     "dpo_beta": "dpo", "dpo_epochs": "dpo", "dpo_learning_rate": "dpo",
@@ -284,8 +316,9 @@ STAGE_OUTPUTS = {
 """What each stage writes under the run folder (``ppo/`` holds its checkpoint and event files)."""
 
 _RUN_FILES = ("text_config.json", "comparisons.sqlite", "comparisons.sqlite-wal",
-              "comparisons.sqlite-shm", "stale")  # fmt: skip
-"""The run folder's own files: settings, the comparison store, the outputs marked stale."""
+              "comparisons.sqlite-shm", LABELLING_FILE, CLIPS_DIR, "stale")  # fmt: skip
+"""The run folder's own files: settings, the comparison store (with --teacher human's queries),
+what ``prefenv label`` reads of them, the outputs marked stale."""
 
 
 def _remove(path: Path) -> None:

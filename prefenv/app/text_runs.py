@@ -9,8 +9,9 @@ stage      does                                                             writ
 base       the starting LM: ``--base-model DIR`` or the default tiny GPT-2   ``base/``
 sft        supervised fine-tuning on (prompt, completion) demonstrations     ``sft/``
 rm         SFT samples two completions per prompt -> teacher labels ->       ``comparisons.sqlite``,
-           comparison store -> text reward model (Bradley-Terry)            ``comparisons.jsonl``,
-                                                                            ``reward_model/``
+           comparison store -> text reward model (Bradley-Terry); with      ``comparisons.jsonl``,
+           ``--teacher human`` people label them (:mod:`.text_human`)       ``reward_model/``
+                                                                            (+ ``labelling.json``)
 ppo        PPO-KL, the reward model's score through the learned-reward       ``ppo/`` (+ monitor)
            wrapper, per-token KL leash to the SFT model (adaptive beta)
 dpo        DPO on the same comparisons, reference = SFT                      ``dpo/``
@@ -34,7 +35,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ import torch
 
 from agents.text.sampling import sample_completions
 from prefenv.app.folders import undo_failed_start
-from prefenv.app.spec import write_json_atomic
+from prefenv.app.spec import HUMAN, write_json_atomic
 from prefenv.app.text_config import (
     STAGES,
     TextPipelineConfig,
@@ -53,8 +54,10 @@ from prefenv.app.text_config import (
     clear_run,
 )
 from prefenv.app.text_eval import eval_markdown, evaluate_text_model, plot_eval
+from prefenv.app.text_human import HumanLabelling, collect_human_labels, rm_stage_teacher
 from prefenv.errors import CheckpointNotFoundError
-from prefenv.records import Comparison
+from prefenv.queue import HUMAN_PREFIX
+from prefenv.records import Comparison, Segment
 from prefenv.store import ComparisonStore
 
 if TYPE_CHECKING:
@@ -183,17 +186,25 @@ def _teacher(config: TextPipelineConfig) -> TextTeacher:
     return make_text_teacher(config.teacher, _scorer(config), np.random.default_rng(config.seed))
 
 
-def _teacher_rows(store: ComparisonStore, name: str) -> list[Comparison]:
-    """One teacher's stored comparisons (skipped ones too) in append order: the rows whose
-    teacher is ``name`` or, for an annotator population, ``name/<annotator>``."""
-    names = [t for t in store.teachers() if t == name or t.startswith(f"{name}/")]
+def _stored_rows(store: ComparisonStore, teacher: Callable[[str], bool]) -> list[Comparison]:
+    """The stored comparisons (skipped ones too) whose teacher name passes ``teacher``, in
+    append order."""
+    names = [t for t in store.teachers() if teacher(t)]
     rows = [row for t in names for row in store.load_with_ids(labelled_only=False, teacher=t)]
     return [comparison for _, comparison in sorted(rows, key=lambda row: row[0])]
 
 
+def _teacher_rows(store: ComparisonStore, name: str) -> list[Comparison]:
+    """One synthetic teacher's stored comparisons: the rows whose teacher is ``name`` or, for an
+    annotator population, ``name/<annotator>``."""
+    return _stored_rows(store, lambda t: t == name or t.startswith(f"{name}/"))
+
+
 def _training_comparisons(config: TextPipelineConfig, out: Path) -> list[Comparison]:
     """What the rm and dpo stages train on: every comparison of ``--comparisons-file``, else the
-    first ``queries`` comparisons the current ``--teacher`` gave in the run's store.
+    first ``queries`` comparisons the current ``--teacher`` gave in the run's store; with
+    ``--teacher human``, every label people gave in the folder (``overlap`` per query) and the
+    fallback teacher's answers to the queries they left (:mod:`prefenv.app.text_human`).
 
     The store keeps every label ever given (one run may hold several teachers' labels), so
     switching ``--teacher`` back reuses the old teacher's labels instead of asking again.
@@ -203,28 +214,52 @@ def _training_comparisons(config: TextPipelineConfig, out: Path) -> list[Compari
 
         return import_jsonl(config.comparisons_file, default_teacher="imported")
     with ComparisonStore(out / "comparisons.sqlite") as store:
+        if config.teacher == HUMAN:
+            return _stored_rows(store, rm_stage_teacher)
         return _teacher_rows(store, _teacher(config).name)[: config.queries]
 
 
-def _label_missing(config: TextPipelineConfig, out: Path, model: Any, tokenizer: Any) -> None:
-    """Ask the current teacher for the queries it has not answered yet (resumable).
+def _sft_pairs(
+    config: TextPipelineConfig, model: Any, tokenizer: Any
+) -> Callable[[int, int], list[tuple[Segment, Segment]]]:
+    """``(n, start) -> n`` text-segment pairs scored by the task: the SFT pairs ``start ..
+    start + n - 1`` of stream ``rm_samples`` (indexed by how many a teacher was already asked,
+    so every teacher, people too, is first asked about the same pairs)."""
+    from envs.text.feedback import text_pairs
 
-    The pairs are sampled from stream ``rm_samples`` indexed by the teacher's stored count, so
-    every teacher is first asked about the same SFT pairs (and a fresh run samples as before).
-    """
-    teacher = _teacher(config)
+    def sample(n: int, start: int) -> list[tuple[Segment, Segment]]:
+        texts = _sample_pairs(model, tokenizer, _train_prompts(config), n, config.max_new_tokens,
+                              seed=config.stream_seed("rm_samples", start))  # fmt: skip
+        return text_pairs(*texts, _scorer(config))
+
+    return sample
+
+
+def _ask_labels(
+    config: TextPipelineConfig, out: Path, model: Any, tokenizer: Any
+) -> HumanLabelling | None:
+    """Get the labels the rm stage trains on: people's (the human labelling's state) or the
+    synthetic teacher's (None); nothing to ask with ``--comparisons-file``."""
+    if config.comparisons_file is not None:
+        return None
+    sample = _sft_pairs(config, model, tokenizer)
+    if config.teacher == HUMAN:
+        return collect_human_labels(config, out, tokenizer, sample)
+    teacher = _teacher(config)  # resumable: asks only what it has not answered yet
     with ComparisonStore(out / "comparisons.sqlite") as store:
         have = len(_teacher_rows(store, teacher.name))
         if have < config.queries:
-            texts = _sample_pairs(model, tokenizer, _train_prompts(config), config.queries - have,
-                                  config.max_new_tokens, seed=config.stream_seed("rm_samples", have))  # fmt: skip
-            store.append(teacher.label_texts(*texts))
+            store.append(teacher.label(sample(config.queries - have, have)))
+    return None
 
 
 def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """Teacher-labelled SFT samples -> comparison store + JSONL -> text reward model.
 
     Trains on :func:`_training_comparisons` and exports exactly those to ``comparisons.jsonl``.
+    With ``--teacher human`` it waits for people first (:mod:`prefenv.app.text_human`); after
+    an ``--on-timeout pause`` it returns ``{"paused": True, "message", ...}`` without training,
+    and the stage is not done.
     """
     from envs.text.feedback import make_text_teacher
     from envs.text.reward_config import text_reward_config
@@ -235,8 +270,10 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     from prefenv.reward_training import evaluate_reward_model, train_reward_model
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
-    if config.comparisons_file is None:
-        _label_missing(config, out, model, tokenizer)
+    human = _ask_labels(config, out, model, tokenizer)
+    if human is not None and human.paused:
+        return {"paused": True, "message": human.pause_message(out), "queries": human.posted,
+                "labels_human": human.human, "waiting": human.waiting}  # fmt: skip
     comparisons = _training_comparisons(config, out)
     export_jsonl(comparisons, out / "comparisons.jsonl")
     reward = (
@@ -262,10 +299,20 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         out / "reward_model",
         {"comparisons": len(comparisons), "labelled": sum(c.label is not None for c in comparisons),
          "teacher": None if config.comparisons_file else config.teacher,
+         **_label_sources(config, comparisons),
          "comparisons_file": config.comparisons_file, "train_accuracy": metrics.train_accuracy,
          "val_accuracy": metrics.val_accuracy, "true_order_accuracy": true_accuracy,
          "score_mean": whitening.mean, "score_std": whitening.std},
     )  # fmt: skip
+
+
+def _label_sources(config: TextPipelineConfig, comparisons: list[Comparison]) -> dict[str, Any]:
+    """``labels_human`` (teacher ``human:<annotator>``) and ``labels_simulated`` (a synthetic
+    teacher's) among the training comparisons; a ``--comparisons-file``'s other rows are
+    neither (``labels_simulated`` None: the file says who labelled them)."""
+    human = sum(c.teacher.startswith(HUMAN_PREFIX) for c in comparisons)
+    simulated = None if config.comparisons_file else len(comparisons) - human
+    return {"labels_human": human, "labels_simulated": simulated}
 
 
 def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, model: Any) -> Any:
@@ -447,6 +494,8 @@ def _run(
         for stage in todo:
             torch.manual_seed(config.seed)
             summary = _STAGE_FUNCTIONS[stage][0](config, out)
+            if summary.get("paused"):  # the rm stage waits for people: later stages need it
+                break
     return summary
 
 
