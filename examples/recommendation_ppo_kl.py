@@ -61,9 +61,11 @@ def main() -> None:
     save_spec(spec, args.out)
     run = TrainingRun(spec, args.out)
     summary = run.run(progress=False)
+    accuracy = summary["reward_model_val_accuracy"]  # None: under 100 labels, none held out
     print(
         f"trained PPO-KL on {summary['labels_used']} comparisons, {summary['timesteps']:,} steps; "
-        f"reward model held-out accuracy {summary['reward_model_val_accuracy']:.2f}"
+        "reward model held-out accuracy "
+        + ("n/a (too few labels to hold any out)" if accuracy is None else f"{accuracy:.2f}")
     )
 
     probe = RecommendationVectorEnv(1, slate_size=3)

@@ -180,10 +180,17 @@ class QueryQueue:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction under the lock: all of it is written, or none."""
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the lock: all of it is written, or none.
+
+        ``durable`` commits wait for the disk (``synchronous=FULL``): labels, posts, harvests.
+        A hand-out (``next_for``) need not: it survives a killed process either way (WAL), only
+        a power cut could lose it, and a lost lease costs nothing; the next durable commit
+        syncs it too. Skipping that fsync halves the disk waits of a label's round trip.
+        """
         with self._lock:
             conn = self._conn
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -412,7 +419,7 @@ class QueryQueue:
         if not 0.0 <= gold_rate < 1.0:
             raise ValueError(f"gold_rate must be in [0, 1), got {gold_rate}")
         now = self.clock()
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             held = conn.execute(
                 f"SELECT {_QUERY_COLUMNS.replace('id,', 'q.id,', 1)} FROM queries q JOIN "
                 "assignments a ON a.query_id = q.id WHERE a.annotator = ? AND q.closed IS NULL "

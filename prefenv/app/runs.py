@@ -292,9 +292,15 @@ def _round_postfix(metrics: RoundMetrics, rounds: int) -> str:
         if math.isnan(metrics.true_return)
         else f"true {metrics.true_return:,.0f} | learned {metrics.learned_return:,.1f}"
     )
+    fit = metrics.reward_model  # under RewardTrainConfig.min_val held-out pairs, none are held
+    accuracy = (
+        f"RM train acc {fit.train_accuracy:.2f}"
+        if math.isnan(fit.val_accuracy)
+        else f"RM acc {fit.val_accuracy:.2f}"
+    )
     return (
-        f"round {metrics.round + 1}/{rounds} done | {returns} | RM acc "
-        f"{metrics.reward_model.val_accuracy:.2f} | labels {metrics.labels_used}"
+        f"round {metrics.round + 1}/{rounds} done | {returns} | {accuracy} | "
+        f"labels {metrics.labels_used}"
     )
 
 

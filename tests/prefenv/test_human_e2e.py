@@ -21,6 +21,7 @@ from pathlib import Path
 import gymnasium as gym
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from prefenv.queue import QueryQueue
@@ -108,6 +109,7 @@ def _order_accuracy(model, pairs) -> float:
     return float(np.mean(np.sign(right - left)[keep] == np.sign(true)[keep]))
 
 
+@pytest.mark.slow  # 70 s; tests/prefenv/test_human_loop.py proves learning through the queue
 def test_a_person_labels_over_http_while_prefenv_train_runs(tmp_path, label_server):
     site, out = tmp_path / "site", tmp_path / "run"
     (site / "humanreach").mkdir(parents=True)
@@ -148,6 +150,9 @@ def test_a_person_labels_over_http_while_prefenv_train_runs(tmp_path, label_serv
     assert f"labels trained on: {len(answered)} from people, 0 simulated" in printed
     # the agent's true return rises, and the reward model orders held-out pairs by the truth
     returns = [r["true_return"] for r in history]
+    print(f"true return per round {[round(r) for r in returns]}; {len(rows)} labels given "
+          f"({len(answered)} on training queries), expired {[r['expired'] for r in history]}, "
+          f"refits {[r['refits'] for r in history]}")  # fmt: skip
     assert returns[-1] > returns[0] + 10.0, returns
     from prefenv.app.runs import load_trajectories
 
