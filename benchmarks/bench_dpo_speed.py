@@ -25,10 +25,21 @@ Reported: pairs/s end-to-end (tokenization + reference pass + training, i.e. TRL
 construction plus ``train()`` vs one ``train_dpo`` call) and for the training loop alone,
 wall-clock and per CPU-second, best of ``--repeats`` interleaved runs.
 
+``--loss`` times one member of the DPO family against its TRL counterpart: ``sigmoid``, ``ipo``
+and ``robust`` (``--label-smoothing`` is its flip rate) against ``DPOTrainer`` (``loss_type``),
+``simpo`` against ``trl.experimental.cpo.CPOTrainer`` (``loss_type="simpo"``, ``cpo_alpha=0``,
+beta 2.0, ``simpo_gamma = 2.0 * 0.5``; neither reads a reference), ``kto`` against
+``KTOTrainer`` on unpaired examples (pair ``i`` gives its chosen completion, labelled desirable,
+for even ``i`` and its rejected one for odd ``i``: ``--pairs`` examples, each prompt once, so
+both rotate the KL completions by one within each batch). The token-id and reference log-prob
+checks read ``DPOTrainer``'s dataset and run for its three losses; the loss-trajectory check runs
+for all.
+
 Usage (needs ``pip install trl==1.16.0``; not a prefenv dependency)::
 
     python benchmarks/bench_dpo_speed.py                 # 512 pairs, 2 epochs, 1 thread
     python benchmarks/bench_dpo_speed.py --pairs 256 --epochs 1 --repeats 3 --out benchmarks/out/dpo_speed.txt
+    python benchmarks/bench_dpo_speed.py --loss kto --pairs 64 --epochs 1 --repeats 1
 """
 
 from __future__ import annotations
@@ -56,14 +67,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.text.dpo import DPOConfig, reference_logps, train_dpo  # noqa: E402
+from agents.text.dpo import LOSSES, DPOConfig, reference_logps, train_dpo  # noqa: E402
 from agents.text.optim import LMOptimConfig  # noqa: E402
 from agents.text.pairs import PreferencePair, encode_pairs  # noqa: E402
 from envs.text.corpus import generate_corpus, generate_prompts  # noqa: E402
 from envs.text.default_model import default_tokenizer, tiny_gpt2_config  # noqa: E402
+from prefenv.unpaired import UnpairedExample  # noqa: E402
 
 BATCH = 32
 BETA = 0.1
+SIMPO_BETA = 2.0  # DPOConfig.simpo_beta; gamma / beta 0.5
+DPO_TRAINER_LOSSES = ("sigmoid", "ipo", "robust")
 TOL = 1e-4  # on losses
 LOGP_TOL = 1e-3  # on summed sequence log-probs (about -180 nats: float32 sums differ ~1e-5)
 WORDS = 24  # completion length cap in words: sequences of about 30 tokens
@@ -87,6 +101,16 @@ def make_pairs(n: int, seed: int) -> list[PreferencePair]:
     return pairs
 
 
+def kto_examples(pairs: list[PreferencePair]) -> list[UnpairedExample]:
+    """One unpaired example per pair: the chosen completion for even pairs, else the rejected."""
+    return [
+        UnpairedExample(p.prompt, p.chosen, True)
+        if i % 2 == 0
+        else UnpairedExample(p.prompt, p.rejected, False)
+        for i, p in enumerate(pairs)
+    ]
+
+
 @dataclass
 class Run:
     name: str
@@ -97,22 +121,23 @@ class Run:
     losses: list[float]
 
 
-def run_prefenv(model, tokenizer, pairs, epochs: int, lr: float) -> Run:
+def run_prefenv(model, tokenizer, pairs, epochs: int, lr: float, loss: str, eps: float) -> Run:
     optim = LMOptimConfig(learning_rate=lr, batch_size=BATCH, epochs=epochs, max_length=128,
                           shuffle=False, max_grad_norm=1.0)  # fmt: skip
-    config = DPOConfig(beta=BETA, precompute_ref=True, ref_batch_size=64, optim=optim)
+    config = DPOConfig(loss=loss, beta=BETA, label_smoothing=eps, simpo_beta=SIMPO_BETA,
+                       precompute_ref=True, ref_batch_size=64, optim=optim)  # fmt: skip
+    data = kto_examples(pairs) if loss == "kto" else pairs
     cpu = time.process_time()
-    metrics = train_dpo(model, None, tokenizer, pairs, config)
+    metrics = train_dpo(model, None, tokenizer, data, config)
     cpu = time.process_time() - cpu
     return Run("prefenv", metrics.seconds, metrics.seconds - metrics.ref_seconds, cpu,
                metrics.n_pairs_seen, metrics.losses)  # fmt: skip
 
 
-def _trl_trainer_class():
+def _sequential(trainer_class):
     from torch.utils.data import SequentialSampler
-    from trl import DPOTrainer
 
-    class SequentialDPOTrainer(DPOTrainer):
+    class SequentialTrainer(trainer_class):
         """TRL's trainer with batches in dataset order and each step's loss kept (no logging)."""
 
         recorded: list[torch.Tensor]
@@ -125,31 +150,54 @@ def _trl_trainer_class():
             self.recorded.append((loss[0] if return_outputs else loss).detach())
             return loss
 
-    return SequentialDPOTrainer
+    return SequentialTrainer
 
 
-def run_trl(model, tokenizer, pairs, epochs: int, lr: float, workdir: str) -> tuple[Run, object]:
+def _trl_trainer(model, tokenizer, pairs, loss: str, eps: float, common: dict):
+    """The TRL trainer of ``loss`` (built inside the timed region: it tokenizes and precomputes)."""
     from datasets import Dataset
-    from trl import DPOConfig as TRLDPOConfig
 
-    trainer_cls = _trl_trainer_class()
-    rows = [{"prompt": tokenizer.bos_token + p.prompt, "chosen": p.chosen,
-             "rejected": p.rejected} for p in pairs]  # fmt: skip
-    args = TRLDPOConfig(
+    bos = tokenizer.bos_token
+    if loss == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        rows = [{"prompt": bos + e.prompt, "completion": e.completion, "label": e.label}
+                for e in kto_examples(pairs)]  # fmt: skip
+        args = KTOConfig(**common, beta=BETA, precompute_ref_log_probs=True,
+                         precompute_ref_batch_size=64)  # fmt: skip
+        return _sequential(KTOTrainer)(model=model, ref_model=None, args=args,
+                                       train_dataset=Dataset.from_list(rows), processing_class=tokenizer)  # fmt: skip
+    rows = [{"prompt": bos + p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    if loss == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=SIMPO_BETA,
+                         simpo_gamma=SIMPO_BETA * 0.5, label_smoothing=eps)  # fmt: skip
+        return _sequential(CPOTrainer)(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                       processing_class=tokenizer)  # fmt: skip
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+
+    args = TRLDPOConfig(**common, beta=BETA, loss_type=[loss], label_smoothing=eps,
+                        precompute_ref_log_probs=True, precompute_ref_batch_size=64)  # fmt: skip
+    return _sequential(DPOTrainer)(model=model, ref_model=None, args=args,
+                                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer)  # fmt: skip
+
+
+def run_trl(
+    model, tokenizer, pairs, epochs: int, lr: float, workdir: str, loss: str, eps: float
+) -> tuple[Run, object]:
+    common = dict(
         output_dir=workdir, per_device_train_batch_size=BATCH, num_train_epochs=epochs,
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, beta=BETA, loss_type=["sigmoid"], max_length=128,
-        precompute_ref_log_probs=True, precompute_ref_batch_size=64,
+        max_grad_norm=1.0, max_length=128,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
         disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0,
         seed=0, data_seed=0, dataloader_pin_memory=False,
     )  # fmt: skip
     cpu = time.process_time()
     start = time.perf_counter()
-    trainer = trainer_cls(
-        model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )  # fmt: skip
+    trainer = _trl_trainer(model, tokenizer, pairs, loss, eps, common)
     trainer.recorded = []
     train_start = time.perf_counter()
     trainer.train()
@@ -200,10 +248,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (both)")
+    parser.add_argument("--loss", choices=LOSSES, default="sigmoid", help="DPO-family loss")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="label smoothing (robust: its flip rate), both")  # fmt: skip
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/dpo_speed.txt"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/out/dpo_speed.txt (dpo_speed_<loss>.txt)")  # fmt: skip
     args = parser.parse_args()
+    suffix = "" if args.loss == "sigmoid" else f"_{args.loss}"
+    args.out = args.out or Path(f"benchmarks/out/dpo_speed{suffix}.txt")
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -234,21 +288,23 @@ def main() -> int:
             order = ("trl", "prefenv") if repeat % 2 == 0 else ("prefenv", "trl")
             for name in order:
                 if name == "prefenv":
-                    runs[name].append(
-                        run_prefenv(fresh_model(), tokenizer, pairs, args.epochs, args.lr)
-                    )
+                    runs[name].append(run_prefenv(fresh_model(), tokenizer, pairs, args.epochs,
+                                                  args.lr, args.loss, args.label_smoothing))  # fmt: skip
                 else:
                     with redirect_stderr(io.StringIO()), redirect_stdout(io.StringIO()):
                         run, trainer = run_trl(
                             fresh_model(), tokenizer, pairs, args.epochs, args.lr,
-                            os.path.join(workdir, f"trl{repeat}"),
+                            os.path.join(workdir, f"trl{repeat}"), args.loss,
+                            args.label_smoothing,
                         )  # fmt: skip
                     runs[name].append(run)
         threads_after = torch.get_num_threads()
         lines = [
             f"# bench_dpo_speed: {n_params / 1e6:.2f}M-param GPT-2 ({args.n_layer} x {args.n_embd}, "
             f"vocab {len(tokenizer)}), {args.pairs} pairs x {args.epochs} epochs, batch {BATCH}, "
-            f"beta {BETA}, lr {args.lr}, {args.threads} thread(s) (after TRL: {threads_after})",
+            f"loss {args.loss} (label smoothing {args.label_smoothing}), beta "
+            f"{SIMPO_BETA if args.loss == 'simpo' else BETA}, lr {args.lr}, {args.threads} "
+            f"thread(s) (after TRL: {threads_after})",
             f"# sequence length (prompt + completion, BOS/EOS incl.): mean {np.mean(lengths):.1f}, "
             f"max {max(lengths)} tokens",
             f"# python {platform.python_version()}, torch {torch.__version__}, transformers "
@@ -257,7 +313,12 @@ def main() -> int:
             "# command: " + " ".join([Path(sys.executable).name, *sys.argv]),
             "",
         ]
-        ok = check_equivalence(tokenizer, pairs, trainer, init_state, config, lines)
+        if args.loss in DPO_TRAINER_LOSSES:
+            ok = check_equivalence(tokenizer, pairs, trainer, init_state, config, lines)
+        else:
+            ok = True
+            lines.append(f"token ids / reference log-probs: not compared for {args.loss} (read "
+                         "from DPOTrainer's dataset); the loss trajectory below checks it")  # fmt: skip
 
     best = {name: max(rs, key=lambda r: r.pairs_seen / r.total_s) for name, rs in runs.items()}
     p, t = best["prefenv"], best["trl"]

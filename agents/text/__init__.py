@@ -7,7 +7,9 @@
   SFT and DPO share (AdamW, warm-up, clipping, batches).
 - :mod:`agents.text.sft`: supervised fine-tuning on (prompt, completion) demonstrations.
 - :mod:`agents.text.pairs` / :mod:`agents.text.dpo`: preference pairs and direct preference
-  optimisation from them.
+  optimisation from them; the DPO family's losses (IPO, SimPO, robust DPO, KTO) are
+  :mod:`agents.text.dpo_losses`, one step of each :mod:`agents.text.dpo_steps`, KTO's unpaired
+  examples :mod:`agents.text.unpaired`.
 - :mod:`agents.text.iterative_dpo`: sample, label with any teacher, DPO again.
 - :mod:`agents.text.sampling`: sampling completions in the text env's prompt layout, and their
   log-probabilities (for KL estimates).

@@ -1,4 +1,4 @@
-"""Direct preference optimisation (DPO) of a causal LM from prompt/chosen/rejected pairs.
+"""Direct preference optimisation (DPO) and its family, one training loop for every loss.
 
 DPO (Rafailov et al., 2023) trains the policy directly on comparisons, without a reward model
 or rollouts. With ``log pi(y | x)`` the summed log-probability of a completion's tokens given
@@ -10,6 +10,15 @@ its prompt and ``pi_ref`` the frozen SFT model::
 ``beta * (log pi(y) - log pi_ref(y))`` is the implicit reward of ``y``; a pair counts as
 "accurate" when the chosen completion's reward exceeds the rejected one's. A tie (label 0.5)
 is trained with the soft label 0.5, i.e. pushed towards equal implicit rewards.
+
+:class:`DPOConfig` ``loss`` picks the family member (the losses themselves are the pure
+functions of :mod:`agents.text.dpo_losses`, with their formulas): ``sigmoid`` (DPO, cDPO),
+``ipo``, ``robust``, ``simpo`` (no reference model: its pass is skipped) and ``kto``, which
+trains on unpaired examples (:mod:`agents.text.unpaired`): each pair gives one desirable and one
+undesirable example, and :class:`prefenv.unpaired.UnpairedExample` s (e.g. from
+:func:`prefenv.unpaired.import_unpaired_jsonl`) train as they are. Uncertainty-aware DPO is
+data, not a loss: :func:`agents.text.pairs.reweight_pairs` relabels and weights the pairs by a
+reward-model ensemble, and every loss here averages ``weight * loss`` over a batch.
 
 Where the speed comes from (vs TRL's ``DPOTrainer``): pairs are tokenized once into plain
 lists, the reference log-probs are computed once up front under ``torch.inference_mode``, a
@@ -28,19 +37,29 @@ DPO on all pairs so far.
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import functools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agents.text.dpo_losses import LOSSES, dpo_loss
+from agents.text.dpo_steps import (
+    STEPS,
+    Batch,
+    Encoded,
+    StepLosses,
+    batch_reference,
+    frozen_copy,
+    pair_logps,
+    reference_logps,
+    sequence_logps,
+)
 from agents.text.optim import (
     DPO_OPTIM,
     LMOptimConfig,
@@ -54,14 +73,15 @@ from agents.text.optim import (
 )
 from agents.text.pairs import (
     EncodedPair,
-    PairBatch,
     PreferencePair,
     collate_pairs,
     encode_pairs,
     pairs_from_comparisons,
 )
 from agents.text.sft import check_context, pad_id
+from agents.text.unpaired import EncodedExample, collate_examples, encode_examples
 from prefenv.text_records import check_vocab
+from prefenv.unpaired import UnpairedExample
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -69,7 +89,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DPOConfig",
     "DPOMetrics",
+    "LOSSES",
     "PreferencePair",
+    "UnpairedExample",
     "dpo_loss",
     "frozen_copy",
     "pair_logps",
@@ -80,84 +102,27 @@ __all__ = [
 ]
 
 
-def dpo_loss(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
-    beta: float = 0.1,
-    label_smoothing: float | Tensor = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The DPO sigmoid loss per pair, and the implicit rewards.
-
-    ``losses = -(1 - eps) * log sigmoid(beta * h) - eps * log sigmoid(-beta * h)`` with
-    ``h = (pi_c - ref_c) - (pi_r - ref_r)``: the cross-entropy against the soft label
-    ``1 - eps`` (cDPO / TRL's ``label_smoothing``). ``eps = 0.5`` (a tie) is minimised at
-    ``h = 0``.
-
-    Args:
-        policy_chosen_logps: ``[B]`` summed completion log-probs of the chosen completions.
-        policy_rejected_logps: ``[B]`` the same for the rejected ones.
-        ref_chosen_logps: ``[B]`` reference model log-probs of the chosen completions.
-        ref_rejected_logps: ``[B]`` the same for the rejected ones.
-        beta: KL strength (inverse temperature of the implicit reward).
-        label_smoothing: ``eps`` in ``[0, 0.5]``, a float or a ``[B]`` tensor (per-pair: 0.5
-            for ties, 0 otherwise).
-
-    Returns:
-        ``(losses, chosen_rewards, rejected_rewards)``, each ``[B]``; the rewards are
-        ``beta * (policy - ref)`` and detached.
-    """
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
-    logits = beta * (chosen_logratios - rejected_logratios)
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
-
-
-def sequence_logps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
-) -> Tensor:
-    """Summed log-probability of each row's completion tokens given what precedes them.
-
-    One forward over the whole batch; the log-softmax is evaluated only at the positions that
-    predict a completion token (position ``t`` predicts token ``t + 1``).
-
-    Args:
-        model: a Hugging Face causal LM (``model(input_ids, attention_mask).logits``).
-        input_ids: ``[N, L]`` right-padded token ids.
-        attention_mask: ``[N, L]``, 1 on real tokens.
-        completion_mask: ``[N, L]`` bool, True on the tokens whose log-probs are summed (never
-            position 0: the first token has no prediction).
-
-    Returns:
-        ``[N]`` float32 sums (with gradients if grad mode is on).
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    predicts = completion_mask[:, 1:]  # position t of logits[:, :-1] predicts token t + 1
-    rows = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(predicts)
-    selected = logits[:, :-1][predicts].float()  # [M, V]
-    targets = input_ids[:, 1:][predicts]  # [M]
-    token_logps = selected.gather(-1, targets[:, None]).squeeze(-1) - selected.logsumexp(-1)
-    return torch.zeros(len(input_ids), device=logits.device).index_add(
-        0, rows[predicts], token_logps
-    )
-
-
-def pair_logps(model: nn.Module, batch: PairBatch) -> tuple[Tensor, Tensor]:
-    """``(chosen_logps, rejected_logps)``, each ``[B]``, from one forward over ``[2B, L]``."""
-    logps = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
-    return logps.chunk(2)
-
-
 @dataclass(frozen=True)
 class DPOConfig:
-    """DPO settings (validated on construction): the shared LM loop plus DPO's own."""
+    """DPO-family settings (validated on construction): the shared LM loop plus the loss's own."""
 
+    loss: str = "sigmoid"
+    """sigmoid (DPO), ipo, simpo (no reference), robust, or kto (unpaired examples); see
+    :mod:`agents.text.dpo_losses`."""
     beta: float = 0.1
-    """KL strength: larger keeps the policy closer to the reference (0.5 for TL;DR)."""
+    """KL strength of the reference-based losses (sigmoid, ipo, robust, kto): larger keeps the
+    policy closer to the reference (0.5 for TL;DR). SimPO's scale is ``simpo_beta``."""
     label_smoothing: float = 0.0
-    """cDPO: probability that a label is flipped, in ``[0, 0.5)``; ties always use 0.5."""
+    """Probability that a label is flipped, in ``[0, 0.5)``: sigmoid (cDPO), ipo and simpo train
+    on the soft label ``1 - eps``, robust corrects for it; ties always use 0.5; kto ignores it."""
+    simpo_beta: float = 2.0
+    """SimPO's scale of the average log-prob reward (the paper's 2.0 to 2.5)."""
+    simpo_gamma_beta_ratio: float = 0.5
+    """SimPO's target margin over ``simpo_beta`` (``gamma = simpo_beta * ratio``)."""
+    kto_desirable_weight: float = 1.0
+    """KTO's ``lambda_D``, the weight of desirable examples' losses."""
+    kto_undesirable_weight: float = 1.0
+    """KTO's ``lambda_U``, the weight of undesirable examples' losses."""
     precompute_ref: bool = True
     """Compute the reference log-probs once before training (else once per batch)."""
     ref_batch_size: int = 64
@@ -175,12 +140,30 @@ class DPOConfig:
                 f"DPOConfig.optim must be an LMOptimConfig, got {type(self.optim).__name__}: "
                 "write DPOConfig(optim=replace(DPO_OPTIM, epochs=3))"
             )
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"beta must be a positive number, got {self.beta}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown DPO loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        for name in ("beta", "simpo_beta", "kto_desirable_weight", "kto_undesirable_weight"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not (self.simpo_gamma_beta_ratio >= 0 and math.isfinite(self.simpo_gamma_beta_ratio)):
+            raise ValueError(
+                f"simpo_gamma_beta_ratio must be >= 0, got {self.simpo_gamma_beta_ratio}"
+            )
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.ref_batch_size < 1:
             raise ValueError(f"ref_batch_size must be >= 1, got {self.ref_batch_size}")
+        if self.loss == "kto" and self.optim.batch_size < 2:
+            raise ValueError(
+                "loss 'kto' estimates its KL baseline from other examples' completions: "
+                f"optim.batch_size must be >= 2, got {self.optim.batch_size}"
+            )
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the loss reads a reference model (all but SimPO)."""
+        return self.loss != "simpo"
 
 
 @dataclass
@@ -188,13 +171,17 @@ class DPOMetrics(LossHistory):
     """What :func:`train_dpo` did, one entry per optimiser step (batch means).
 
     Attributes:
-        losses: DPO loss.
-        accuracies: fraction of pairs whose chosen reward exceeds the rejected one.
-        margins: chosen minus rejected implicit reward.
-        chosen_rewards: ``beta * (log pi - log pi_ref)`` of the chosen completions.
-        rejected_rewards: the same for the rejected ones.
-        n_pairs: pairs trained on.
-        n_pairs_seen: pairs processed over all steps (an epoch counts each pair once).
+        losses: the loss (the weighted batch mean).
+        accuracies: pairs whose chosen reward exceeds the rejected one's; kto: examples whose
+            implicit reward lies on their label's side of ``beta * z0``.
+        margins: mean chosen minus mean rejected implicit reward (kto: desirable minus
+            undesirable; NaN if a batch lacks one kind).
+        chosen_rewards: ``beta * (log pi - log pi_ref)`` of the chosen (desirable) completions;
+            simpo: ``beta`` times the average log-prob.
+        rejected_rewards: the same for the rejected (undesirable) ones.
+        kl: kto only: the reference point ``z0`` of each step.
+        n_pairs: pairs trained on (kto: unpaired examples).
+        n_pairs_seen: pairs (examples) processed over all steps (an epoch counts each once).
         seconds: wall time, tokenization and reference pass included.
         ref_seconds: time of the reference log-prob pass.
     """
@@ -203,6 +190,7 @@ class DPOMetrics(LossHistory):
     margins: list[float] = field(default_factory=list)
     chosen_rewards: list[float] = field(default_factory=list)
     rejected_rewards: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
     n_pairs: int = 0
     n_pairs_seen: int = 0
     seconds: float = 0.0
@@ -214,111 +202,103 @@ class DPOMetrics(LossHistory):
         return self.n_pairs_seen / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _ref_batches(encoded: Sequence[EncodedPair], pad: int, batch_size: int) -> Iterator[PairBatch]:
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt))  # less padding
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        yield collate_pairs([encoded[i] for i in index], pad, index=index)
+def _prepare_reference(
+    config: DPOConfig,
+    model: nn.Module,
+    ref_model: nn.Module | None,
+    encoded: Sequence[Encoded],
+    collate: Callable[..., Batch],
+    pad: int,
+) -> tuple[tuple[Tensor, Tensor] | None, nn.Module | None]:
+    """``(precomputed [N] log-probs of both rows, or None; the model to run per batch, or None)``.
+
+    SimPO reads no reference (both None). With ``precompute_ref`` the policy itself is the
+    reference when ``ref_model`` is None (its log-probs are taken before the first step);
+    otherwise a frozen copy of it is made.
+    """
+    if not config.uses_reference:
+        return None, None
+    if config.precompute_ref:
+        source = model if ref_model is None else ref_model
+        return reference_logps(source, encoded, pad, config.ref_batch_size, collate), None
+    return None, frozen_copy(model) if ref_model is None else ref_model
 
 
-def reference_logps(
-    ref_model: nn.Module, encoded: Sequence[EncodedPair], pad: int, batch_size: int
-) -> tuple[Tensor, Tensor]:
-    """``[N]`` reference log-probs of the chosen and the rejected completions (one pass)."""
-    device = next(ref_model.parameters()).device
-    chosen = torch.zeros(len(encoded))
-    rejected = torch.zeros(len(encoded))
-    with torch.inference_mode(), _eval_mode(ref_model):
-        for batch in _ref_batches(encoded, pad, batch_size):
-            c, r = pair_logps(ref_model, batch.to(device))
-            chosen[batch.index] = c.float().cpu()
-            rejected[batch.index] = r.float().cpu()
-    return chosen, rejected
+# ----------------------------------------------------------------------------- training
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    was_training = model.training
-    if enabled:
-        model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off (the DPO reference)."""
-    ref = copy.deepcopy(model).eval()
-    for param in ref.parameters():
-        param.requires_grad_(False)
-    return ref
+def _encode(
+    config: DPOConfig, tokenizer: PreTrainedTokenizerBase, data: Sequence[Any]
+) -> tuple[list[EncodedPair] | list[EncodedExample], Callable[..., Batch]]:
+    """The data tokenized for ``config.loss``, and the collate function of its batches."""
+    optim = config.optim
+    if config.loss == "kto":
+        encoded = encode_examples(tokenizer, data, optim.max_length, optim.add_bos,
+                                  optim.batch_size)  # fmt: skip
+        return encoded, collate_examples
+    pairs = encode_pairs(tokenizer, data, optim.max_length, optim.add_bos)
+    if config.loss == "robust" and any(p.tie for p in pairs):
+        raise ValueError(
+            "robust DPO corrects strict preferences for label flips and has no form for ties: "
+            "drop them (pairs_from_comparisons(..., ties='skip')) or use loss 'sigmoid' or 'ipo'"
+        )
+    return pairs, functools.partial(collate_pairs, label_smoothing=config.label_smoothing)
 
 
 def train_dpo(
     model: nn.Module,
     ref_model: nn.Module | None,
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[PreferencePair | tuple[str, ...]],
+    data: Sequence[PreferencePair | UnpairedExample | tuple[Any, ...]],
     config: DPOConfig | None = None,
     out_dir: str | Path | None = None,
 ) -> DPOMetrics:
-    """Train ``model`` in place with DPO against the frozen ``ref_model``.
+    """Train ``model`` in place with ``config.loss`` against the frozen ``ref_model``.
 
     Args:
         model: the policy, a Hugging Face causal LM (usually the SFT model).
         ref_model: the frozen reference (usually a copy of the SFT model); it is never updated.
             None: ``model`` as it is now (its log-probs are taken before the first step, or a
-            frozen copy is made when ``config.precompute_ref`` is false).
+            frozen copy is made when ``config.precompute_ref`` is false). SimPO reads none.
         tokenizer: the tokenizer of both models.
-        pairs: :class:`PreferencePair` s or ``(prompt, chosen, rejected)`` tuples.
+        data: :class:`PreferencePair` s or ``(prompt, chosen, rejected)`` tuples; with loss
+            ``kto`` also :class:`UnpairedExample` s or ``(prompt, completion, label)`` tuples
+            (each pair gives a desirable and an undesirable example).
         config: settings (defaults: :class:`DPOConfig`).
         out_dir: if given, the trained model and the tokenizer are saved there.
 
     Returns:
-        Per-step loss, accuracy, reward margin and rewards.
+        Per-step loss, accuracy, reward margin and rewards (and KTO's ``z0``).
 
     Raises:
         VocabMismatchError: the tokenizer emits ids a model cannot embed.
-        ValueError: no pairs, or a sequence longer than ``config.optim.max_length``.
+        ValueError: no data, an item of the wrong kind for the loss, ties with loss ``robust``,
+            or a sequence longer than ``config.optim.max_length``.
     """
     config = config or DPOConfig()
     optim = config.optim
     start = time.perf_counter()
     check_vocab(tokenizer, model)
-    if ref_model is not None:
+    if ref_model is not None and config.uses_reference:
         check_vocab(tokenizer, ref_model)
-    encoded = encode_pairs(tokenizer, pairs, optim.max_length, optim.add_bos)
-    check_context(model, max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in encoded))
+    encoded, collate = _encode(config, tokenizer, data)
+    check_context(model, max(item.longest for item in encoded))
     pad = pad_id(tokenizer)
     metrics = DPOMetrics(n_pairs=len(encoded))
-    ref = None
-    if config.precompute_ref:  # the policy itself is the reference before its first step
-        ref = reference_logps(
-            model if ref_model is None else ref_model, encoded, pad, config.ref_batch_size
-        )
+    ref, ref_model = _prepare_reference(config, model, ref_model, encoded, collate, pad)
+    if ref is not None:
         metrics.ref_seconds = time.perf_counter() - start
-    elif ref_model is None:
-        ref_model = frozen_copy(model)
     device = next(model.parameters()).device
+    step_losses = STEPS[config.loss]
     optimizer, scheduler = make_optimizer(model, optim)
     model.train(not config.disable_dropout)
-    with progress_bar(n_steps(len(encoded), optim), optim.progress, "DPO") as bar:
+    with progress_bar(n_steps(len(encoded), optim), optim.progress, f"DPO {config.loss}") as bar:
         for index in batch_indices(len(encoded), optim):
-            batch = collate_pairs(
-                [encoded[i] for i in index], pad, config.label_smoothing, index
-            ).to(device)
-            if ref is not None:
-                ref_chosen, ref_rejected = (r[torch.as_tensor(index)].to(device) for r in ref)
-            else:
-                ref_chosen, ref_rejected = _ref_pair_logps(ref_model, batch, device)
-            chosen, rejected = pair_logps(model, batch)
-            losses, chosen_rewards, rejected_rewards = dpo_loss(
-                chosen, rejected, ref_chosen, ref_rejected, config.beta, batch.label_smoothing
-            )
-            loss = losses.mean()
+            batch = collate([encoded[i] for i in index], pad, index=index).to(device)
+            step = step_losses(config, model, batch, batch_reference(ref, ref_model, batch, device))
+            loss = (batch.weight * step.losses).mean()
             optimizer_step(model, loss, optimizer, scheduler, optim.max_grad_norm)
-            _record(metrics, loss, chosen_rewards, rejected_rewards)
+            _record(metrics, loss, step)
             metrics.n_pairs_seen += len(index)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.losses[-1]:.3f}", acc=f"{metrics.accuracies[-1]:.2f}")
@@ -329,20 +309,11 @@ def train_dpo(
     return metrics
 
 
-def _ref_pair_logps(
-    ref_model: nn.Module, batch: PairBatch, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    ref_device = next(ref_model.parameters()).device
-    with torch.no_grad(), _eval_mode(ref_model):
-        chosen, rejected = pair_logps(ref_model, batch.to(ref_device))
-    return chosen.to(device), rejected.to(device)
-
-
-def _record(metrics: DPOMetrics, loss: Tensor, chosen: Tensor, rejected: Tensor) -> None:
+def _record(metrics: DPOMetrics, loss: Tensor, step: StepLosses) -> None:
+    chosen, rejected = step.chosen_rewards.mean(), step.rejected_rewards.mean()
     stats = torch.stack(
-        [loss.detach(), (chosen > rejected).float().mean(), (chosen - rejected).mean(),
-         chosen.mean(), rejected.mean()]
-    ).tolist()  # fmt: skip
+        [loss.detach(), step.correct.float().mean(), chosen - rejected, chosen, rejected]
+    ).tolist()
     for values, value in zip(
         (metrics.losses, metrics.accuracies, metrics.margins, metrics.chosen_rewards,
          metrics.rejected_rewards),
@@ -350,3 +321,5 @@ def _record(metrics: DPOMetrics, loss: Tensor, chosen: Tensor, rejected: Tensor)
         strict=True,
     ):  # fmt: skip
         values.append(value)
+    if step.kl is not None:
+        metrics.kl.append(step.kl.item())

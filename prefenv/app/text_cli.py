@@ -5,6 +5,8 @@
     prefenv text rm --out runs/sentiment --teacher verbose     # ...with another annotator
     prefenv text rm --out runs/sentiment --teacher human       # ...with people, who label in
     prefenv label --run runs/sentiment --annotator alice       #    the browser meanwhile
+    prefenv text grpo --out runs/sentiment                     # GRPO on the learned reward (named
+    prefenv text rloo --out runs/sentiment                     #   only; eval then includes it)
     prefenv text pipeline --out runs/sentiment --overwrite     # start the folder again
     prefenv text pipeline --out runs/mine --base-model path/to/local/hf_model
 
@@ -56,16 +58,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def add_text_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``prefenv text <stage>`` on the main parser's subcommands."""
-    text = sub.add_parser("text", help="the text RLHF pipeline: sft, rm, ppo, dpo, eval, pipeline")
+    text = sub.add_parser(
+        "text", help="the text RLHF pipeline: sft, rm, ppo, dpo, grpo, rloo, eval, pipeline"
+    )
     stages = text.add_subparsers(dest="stage", required=True)
     helps = {
-        "pipeline": "every stage in order, skipping finished ones (resumes a killed run)",
+        "pipeline": "every stage but grpo and rloo in order, skipping finished ones (resumes)",
         "base": "the starting LM (--base-model DIR or the default tiny GPT-2)",
         "sft": "supervised fine-tuning on demonstrations (the reference model)",
         "rm": "sample SFT pairs, label them with the teacher, train the text reward model",
         "ppo": "PPO-KL on the learned reward with a per-token KL leash to SFT",
-        "dpo": "DPO on the same comparisons (reference = SFT)",
-        "eval": "SFT vs PPO vs DPO on held-out prompts: summary.json/.md and eval.png",
+        "dpo": "DPO or a relative (--dpo-loss ipo|simpo|robust|kto) on the same comparisons",
+        "grpo": "GRPO on the learned reward from SFT, with a k3 KL to SFT in the loss",
+        "rloo": "RLOO: leave-one-out advantages, KL to SFT as a reward penalty",
+        "eval": "SFT vs PPO vs DPO (and GRPO, RLOO if run) on held-out prompts: summary, eval.png",
     }
     for stage in ("pipeline", *STAGES):
         parser = stages.add_parser(stage, help=helps[stage])

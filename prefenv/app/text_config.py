@@ -11,6 +11,10 @@ refuses a change that would invalidate a finished stage before the one being run
 flags, :func:`settings_refusal`), accepts one that only this stage or later ones read
 (:data:`READ_FIRST_BY`) and then moves the later stages' outputs to ``stale/``;
 :func:`clear_run` is ``--overwrite``.
+
+(Over 400 lines: every text stage's settings, each with its help text and validation, live in
+one dataclass next to the run-folder rules that read them; splitting would part a setting from
+the stage it invalidates.)
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from prefenv.errors import CheckpointError
 from prefenv.human import ON_TIMEOUT
 
 __all__ = [
-    "PPO_OPTIONS", "READ_FIRST_BY", "STAGES", "STAGE_OUTPUTS", "TEXT_PPO", "TextPipelineConfig",
-    "accept_settings", "check_sources", "clear_run", "setting_flag", "settings_refusal",
+    "PIPELINE", "PPO_OPTIONS", "READ_FIRST_BY", "STAGES", "STAGE_OUTPUTS", "TEXT_PPO",
+    "TextPipelineConfig", "accept_settings", "check_sources", "clear_run", "setting_flag", "settings_refusal",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -114,11 +118,36 @@ class TextPipelineConfig:
     """PPO-KL settings of the ppo stage: learning rate and the per-token KL leash to the SFT
     reference (see TEXT_PPO); n_steps, batch_size and seed are set by the stage."""
     dpo_beta: float = 0.1
-    """DPO beta (reference = SFT)."""
+    """DPO beta: KL strength to the SFT reference (sigmoid, ipo, robust, kto); simpo uses its
+    own scale, 2.0."""
+    dpo_loss: str = "sigmoid"
+    """The dpo stage's loss: sigmoid (DPO), ipo, simpo (no reference), robust (corrects for
+    --dpo-label-smoothing flipped labels) or kto (each comparison gives one desirable and one
+    undesirable example); see agents.text.dpo_losses."""
+    dpo_label_smoothing: float = 0.0
+    """Assumed probability that a comparison's label is flipped, in [0, 0.5): sigmoid, ipo and
+    simpo train on the soft label 1 - eps (cDPO), robust corrects for it."""
+    dpo_uncertainty: bool = False
+    """Uncertainty-aware DPO: relabel the pairs the rm stage's ensemble confidently contradicts
+    and down-weight those its members disagree on (agents.text.dpo_losses.uncertainty_weights);
+    needs --rm-ensemble >= 2."""
     dpo_epochs: int = 3
     """DPO passes over the comparisons."""
     dpo_learning_rate: float = 5e-5
     """DPO AdamW learning rate."""
+    grpo_steps: int = 16
+    """Steps of the grpo and rloo stages; each samples --group-size completions of 8 prompts
+    (16 x 8 x 8 = 1024 completions, the ppo stage's default 24000 tokens at 24 a completion)."""
+    group_size: int = 8
+    """G: completions per prompt in the grpo and rloo stages (>= 2; the group is the baseline)."""
+    grpo_beta: float = 0.04
+    """KL coefficient to the SFT reference in the grpo and rloo stages: grpo puts it on the k3
+    term of the loss, rloo on a reward penalty (agents.text.grpo)."""
+    grpo_loss_type: str = "grpo"
+    """grpo (advantages / group std, loss averaged per completion) or dr_grpo (Dr. GRPO: no std,
+    loss divided by a constant); rloo uses its loss normalisation."""
+    grpo_learning_rate: float = 5e-5
+    """AdamW learning rate of the grpo and rloo stages."""
     reward_clip: float = 5.0
     """PPO reward = clip((reward model score - mean) / std, -reward_clip, reward_clip), with the
     mean and std of the reward model's scores on SFT samples (whitening)."""
@@ -155,6 +184,8 @@ class TextPipelineConfig:
                 "write ppo=dataclasses.replace(TEXT_PPO, kl_coef=0.1)"
             )
         self._check_human_settings()
+        self._check_dpo_settings()
+        self._check_grpo_settings()
         presets = {"teacher": self.teacher} if self.teacher != HUMAN else {}
         for name, preset in {**presets, "fallback_teacher": self.fallback_teacher}.items():
             try:
@@ -171,6 +202,39 @@ class TextPipelineConfig:
         if not (math.isfinite(self.human_timeout) and self.human_timeout >= 0):
             raise ValueError(f"--human-timeout must be a number of seconds >= 0, got "
                              f"{self.human_timeout}")  # fmt: skip
+
+    def _check_dpo_settings(self) -> None:
+        """``--dpo-loss`` and the options that go with it (read by the dpo stage)."""
+        from agents.text.dpo_losses import LOSSES
+
+        if self.dpo_loss not in LOSSES:
+            raise ValueError(f"unknown --dpo-loss {self.dpo_loss!r}: choose one of {LOSSES}")
+        if not 0 <= self.dpo_label_smoothing < 0.5:
+            raise ValueError(
+                f"--dpo-label-smoothing must be in [0, 0.5), got {self.dpo_label_smoothing}"
+            )
+        if self.dpo_uncertainty and self.rm_ensemble < 2:
+            raise ValueError(
+                "--dpo-uncertainty weighs pairs by the disagreement of the rm stage's reward-model "
+                f"ensemble, but --rm-ensemble is {self.rm_ensemble}: pass --rm-ensemble 3 (and "
+                "redo the rm stage), or leave --dpo-uncertainty out"
+            )
+
+    def _check_grpo_settings(self) -> None:
+        """The grpo and rloo stages' settings (the rest GRPOConfig checks when they run)."""
+        if self.grpo_steps < 1 or self.group_size < 2:
+            raise ValueError(
+                f"--grpo-steps must be >= 1 and --group-size >= 2 (a group compares its "
+                f"completions), got {self.grpo_steps} and {self.group_size}"
+            )
+        if self.grpo_loss_type not in ("grpo", "dr_grpo"):
+            raise ValueError(f"unknown --grpo-loss-type {self.grpo_loss_type!r}: grpo or dr_grpo")
+        if not (math.isfinite(self.grpo_beta) and self.grpo_beta >= 0):
+            raise ValueError(f"--grpo-beta must be a number >= 0, got {self.grpo_beta}")
+        if not (math.isfinite(self.grpo_learning_rate) and self.grpo_learning_rate > 0):
+            raise ValueError(
+                f"--grpo-learning-rate must be a number > 0, got {self.grpo_learning_rate}"
+            )
 
     def stream_seed(self, stream: str, *index: int) -> int:
         """An int seed for one random stream of the pipeline (and an index within it).
@@ -213,8 +277,13 @@ def _flat_settings(config: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- changed settings
 
 
-STAGES = ("base", "sft", "rm", "ppo", "dpo", "eval")
-"""The text stages in pipeline order (:mod:`prefenv.app.text_runs`)."""
+STAGES = ("base", "sft", "rm", "ppo", "dpo", "grpo", "rloo", "eval")
+"""The text stages in order (:mod:`prefenv.app.text_runs`)."""
+
+PIPELINE = ("base", "sft", "rm", "ppo", "dpo", "eval")
+"""What ``prefenv text pipeline`` runs: grpo and rloo run when named (``prefenv text grpo``),
+and the eval stage then includes their models. They share their settings (``--grpo-*``,
+``--group-size``), first read by grpo."""
 
 EVERY_STAGE = "every stage"
 NO_OUTPUT = "no output"
@@ -227,7 +296,10 @@ READ_FIRST_BY: dict[str, str] = {
     "fallback_teacher": "rm", "human_timeout": "rm", "on_timeout": "rm", "overlap": "rm",
     "rm_epochs": "rm", "max_new_tokens": "rm", "eval_prompts": "rm",
     "ppo_steps": "ppo", "n_envs": "ppo", "ppo": "ppo", "reward_clip": "ppo",
-    "dpo_beta": "dpo", "dpo_epochs": "dpo", "dpo_learning_rate": "dpo",
+    "dpo_beta": "dpo", "dpo_epochs": "dpo", "dpo_learning_rate": "dpo", "dpo_loss": "dpo",
+    "dpo_label_smoothing": "dpo", "dpo_uncertainty": "dpo",
+    "grpo_steps": "grpo", "group_size": "grpo", "grpo_beta": "grpo", "grpo_loss_type": "grpo",
+    "grpo_learning_rate": "grpo",
     "torch_threads": NO_OUTPUT,
 }  # fmt: skip
 """The first stage whose output each setting shapes (read from the stage functions).
@@ -311,7 +383,8 @@ def settings_refusal(
 
 STAGE_OUTPUTS = {
     "base": ("base",), "sft": ("sft",), "rm": ("reward_model", "comparisons.jsonl"),
-    "ppo": ("ppo",), "dpo": ("dpo",), "eval": ("summary.json", "summary.md", "eval.png"),
+    "ppo": ("ppo",), "dpo": ("dpo",), "grpo": ("grpo",), "rloo": ("rloo",),
+    "eval": ("summary.json", "summary.md", "eval.png"),
 }  # fmt: skip
 """What each stage writes under the run folder (``ppo/`` holds its checkpoint and event files)."""
 

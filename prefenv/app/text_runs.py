@@ -15,6 +15,10 @@ rm         SFT samples two completions per prompt -> teacher labels ->       ``c
 ppo        PPO-KL, the reward model's score through the learned-reward       ``ppo/`` (+ monitor)
            wrapper, per-token KL leash to the SFT model (adaptive beta)
 dpo        DPO on the same comparisons, reference = SFT                      ``dpo/``
+grpo       GRPO on the reward model's (whitened) score from SFT: G samples   ``grpo/`` (+
+           per prompt, group-relative advantages, k3 KL to SFT in the loss   ``metrics.csv``)
+rloo       RLOO: leave-one-out advantages, KL to SFT as a reward penalty     ``rloo/`` (+ csv)
+           (grpo and rloo run when named: ``pipeline`` leaves them out)
 eval       SFT vs PPO vs DPO on held-out prompts: true score, learned        ``summary.json``,
            score, KL to SFT, length, EOS rate                                 ``summary.md``, PNG
 =========  ===============================================================  =====================
@@ -32,6 +36,7 @@ streams, the training comparisons) that splitting the module would have to make 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -47,6 +52,7 @@ from agents.text.sampling import sample_completions
 from prefenv.app.folders import undo_failed_start
 from prefenv.app.spec import HUMAN, write_json_atomic
 from prefenv.app.text_config import (
+    PIPELINE,
     STAGES,
     TextPipelineConfig,
     accept_settings,
@@ -341,21 +347,30 @@ def _reward_env(config: TextPipelineConfig, out: Path, tokenizer: Any, episodes:
     import gymnasium as gym
 
     from envs.text import TextTask
-    from envs.text.reward_predictor import Whitening
     from prefenv.app.text_monitor import EpisodeLog
     from prefenv.wrappers import VectorPreferenceReward
 
-    rm_stats = json.loads((_require(out / "reward_model", "rm") / "stage.json").read_text())
     prompts = _train_prompts(config)
     venv = gym.vector.SyncVectorEnv(
         [lambda: TextTask(config.task, tokenizer, prompts, max_new_tokens=config.max_new_tokens)]
         * config.n_envs
     )
-    whitening = Whitening(rm_stats["score_mean"], rm_stats["score_std"], config.reward_clip)
-    predictor = _reward_model(out).predictor(
-        venv.single_observation_space, venv.single_action_space, tokenizer, whitening
+    predictor = _reward_predictor(
+        config, out, tokenizer, venv.single_observation_space, venv.single_action_space
     )
     return EpisodeLog(VectorPreferenceReward(venv, predictor), episodes)
+
+
+def _reward_predictor(
+    config: TextPipelineConfig, out: Path, tokenizer: Any, observation_space: Any, action_space: Any
+) -> Any:
+    """The rm stage's reward model as the RL reward (a frozen snapshot): its score whitened with
+    the rm stage's statistics and clipped to ``reward_clip``; ``score_texts`` scores texts."""
+    from envs.text.reward_predictor import Whitening
+
+    rm_stats = json.loads((_require(out / "reward_model", "rm") / "stage.json").read_text())
+    whitening = Whitening(rm_stats["score_mean"], rm_stats["score_std"], config.reward_clip)
+    return _reward_model(out).predictor(observation_space, action_space, tokenizer, whitening)
 
 
 def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
@@ -388,25 +403,68 @@ def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _dpo_pairs(config: TextPipelineConfig, out: Path) -> tuple[list[Any], dict[str, Any]]:
+    """The dpo stage's pairs (:func:`_training_comparisons`) and what was done to them: with
+    ``--dpo-uncertainty``, relabelled and weighted by the rm stage's ensemble
+    (:func:`agents.text.pairs.reweight_pairs`, on each member's chosen-minus-rejected score)."""
+    from agents.text.pairs import pairs_from_comparisons, reweight_pairs
+    from envs.text.reward_ensemble import TextRewardEnsemble
+
+    pairs = pairs_from_comparisons(_training_comparisons(config, out))
+    if not config.dpo_uncertainty:
+        return pairs, {}
+    reward = _reward_model(out)
+    if not isinstance(reward, TextRewardEnsemble) or len(reward) < 2:
+        raise ValueError(
+            f"--dpo-uncertainty needs the rm stage's ensemble, but {out / 'reward_model'} holds a "
+            f"single reward model: run `prefenv text rm --out {out} --rm-ensemble 3` first"
+        )
+    prompts = [p.prompt for p in pairs]
+    margins = reward.member_predictions(prompts, [p.chosen for p in pairs]) - (
+        reward.member_predictions(prompts, [p.rejected for p in pairs])
+    )
+    pairs, flipped = reweight_pairs(pairs, margins)
+    weights = [p.weight for p in pairs]
+    return pairs, {"relabelled": int(flipped.sum()), "min_weight": min(weights),
+                   "max_weight": max(weights)}  # fmt: skip
+
+
 def stage_dpo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
-    """DPO on the rm stage's comparisons (:func:`_training_comparisons`), reference = SFT."""
-    from agents.text.dpo import DPOConfig, pairs_from_comparisons, train_dpo
+    """The DPO family (``--dpo-loss``) on the rm stage's comparisons, reference = SFT."""
+    from agents.text.dpo import DPOConfig, train_dpo
     from agents.text.optim import DPO_OPTIM
 
     model, tokenizer = _load(_require(out / "sft", "sft"))
     ref_model, _ = _load(out / "sft")
     _require(out / "reward_model", "rm")  # it labelled the comparisons DPO trains on
-    pairs = pairs_from_comparisons(_training_comparisons(config, out))
+    pairs, uncertainty = _dpo_pairs(config, out)
     optim = dataclasses.replace(DPO_OPTIM, learning_rate=config.dpo_learning_rate,
                                 epochs=config.dpo_epochs, seed=config.seed, progress=True)  # fmt: skip
-    dpo_config = DPOConfig(beta=config.dpo_beta, optim=optim)
+    dpo_config = DPOConfig(loss=config.dpo_loss, beta=config.dpo_beta,
+                           label_smoothing=config.dpo_label_smoothing, optim=optim)  # fmt: skip
     metrics = train_dpo(model, ref_model, tokenizer, pairs, dpo_config)
     _save(model, tokenizer, out / "dpo")
     return _finish(
         out / "dpo",
-        {"pairs": metrics.n_pairs, "steps": metrics.steps, "first_loss": metrics.first_loss,
-         "final_loss": metrics.final_loss, "pairs_per_second": metrics.pairs_per_second},
+        {"loss": config.dpo_loss, "pairs": len(pairs), "steps": metrics.steps,
+         "first_loss": metrics.first_loss, "final_loss": metrics.final_loss,
+         "pairs_per_second": metrics.pairs_per_second, **uncertainty},
     )  # fmt: skip
+
+
+def _group_rl(config: TextPipelineConfig, out: Path, algo: str) -> dict[str, Any]:
+    """The grpo and rloo stages: ``algo`` from the SFT model on the ppo stage's learned reward,
+    KL to the SFT model (:mod:`prefenv.app.text_grpo`)."""
+    from envs.text import TextTask
+    from prefenv.app.text_grpo import train_group_rl
+
+    model, tokenizer = _load(_require(out / "sft", "sft"))
+    prompts = _train_prompts(config)
+    env = TextTask(config.task, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
+    predictor = _reward_predictor(config, out, tokenizer, env.observation_space, env.action_space)
+    reward = lambda p, c: predictor.score_texts(p, c).mean  # noqa: E731
+    metrics = train_group_rl(config, algo, model, tokenizer, prompts, reward, out / algo)
+    return _finish(out / algo, metrics)
 
 
 def stage_eval(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
@@ -415,7 +473,7 @@ def stage_eval(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     reward = _reward_model(out)
     prompts = _eval_prompts(config)
     results: dict[str, Any] = {}
-    for name in ("sft", "ppo", "dpo"):
+    for name in ("sft", "ppo", "dpo", "grpo", "rloo"):
         if not _done(out / name):
             continue
         model = sft_model if name == "sft" else _load(out / name)[0]
@@ -435,7 +493,8 @@ def stage_eval(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
 
 
 def _stage_metrics(out: Path) -> dict[str, Any]:
-    folders = {"base": "base", "sft": "sft", "rm": "reward_model", "ppo": "ppo", "dpo": "dpo"}
+    folders = {"base": "base", "sft": "sft", "rm": "reward_model", "ppo": "ppo", "dpo": "dpo",
+               "grpo": "grpo", "rloo": "rloo"}  # fmt: skip
     return {
         stage: json.loads((out / folder / "stage.json").read_text())
         for stage, folder in folders.items()
@@ -449,6 +508,8 @@ _STAGE_FUNCTIONS = {
     "rm": (stage_rm, "reward_model"),
     "ppo": (stage_ppo, "ppo"),
     "dpo": (stage_dpo, "dpo"),
+    "grpo": (functools.partial(_group_rl, algo="grpo"), "grpo"),
+    "rloo": (functools.partial(_group_rl, algo="rloo"), "rloo"),
     "eval": (stage_eval, None),
 }
 
@@ -523,7 +584,7 @@ def run_stage(
 def run_pipeline(
     config: TextPipelineConfig,
     out: str | os.PathLike[str],
-    stages: tuple[str, ...] = STAGES,
+    stages: tuple[str, ...] = PIPELINE,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``stages`` in order, skipping finished ones (resume); returns the eval summary.

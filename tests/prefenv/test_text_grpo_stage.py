@@ -1,0 +1,59 @@
+"""The grpo and rloo text stages at tiny size: run by name on a run folder, evaluated by eval."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefenv.app.cli import main
+from prefenv.app.text_config import PIPELINE, STAGES
+from prefenv.app.text_runs import TextPipelineConfig, run_pipeline, run_stage
+
+TINY = {
+    "base_train_steps": 20, "sft_steps": 8, "sft_demos": 100, "queries": 48, "rm_epochs": 2,
+    "max_new_tokens": 6, "eval_prompts": 12, "grpo_steps": 2, "group_size": 4,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("text_grpo")
+    run_pipeline(TextPipelineConfig(**TINY), out, stages=("base", "sft", "rm"))
+    return out
+
+
+def test_grpo_and_rloo_train_from_sft_and_eval_compares_them(run) -> None:
+    config = TextPipelineConfig(**TINY)
+    sft = load_file(run / "sft" / "model.safetensors")
+    for algo in ("grpo", "rloo"):
+        metrics = run_stage(algo, config, run)
+        assert metrics["algo"] == algo and metrics["steps"] == TINY["grpo_steps"]
+        # 2 steps x 8 prompts x G 4 completions
+        assert metrics["completions"] == 2 * 8 * 4
+        weights = load_file(run / algo / "model.safetensors")
+        assert any(not torch.equal(weights[k], sft[k]) for k in sft), algo
+        with (run / algo / "metrics.csv").open() as file:
+            rows = list(csv.DictReader(file))
+        assert len(rows) == TINY["grpo_steps"] and float(rows[0]["kl"]) >= 0
+    summary = run_stage("eval", config, run)
+    assert {"sft", "grpo", "rloo"} <= set(summary["eval"])
+    assert summary["stages"]["rloo"]["algo"] == "rloo"
+    assert "| grpo |" in (run / "summary.md").read_text()
+
+
+def test_the_pipeline_leaves_grpo_and_rloo_to_be_named() -> None:
+    assert {"grpo", "rloo"} <= set(STAGES) and not {"grpo", "rloo"} & set(PIPELINE)
+    assert [s for s in STAGES if s in PIPELINE] == list(PIPELINE)  # same order
+
+
+def test_cli_runs_rloo_and_names_a_bad_setting(run, capsys) -> None:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert main(["text", "rloo", "--out", str(run), *args]) == 0
+    assert json.loads(capsys.readouterr().out)["algo"] == "rloo"
+    assert main(["text", "grpo", "--out", str(run), *args, "--group-size=1"]) == 2
+    assert "--group-size >= 2" in capsys.readouterr().err
