@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from agents.ppo_kl.config import PPOKLConfig
+from agents.text.devices import DEVICES, DTYPES, placement
+from agents.text.lora import check_lora_settings
 from prefenv.app.runs import CLIPS_DIR, LABELLING_FILE
 from prefenv.app.spec import HUMAN, write_json_atomic
 from prefenv.errors import CheckpointError
@@ -156,6 +159,18 @@ class TextPipelineConfig:
     torch_threads: int = 1
     """torch.set_num_threads for every stage: 1 suits the tiny default models (more intra-op
     threads only add overhead and thrash a busy machine); raise it for larger models."""
+    device: str = "auto"
+    """Torch device of the sft, ppo, dpo, grpo and rloo models: auto (cuda if visible, else
+    cpu), cpu or cuda (agents.text.devices)."""
+    dtype: str = "float32"
+    """Weights' precision in those stages: float32 or bfloat16 (for GPUs; allowed on cpu, slow)."""
+    lora_r: int = 0
+    """LoRA rank of the sft, dpo, grpo and rloo stages (0: full fine-tuning); the reference is
+    the same model with its adapters disabled (agents.text.lora)."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input, in [0, 1)."""
 
     def __post_init__(self) -> None:
         from envs.text.feedback import TEXT_PRESETS
@@ -184,6 +199,12 @@ class TextPipelineConfig:
                 "write ppo=dataclasses.replace(TEXT_PPO, kl_coef=0.1)"
             )
         self._check_human_settings()
+        check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout)
+        if self.device not in DEVICES or self.dtype not in DTYPES:
+            raise ValueError(
+                f"--device {self.device!r} --dtype {self.dtype!r}: choose --device from "
+                f"{', '.join(DEVICES)} and --dtype from {', '.join(DTYPES)}"
+            )
         self._check_dpo_settings()
         self._check_grpo_settings()
         presets = {"teacher": self.teacher} if self.teacher != HUMAN else {}
@@ -235,6 +256,15 @@ class TextPipelineConfig:
             raise ValueError(
                 f"--grpo-learning-rate must be a number > 0, got {self.grpo_learning_rate}"
             )
+
+    @property
+    def lora(self) -> tuple[int, float, float]:
+        """``(lora_r, lora_alpha, lora_dropout)``: the arguments of agents.text.lora.with_lora."""
+        return self.lora_r, self.lora_alpha, self.lora_dropout
+
+    def placement(self) -> tuple[torch.device, torch.dtype]:
+        """``(device, dtype)`` of ``--device`` and ``--dtype``; raises if the machine lacks them."""
+        return placement(self.device, self.dtype)
 
     def stream_seed(self, stream: str, *index: int) -> int:
         """An int seed for one random stream of the pipeline (and an index within it).
@@ -300,15 +330,16 @@ READ_FIRST_BY: dict[str, str] = {
     "dpo_label_smoothing": "dpo", "dpo_uncertainty": "dpo",
     "grpo_steps": "grpo", "group_size": "grpo", "grpo_beta": "grpo", "grpo_loss_type": "grpo",
     "grpo_learning_rate": "grpo",
-    "torch_threads": NO_OUTPUT,
+    "torch_threads": NO_OUTPUT, "device": NO_OUTPUT,
+    "dtype": "sft", "lora_r": "sft", "lora_alpha": "sft", "lora_dropout": "sft",
 }  # fmt: skip
 """The first stage whose output each setting shapes (read from the stage functions).
 
 Changing a setting invalidates that stage and every later one. ``task`` and ``seed`` shape every
 stage and the comparison store's labels (a teacher judges texts by the task's score), so a run
 folder never changes them. ``max_new_tokens`` and ``eval_prompts`` are first read by the rm
-stage (its samples and its held-out accuracy), not by eval. ``torch_threads`` changes speed, not
-results, and may change at any time."""
+stage (its samples and its held-out accuracy), not by eval. ``torch_threads`` and ``device``
+change speed (and float rounding), not results, and may change at any time."""
 
 
 def setting_flag(setting: str) -> str:

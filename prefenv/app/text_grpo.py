@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from agents.text.grpo import GRPO_OPTIM, GRPOConfig, RewardFn, train_grpo
+from agents.text.lora import reference_of, save_lm, with_lora
 from prefenv.app.text_config import TextPipelineConfig
 
 __all__ = ["group_rl_config", "train_group_rl"]
@@ -50,20 +51,22 @@ def train_group_rl(
     reward_fn: RewardFn,
     folder: Path,
 ) -> dict[str, Any]:
-    """Train ``model`` (the SFT model) in place and write ``folder``; the stage's metrics.
+    """Train ``model`` and write ``folder`` (with LoRA also ``folder/adapter``); the metrics.
 
     Args:
         config: the pipeline's settings.
         algo: ``"grpo"`` or ``"rloo"``.
-        model: the policy, a Hugging Face causal LM; its reference is a frozen copy of it.
+        model: the SFT model, a Hugging Face causal LM; with ``--lora-r`` > 0 it trains LoRA
+            adapters and its reference is itself with them disabled, else a frozen copy of it.
         tokenizer: its tokenizer.
         prompts: the training prompts.
         reward_fn: ``(prompts, completions) -> [N]`` rewards (the learned, whitened score).
         folder: where the model, its tokenizer and ``metrics.csv`` go.
     """
-    metrics = train_grpo(
-        model, tokenizer, prompts, reward_fn, group_rl_config(config, algo), out_dir=folder
-    )
+    model = with_lora(model, *config.lora)
+    metrics = train_grpo(model, tokenizer, prompts, reward_fn, group_rl_config(config, algo),
+                         ref_model=reference_of(model))  # fmt: skip
+    save_lm(model, tokenizer, folder)
     rows = metrics.rows()
     with (folder / "metrics.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from agents.text.lora import reference_of, save_lm, with_lora
 from agents.text.sampling import sample_completions
 from prefenv.app.folders import undo_failed_start
 from prefenv.app.spec import HUMAN, write_json_atomic
@@ -93,16 +94,15 @@ def _require(directory: Path, stage: str) -> Path:
     return directory
 
 
-def _load(directory: Path) -> tuple[Any, Any]:
+def _load(directory: Path, config: TextPipelineConfig | None = None) -> tuple[Any, Any]:
+    """The model and tokenizer of ``directory``, on ``config``'s ``--device`` and ``--dtype``."""
     from envs.text import load_lm
 
-    return load_lm(directory)
+    return load_lm(directory, *(config.placement() if config else ()))
 
 
 def _save(model: Any, tokenizer: Any, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    save_lm(model, tokenizer, directory)  # a LoRA model: merged, and its adapters in adapter/
 
 
 def _scorer(config: TextPipelineConfig) -> Any:
@@ -159,13 +159,15 @@ def stage_sft(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     from agents.text.sft import TextSFTConfig, train_text_sft
     from envs.text.corpus import generate_demonstrations
 
-    model, tokenizer = _load(_require(out / "base", "base"))
+    model, tokenizer = _load(_require(out / "base", "base"), config)
+    model = with_lora(model, *config.lora)
     demos = generate_demonstrations(config.sft_demos, seed=config.stream_seed("demonstrations"))
     optim = dataclasses.replace(
         SFT_OPTIM, max_steps=config.sft_steps, seed=config.seed, progress=True
     )
     sft_config = TextSFTConfig(optim)
-    metrics = train_text_sft(model, tokenizer, demos, sft_config, out_dir=out / "sft")
+    metrics = train_text_sft(model, tokenizer, demos, sft_config)
+    _save(model, tokenizer, out / "sft")
     return _finish(
         out / "sft",
         {"demonstrations": len(demos), "first_loss": metrics.first_loss,
@@ -334,6 +336,7 @@ def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, 
     ppo_config = dataclasses.replace(
         config.ppo, n_steps=config.max_new_tokens,
         batch_size=config.n_envs * config.max_new_tokens // 4, seed=config.seed,
+        device=str(model.device),
     )  # fmt: skip
     return PPOKL(
         env, ppo_config, policy=policy, ref_policy=ref_policy, log_dir=out / "ppo" / "logs"
@@ -377,7 +380,7 @@ def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """PPO-KL on the learned (whitened) reward with a per-token KL leash to the SFT model."""
     from prefenv.app.text_monitor import TextMonitor, plot_monitor, read_monitor
 
-    model, tokenizer = _load(_require(out / "sft", "sft"))
+    model, tokenizer = _load(_require(out / "sft", "sft"), config)
     episodes: list[dict[str, Any]] = []
     env = _reward_env(config, out, tokenizer, episodes)
     agent = _ppo_agent(config, out, tokenizer, env, model)
@@ -434,8 +437,9 @@ def stage_dpo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     from agents.text.dpo import DPOConfig, train_dpo
     from agents.text.optim import DPO_OPTIM
 
-    model, tokenizer = _load(_require(out / "sft", "sft"))
-    ref_model, _ = _load(out / "sft")
+    model, tokenizer = _load(_require(out / "sft", "sft"), config)
+    model = with_lora(model, *config.lora)
+    ref_model = reference_of(model) or _load(out / "sft", config)[0]  # LoRA: adapters disabled
     _require(out / "reward_model", "rm")  # it labelled the comparisons DPO trains on
     pairs, uncertainty = _dpo_pairs(config, out)
     optim = dataclasses.replace(DPO_OPTIM, learning_rate=config.dpo_learning_rate,
@@ -458,7 +462,7 @@ def _group_rl(config: TextPipelineConfig, out: Path, algo: str) -> dict[str, Any
     from envs.text import TextTask
     from prefenv.app.text_grpo import train_group_rl
 
-    model, tokenizer = _load(_require(out / "sft", "sft"))
+    model, tokenizer = _load(_require(out / "sft", "sft"), config)
     prompts = _train_prompts(config)
     env = TextTask(config.task, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
     predictor = _reward_predictor(config, out, tokenizer, env.observation_space, env.action_space)

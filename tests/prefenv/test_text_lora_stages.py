@@ -1,0 +1,63 @@
+"""--device, --dtype and --lora-r on the text stages at tiny size (CPU): the plumbing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefenv.app.text_runs import TextPipelineConfig, run_pipeline, run_stage
+
+pytest.importorskip("peft")
+
+TINY = {
+    "base_train_steps": 20, "sft_steps": 4, "sft_demos": 64, "queries": 32, "rm_epochs": 1,
+    "max_new_tokens": 6, "eval_prompts": 8, "grpo_steps": 1, "group_size": 2, "dpo_epochs": 1,
+    "device": "auto", "lora_r": 4, "lora_alpha": 8.0,
+}  # fmt: skip
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_lora_stages_train_adapters_and_save_them_in_peft_format(tmp_path) -> None:
+    config = TextPipelineConfig(**TINY)
+    run_pipeline(config, tmp_path, stages=("base", "sft", "rm", "dpo", "grpo"))
+    base = weights(tmp_path / "base")
+    for stage in ("sft", "dpo", "grpo"):
+        adapter = tmp_path / stage / "adapter"
+        assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+        assert (adapter / "adapter_model.safetensors").is_file()
+        merged = weights(tmp_path / stage)  # the full model, adapters merged in
+        assert merged.keys() == base.keys()
+    sft, dpo = weights(tmp_path / "sft"), weights(tmp_path / "dpo")
+    # Adapters touch the attention and MLP projections only: embeddings are the base's.
+    assert torch.equal(sft["transformer.wte.weight"], base["transformer.wte.weight"])
+    assert not torch.equal(sft["transformer.h.0.attn.c_attn.weight"],
+                           base["transformer.h.0.attn.c_attn.weight"])  # fmt: skip
+    assert not torch.equal(dpo["transformer.h.0.mlp.c_fc.weight"],
+                           sft["transformer.h.0.mlp.c_fc.weight"])  # fmt: skip
+
+
+def test_bfloat16_on_cpu_runs_sft_and_keeps_the_precision(tmp_path) -> None:
+    config = TextPipelineConfig(**{**TINY, "lora_r": 0, "dtype": "bfloat16", "device": "cpu"})
+    run_pipeline(config, tmp_path, stages=("base", "sft"))
+    assert weights(tmp_path / "base")["transformer.wte.weight"].dtype == torch.float32
+    assert weights(tmp_path / "sft")["transformer.wte.weight"].dtype == torch.bfloat16
+    summary = json.loads((tmp_path / "sft" / "stage.json").read_text())
+    assert all(map(torch.isfinite, torch.tensor([summary["first_loss"], summary["final_loss"]])))
+
+
+def test_bad_device_settings_are_refused(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ValueError, match="--device 'tpu'"):
+        TextPipelineConfig(device="tpu")
+    with pytest.raises(ValueError, match="--lora-r must be >= 0"):
+        TextPipelineConfig(lora_r=-1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run_stage("base", TextPipelineConfig(**TINY), tmp_path)
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        run_stage("sft", TextPipelineConfig(**{**TINY, "device": "cuda"}), tmp_path)
