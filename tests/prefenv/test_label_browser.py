@@ -6,11 +6,13 @@ segments; real text and session segments), serves it with ``prefenv label``, ope
 annotator's link and checks what a person sees: both clips playing, or both texts, or both
 tables. It then labels 20 queries with the keyboard, undoes one (and answers it again) and reads
 the progress text, which must agree with the store. A screenshot of each family's page goes to
-``benchmarks/figures/label_<family>.png``.
+``benchmarks/figures/label_<family>.png`` when ``PREFENV_SCREENSHOTS=1`` (else to a temporary
+folder).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 FIGURES = Path(__file__).resolve().parents[2] / "benchmarks" / "figures"
+SAVE_SCREENSHOTS = "PREFENV_SCREENSHOTS"
+"""Set this environment variable to 1 to refresh the committed screenshots in FIGURES; without
+it they go to the test's temporary folder, so a test run leaves the checkout as it was."""
 QUERIES = 24
 LABELS = 20
 KEYS = [("1", "left"), ("ArrowRight", "right"), ("3", "equal"), ("ArrowLeft", "left"),
@@ -172,7 +177,9 @@ def _press(page: Any, key: str, labelled: int) -> None:
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))
-def test_label_page_in_a_real_browser(kind, browser, make_label_run, label_server) -> None:
+def test_label_page_in_a_real_browser(
+    kind, browser, make_label_run, label_server, tmp_path
+) -> None:
     env_id, build = FAMILIES[kind]
     run = make_label_run(kind, env=env_id, annotators=["alice"])
     pairs, media = build(run.clips)
@@ -188,7 +195,10 @@ def test_label_page_in_a_real_browser(kind, browser, make_label_run, label_serve
     _check_shown(page, kind, media[0])
     page.wait_for_timeout(300)  # let the clips move on from their first frame
     FIGURES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(FIGURES / f"label_{kind}.png"), full_page=True)
+    folder = FIGURES if os.environ.get(SAVE_SCREENSHOTS) == "1" else tmp_path
+    shot = folder / f"label_{kind}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000  # a rendered page, not an empty image
 
     expected = []
     for i in range(LABELS):
