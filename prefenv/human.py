@@ -196,13 +196,13 @@ class HumanFeedback:
     def answered_share(self, round: int) -> float:
         """Share of ``round``'s queries that have all their labels (or are closed)."""
         posted = self.queue.round_queries(self.run, round)
-        return 1.0 - len(self.unanswered(round)) / len(posted) if posted else 1.0
+        waiting = sum(q.closed is None and q.n_labels < q.overlap for q in posted)
+        return 1.0 - waiting / len(posted) if posted else 1.0
 
     def unanswered(self, round: int) -> list[int]:
         """Open queries of ``round`` with fewer than ``overlap`` labels."""
-        queries = [q for q in self.queue.round_queries(self.run, round) if q.closed is None]
-        counts = self.queue.answers([q.id for q in queries])
-        return [q.id for q in queries if counts[q.id] < q.overlap]
+        queries = self.queue.round_queries(self.run, round)
+        return [q.id for q in queries if q.closed is None and q.n_labels < q.overlap]
 
     def wait(self, until: Callable[[], bool], deadline: float) -> None:
         """Poll ``until()`` every ``poll_seconds`` until it holds or ``deadline`` passes."""

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefenv.records import Comparison, Segment
-from prefenv.store import _array_from_bytes, _array_to_bytes, _context_to_json
-from prefenv.store_file import ARRAYS, SEGMENT_COLUMNS, StoreMissingError, connect
+from prefenv.store import decode_segments, encode_row, encode_segments
+from prefenv.store_file import COLUMNS, SEGMENT_COLUMNS, StoreMissingError, connect
 
 __all__ = [
     "CHOICES",
@@ -127,15 +127,17 @@ class Query:
     overlap: int
     gold: float | None
     media: dict[str, Any] | None
+    n_labels: int = 0
+    """Labels given so far (skips included; kept by :meth:`QueryQueue.label` and ``undo``)."""
 
 
-_QUERY_COLUMNS = "id, public_id, run, round, posted, closed, overlap, gold, media"
+_QUERY_COLUMNS = "id, public_id, run, round, posted, closed, overlap, gold, media, n_labels"
 
 
 def _query(row: Sequence[Any]) -> Query:
     media = None if row[8] is None else json.loads(row[8])
     return Query(int(row[0]), row[1], row[2], int(row[3]), row[4], row[5], int(row[6]), row[7],
-                 media)  # fmt: skip
+                 media, int(row[9]))  # fmt: skip
 
 
 def _hash(token: str) -> str:
@@ -283,13 +285,10 @@ class QueryQueue:
             raise ValueError("a gold answer must be 0.0 (left), 1.0 (right) or None")
         now = self.clock()
         rows = []
-        for index, ((left, right), known, shown) in enumerate(zip(pairs, gold, media, strict=True)):
-            values: list[Any] = [secrets.token_hex(8), run, round, now, overlap, known,
-                                 None if shown is None else json.dumps(dict(shown))]  # fmt: skip
-            for k, segment in enumerate((left, right)):
-                values.extend(_array_to_bytes(getattr(segment, name)) for name in ARRAYS)
-                values.append(_context_to_json(segment.context, f"pair {index} segment{k}"))
-            rows.append(values)
+        for index, (pair, known, shown) in enumerate(zip(pairs, gold, media, strict=True)):
+            rows.append([secrets.token_hex(8), run, round, now, overlap, known,
+                         None if shown is None else json.dumps(dict(shown)),
+                         *encode_segments(pair, f"pair {index}")])  # fmt: skip
         columns = ["public_id", "run", "round", "posted", "overlap", "gold", "media",
                    *SEGMENT_COLUMNS]  # fmt: skip
         sql = f"INSERT INTO queries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -319,11 +318,10 @@ class QueryQueue:
 
     def answers(self, query_ids: Sequence[int]) -> dict[int, int]:
         """Labels given (skips included) per query id."""
-        counts = dict.fromkeys(query_ids, 0)
-        for query_id, n in self._read("SELECT query_id, COUNT(*) FROM labels GROUP BY query_id"):
-            if query_id in counts:
-                counts[query_id] = int(n)
-        return counts
+        found = dict(self._read(
+            f"SELECT id, n_labels FROM queries WHERE id IN ({', '.join('?' * len(query_ids))})",
+            list(query_ids)))  # fmt: skip
+        return {query_id: int(found.get(query_id, 0)) for query_id in query_ids}
 
     def close_queries(self, query_ids: Sequence[int]) -> int:
         """Close open queries (their round ended); labels for them are refused from now on."""
@@ -355,8 +353,6 @@ class QueryQueue:
         Returns:
             The new comparisons, in label order.
         """
-        from prefenv.store import COLUMNS, _encode_row
-
         cutoff = self.clock() - older_than
         with self._write() as conn:
             rows = conn.execute(
@@ -373,7 +369,7 @@ class QueryQueue:
                 left, right = pairs[query_id]
                 comparison = Comparison(left, right, choice_label(choice),
                                         teacher=HUMAN_PREFIX + annotator, created=created)  # fmt: skip
-                row_id = conn.execute(insert, _encode_row(index, comparison)).lastrowid
+                row_id = conn.execute(insert, encode_row(index, comparison)).lastrowid
                 conn.execute("UPDATE labels SET comparison_id = ? WHERE id = ?", (row_id, label_id))
                 comparisons.append(comparison)
             return comparisons
@@ -388,14 +384,8 @@ class QueryQueue:
             ).fetchone()
             if row is None:
                 raise UnknownQueryError(f"no query {query_id}")
-            values = dict(zip(SEGMENT_COLUMNS, row, strict=True))
-            out[query_id] = tuple(
-                Segment(**{name: _array_from_bytes(values[f"{name}{k}"]) for name in ARRAYS},
-                        context=None if values[f"context{k}"] is None
-                        else json.loads(values[f"context{k}"]))
-                for k in (0, 1)
-            )  # fmt: skip
-        return out  # type: ignore[return-value]
+            out[query_id] = decode_segments(dict(zip(SEGMENT_COLUMNS, row, strict=True)))
+        return out
 
     # -- the app's side -----------------------------------------------------------------------
 

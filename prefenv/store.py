@@ -220,7 +220,7 @@ class ComparisonStore:
             TypeError: an item is not a :class:`~prefenv.records.Comparison`.
             ValueError: a segment context is not a JSON-serialisable mapping.
         """
-        rows = [_encode_row(index, comparison) for index, comparison in enumerate(comparisons)]
+        rows = [encode_row(index, comparison) for index, comparison in enumerate(comparisons)]
         if not rows:
             return []
         db = self._db
@@ -305,16 +305,8 @@ class ComparisonStore:
         row_id, label, teacher, created, *segment_values = row
         values = dict(zip(SEGMENT_COLUMNS, segment_values, strict=True))
         try:
-            segments = [
-                Segment(
-                    **{name: _array_from_bytes(values[f"{name}{k}"]) for name in ARRAYS},
-                    context=None
-                    if values[f"context{k}"] is None
-                    else json.loads(values[f"context{k}"]),
-                )
-                for k in (0, 1)
-            ]
-            return Comparison(segments[0], segments[1], label, teacher=teacher, created=created)
+            left, right = decode_segments(values)
+            return Comparison(left, right, label, teacher=teacher, created=created)
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"comparison store {self.path}: row {row_id} cannot be decoded ({error}); "
@@ -349,13 +341,35 @@ def _context_to_json(context: Mapping[str, Any] | None, where: str) -> str | Non
         ) from error
 
 
-def _encode_row(index: int, comparison: Comparison) -> tuple[Any, ...]:
+def encode_segments(pair: tuple[Segment, Segment], where: str) -> list[Any]:
+    """The values of :data:`~prefenv.store_file.SEGMENT_COLUMNS` for a pair of segments (the
+    comparisons table and the human query queue store pairs alike); ``where`` names the pair in
+    errors."""
+    values: list[Any] = []
+    for k, segment in enumerate(pair):
+        values.extend(_array_to_bytes(getattr(segment, name)) for name in ARRAYS)
+        values.append(_context_to_json(segment.context, f"{where} segment{k}"))
+    return values
+
+
+def decode_segments(values: Mapping[str, Any]) -> tuple[Segment, Segment]:
+    """The pair :func:`encode_segments` stored, from ``{column: value}`` of its columns."""
+    left, right = (
+        Segment(
+            **{name: _array_from_bytes(values[f"{name}{k}"]) for name in ARRAYS},
+            context=None if values[f"context{k}"] is None else json.loads(values[f"context{k}"]),
+        )
+        for k in (0, 1)
+    )
+    return left, right
+
+
+def encode_row(index: int, comparison: Comparison) -> tuple[Any, ...]:
+    """The values of :data:`~prefenv.store_file.COLUMNS` for one comparison of a batch."""
     if not isinstance(comparison, Comparison):
         raise TypeError(
             f"comparison {index} of the batch is a {type(comparison).__name__}, not a Comparison"
         )
-    values: list[Any] = [comparison.label, comparison.teacher, float(comparison.created)]
-    for k, segment in enumerate((comparison.segment0, comparison.segment1)):
-        values.extend(_array_to_bytes(getattr(segment, name)) for name in ARRAYS)
-        values.append(_context_to_json(segment.context, f"comparison {index} segment{k}"))
-    return tuple(values)
+    pair = (comparison.segment0, comparison.segment1)
+    return (comparison.label, comparison.teacher, float(comparison.created),
+            *encode_segments(pair, f"comparison {index}"))  # fmt: skip
