@@ -189,9 +189,17 @@ class TrainSpec:
         _check_values(self)
         prefenv.import_modules(self.imports)
         prefenv.resolve_env_id(self.env, prefenv.register_task_envs)
-        if self.teacher != HUMAN:  # an unknown preset names the presets
-            make_teacher(self.teacher, np.random.default_rng(0))
-        make_teacher(self.fallback_teacher, np.random.default_rng(0))
+        if self.teacher != HUMAN:  # an unknown preset names the presets, and people
+            try:
+                make_teacher(self.teacher, np.random.default_rng(0))
+            except ValueError as error:
+                raise ValueError(
+                    f"{error}; or {HUMAN}: people label through prefenv label"
+                ) from None
+        try:
+            make_teacher(self.fallback_teacher, np.random.default_rng(0))
+        except ValueError as error:
+            raise ValueError(f"--fallback-teacher: {error}") from None
         agent_factory(self.agent).check(self)
 
     def with_preset(self) -> TrainSpec:

@@ -180,7 +180,11 @@ def test_train_refuses_to_overwrite_and_names_resume(tmp_path, capsys):
 
 def test_unknown_teacher_and_agent_are_clear_errors(tmp_path, capsys):
     assert main(["train", *TINY, "--teacher", "orcale", "--out", str(tmp_path / "a")]) == 2
-    assert "unknown teacher 'orcale'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown teacher 'orcale'" in err and "or human: people label" in err
+    assert main(["train", *TINY, "--teacher", "human", "--fallback-teacher", "orcale",
+                 "--out", str(tmp_path / "c")]) == 2  # fmt: skip
+    assert "--fallback-teacher: unknown teacher 'orcale'" in capsys.readouterr().err
     assert main(["train", *TINY, "--agent", "dqn", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "unknown agent 'dqn'" in err and "ppo-kl" in err and "sb3-sac" in err
