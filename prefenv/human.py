@@ -35,7 +35,6 @@ comparisons came from people is in the store (teacher ``human:<name>``) and in e
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -138,8 +137,6 @@ class HumanFeedback:
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefenv-present")
         self._jobs: list[Future[None]] = []
         self.clock, self.sleep = clock, sleep
-        self.present_seconds = 0.0
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Finish presenting what was posted, then stop the rendering thread."""
@@ -165,14 +162,11 @@ class HumanFeedback:
             self._jobs.append(self._renderer.submit(self._present, ids, self.queue.pairs(ids)))
 
     def _present(self, ids: Sequence[int], pairs: Sequence[tuple[Segment, Segment]]) -> None:
-        start = time.perf_counter()
         if self._presenter is None:
             self._presenter = self._factory()
         for query_id, (left, right) in zip(ids, pairs, strict=True):
             folder, stem = self._folder_stem(query_id)
             self.queue.set_media(query_id, self._presenter.present(left, right, folder, stem))
-        with self._lock:
-            self.present_seconds += time.perf_counter() - start
 
     def check_presenting(self) -> None:
         """Re-raise a rendering thread's error in the training thread (a broken presenter must
