@@ -5,6 +5,7 @@
     prefenv resume --out runs/cheetah
     prefenv eval --out runs/cheetah --episodes 10
     prefenv check prefenv/Hopper-v0
+    prefenv sweep examples/sweep_quick.toml     # a grid of runs on a local Ray instance
     prefenv train --env prefenv/RecSlate-v0 --agent ppo-kl --reference popularity \\
                   --kl-coef 0.05 --queries 500 --steps 200000 --out runs/rec
 
@@ -220,10 +221,12 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check.add_argument("--seed", type=int, default=0, help="env seed (default: %(default)s)")
     from prefenv.app.label_cli import add_label_parser
+    from prefenv.app.sweep_cli import add_sweep_parser
     from prefenv.app.text_cli import add_text_parser
 
     add_text_parser(sub)
     add_label_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
@@ -231,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = _parser().parse_args(argv)
     from prefenv.app.label_cli import cmd_label
+    from prefenv.app.sweep_cli import cmd_sweep
     from prefenv.app.text_cli import cmd_text
 
     commands = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
-                "check": _cmd_check, "text": cmd_text, "label": cmd_label}  # fmt: skip
+                "check": _cmd_check, "text": cmd_text, "label": cmd_label,
+                "sweep": cmd_sweep}  # fmt: skip
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, TypeError, gym.error.Error, NoLabelsError) as exc:
