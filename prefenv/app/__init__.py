@@ -4,9 +4,10 @@ The only code allowed to import all three packages (the core ``prefenv``, ``agen
 ``envs``); the core never imports it. See ``docs/pages/architecture.md``.
 
 Its Python API is the command line's: :func:`train`, :func:`resume` and :func:`evaluate`
-(:mod:`prefenv.app.api`) take the same settings with the same defaults as ``prefenv train``.
+(:mod:`prefenv.app.api`) take the same settings with the same defaults as ``prefenv train``;
+:func:`sweep` runs a grid file as ``prefenv sweep`` does.
 """
 
-from prefenv.app.api import evaluate, resume, train
+from prefenv.app.api import evaluate, resume, sweep, train
 
-__all__ = ["evaluate", "resume", "train"]
+__all__ = ["evaluate", "resume", "sweep", "train"]

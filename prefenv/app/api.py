@@ -5,6 +5,7 @@
     summary = train(env="my_pkg:my/Env-v0", out="runs/mine", teacher="noisy", queries=250)
     summary = resume("runs/mine")              # a killed run continues from its last round
     print(evaluate("runs/mine", episodes=10))  # deterministic episodes of the latest agent
+    outcome = sweep("examples/sweep_quick.toml")  # a grid of runs on Ray (local=True: no Ray)
 
 ``train`` takes the fields of :class:`~prefenv.app.spec.TrainSpec` as keywords, with the same
 defaults as ``prefenv train`` (the command line reads them from the same dataclass), and returns
@@ -20,13 +21,16 @@ import difflib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefenv.app.budget import warn_budget
 from prefenv.app.folders import set_aside, undo_failed_start
 from prefenv.app.runs import FINAL_EVAL_FILE, LOG_DIR, QUERY_POOL_FILE, TrainingRun, evaluate_run
 from prefenv.app.spec import TrainSpec, load_spec, save_spec
 from prefenv.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from prefenv.app.sweep import SweepOutcome
 
 __all__ = [
     "RUN_ENTRIES",
@@ -36,6 +40,7 @@ __all__ = [
     "resume",
     "settings",
     "start",
+    "sweep",
     "train",
 ]
 
@@ -169,3 +174,38 @@ def evaluate(out: str | os.PathLike[str], episodes: int = 10, seed: int = 12345)
             f"`prefenv resume --out {out}`"
         )
     return evaluate_run(out, episodes=episodes, seed=seed)
+
+
+def sweep(
+    grid: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    local: bool = False,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> SweepOutcome:
+    """Run every cell of grid file ``grid`` (``prefenv sweep``); finished cells are skipped.
+
+    Args:
+        grid: a grid file (:mod:`prefenv.app.sweep_grid`).
+        out: the sweep folder (default ``runs/sweeps/<grid file name>``).
+        local: run the cells in local worker processes instead of on Ray.
+        workers: with ``local``: cells at once (default: the machine's cores).
+        address: a Ray cluster to join (default: a local Ray instance, or the one this process
+            started).
+        progress: show a bar of cells.
+
+    Returns:
+        The cells done and failed, and the Markdown table (also ``OUT/results.md``).
+    """
+    from prefenv.app.sweep import Sweep, backend_for
+    from prefenv.app.sweep_grid import load_grid
+
+    folder = Path(out) if out is not None else Path("runs") / "sweeps" / Path(grid).stem
+    runner = Sweep(load_grid(grid), folder)
+    backend = backend_for(local, workers, address)
+    try:
+        return runner.run(backend, progress=progress)
+    finally:
+        backend.close()

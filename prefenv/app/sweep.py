@@ -47,6 +47,7 @@ __all__ = [
     "RayBackend",
     "Sweep",
     "SweepOutcome",
+    "backend_for",
     "run_cell",
 ]
 
@@ -213,6 +214,18 @@ class RayBackend:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+
+
+def backend_for(local: bool, workers: int | None, address: str | None) -> Backend:
+    """Local worker processes (``local``), else Ray (``address``: a cluster to join).
+
+    Raises:
+        ValueError: ``workers`` without ``local``.
+        ImportError: Ray is asked for and not installed (the message names both fixes).
+    """
+    if workers is not None and not local:
+        raise ValueError("--workers sets the local worker processes: pass it with --local")
+    return LocalBackend(workers) if local else RayBackend(address)
 
 
 def _first_line(error: BaseException) -> str:

@@ -53,12 +53,10 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or list, or report) the grid; exit 1 when a cell failed every attempt."""
-    from prefenv.app.sweep import LocalBackend, RayBackend, Sweep
+    from prefenv.app.sweep import Sweep, backend_for
     from prefenv.app.sweep_grid import load_grid
     from prefenv.app.sweep_report import write_report
 
-    if args.workers is not None and not args.local:
-        raise ValueError("--workers sets the local worker processes: pass it with --local")
     out = args.out or Path("runs") / "sweeps" / args.grid.stem
     sweep = Sweep(load_grid(args.grid), out)
     if args.cells:
@@ -70,7 +68,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"table: {sweep.out / 'results.md'} (and results.csv, figure.png)")
         return 0
     try:
-        backend = LocalBackend(args.workers) if args.local else RayBackend(args.address)
+        backend = backend_for(args.local, args.workers, args.address)
     except ImportError as error:
         print(f"prefenv sweep: {error}", file=sys.stderr)
         return 2
