@@ -5,9 +5,9 @@ The only code allowed to import all three packages (the core ``prefenv``, ``agen
 
 Its Python API is the command line's: :func:`train`, :func:`resume` and :func:`evaluate`
 (:mod:`prefenv.app.api`) take the same settings with the same defaults as ``prefenv train``;
-:func:`sweep` runs a grid file as ``prefenv sweep`` does.
+:func:`run_sweep` runs a grid file as ``prefenv sweep`` does.
 """
 
-from prefenv.app.api import evaluate, resume, sweep, train
+from prefenv.app.api import evaluate, resume, run_sweep, train
 
-__all__ = ["evaluate", "resume", "sweep", "train"]
+__all__ = ["evaluate", "resume", "run_sweep", "train"]

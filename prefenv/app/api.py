@@ -5,7 +5,7 @@
     summary = train(env="my_pkg:my/Env-v0", out="runs/mine", teacher="noisy", queries=250)
     summary = resume("runs/mine")              # a killed run continues from its last round
     print(evaluate("runs/mine", episodes=10))  # deterministic episodes of the latest agent
-    outcome = sweep("examples/sweep_quick.toml")  # a grid of runs on Ray (local=True: no Ray)
+    outcome = run_sweep("examples/sweep_quick.toml")  # a grid on Ray (local=True: no Ray)
 
 ``train`` takes the fields of :class:`~prefenv.app.spec.TrainSpec` as keywords, with the same
 defaults as ``prefenv train`` (the command line reads them from the same dataclass), and returns
@@ -40,7 +40,7 @@ __all__ = [
     "resume",
     "settings",
     "start",
-    "sweep",
+    "run_sweep",
     "train",
 ]
 
@@ -176,7 +176,7 @@ def evaluate(out: str | os.PathLike[str], episodes: int = 10, seed: int = 12345)
     return evaluate_run(out, episodes=episodes, seed=seed)
 
 
-def sweep(
+def run_sweep(
     grid: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
     *,

@@ -275,10 +275,10 @@ def test_a_true_reward_twin_trains_checkpoints_and_resumes_without_retraining(
 
 
 def test_the_python_api_takes_the_command_lines_choices(tmp_path, monkeypatch):
-    from prefenv.app import api, sweep
+    from prefenv.app import api, run_sweep
 
     with pytest.raises(ValueError, match="pass it with --local"):
-        sweep(write(tmp_path, GRID), tmp_path / "out", workers=2)
+        run_sweep(write(tmp_path, GRID), tmp_path / "out", workers=2)
     monkeypatch.setattr("prefenv.app.sweep.LocalBackend", lambda workers: FakeBackend())
-    outcome = api.sweep(write(tmp_path, GRID), tmp_path / "out", local=True, progress=False)
+    outcome = api.run_sweep(write(tmp_path, GRID), tmp_path / "out", local=True, progress=False)
     assert len(outcome.done) == 6 and "| 250 | 2 | 25.5 ± 0.5 |" in outcome.table
