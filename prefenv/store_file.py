@@ -60,6 +60,9 @@ CREATE TABLE comparisons (
 CREATE INDEX comparisons_teacher ON comparisons (teacher, id);
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA}');
 """
+ASSIGNMENTS_HELD = "CREATE INDEX IF NOT EXISTS assignments_held ON assignments (annotator, assigned)"
+"""An annotator's held assignments, newest lease first: ``QueryQueue.next_for`` looks these up on
+every hand-out (without it, 30 ms per call with 6,000 open queries instead of ~1 ms)."""
 QUEUE_TABLES = f"""
 CREATE TABLE queries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -83,6 +86,7 @@ CREATE TABLE assignments (
     assigned REAL NOT NULL,
     PRIMARY KEY (query_id, annotator)
 );
+{ASSIGNMENTS_HELD};
 CREATE TABLE labels (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     query_id INTEGER NOT NULL REFERENCES queries (id),
@@ -386,6 +390,10 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> str:
         _create_schema(conn, path)
     elif "queries" not in tables:
         _upgrade_v1(conn)
+    elif not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'assignments_held'"
+    ).fetchone():
+        conn.execute(ASSIGNMENTS_HELD)  # a store written before the index existed
     return _identity(conn)
 
 

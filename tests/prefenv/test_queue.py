@@ -339,3 +339,17 @@ def test_threads_with_their_own_connections_label_each_query_once(tmp_path: Path
         rows = queue.label_rows()
     assert len(acknowledged) == 120 == len({public_id for _, public_id in acknowledged})
     assert sorted((r["annotator"], r["query"]) for r in rows) == sorted(acknowledged)
+
+
+def test_a_store_from_before_the_held_assignments_index_gets_it_when_opened(tmp_path):
+    path = tmp_path / "comparisons.sqlite"
+    QueryQueue(path, create=True).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX assignments_held")
+    QueryQueue(path).close()
+    with sqlite3.connect(path) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM assignments WHERE annotator = ? AND assigned > ?",
+            ("a", 0.0),
+        ).fetchall()
+    assert any("assignments_held" in str(row) for row in plan)
