@@ -60,7 +60,9 @@ CREATE TABLE comparisons (
 CREATE INDEX comparisons_teacher ON comparisons (teacher, id);
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA}');
 """
-ASSIGNMENTS_HELD = "CREATE INDEX IF NOT EXISTS assignments_held ON assignments (annotator, assigned)"
+ASSIGNMENTS_HELD = (
+    "CREATE INDEX IF NOT EXISTS assignments_held ON assignments (annotator, assigned)"
+)
 """An annotator's held assignments, newest lease first: ``QueryQueue.next_for`` looks these up on
 every hand-out (without it, 30 ms per call with 6,000 open queries instead of ~1 ms)."""
 QUEUE_TABLES = f"""
