@@ -4,12 +4,14 @@
 :class:`prefenv.wrappers.VectorPreferenceReward`) and turns every finished episode into a
 :class:`prefenv.records.Trajectory` of flat features with the hidden true reward. Because it is a
 wrapper, PPO-KL, SB3 (through the bridge) or a hand-written loop all feed it the same way.
+Episodes stepped in other processes (PPO-KL's rollout workers, each with a recorder of its own)
+join it through :meth:`TrajectoryRecorder.add_episodes`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -116,11 +118,40 @@ class TrajectoryRecorder(VectorWrapper):
             terminated=stats.terminated,
             context=context,
         )
+        self._keep(trajectory)
+        self._stats.append(stats)
+
+    def _keep(self, trajectory: Trajectory) -> None:
         self._finished.append(trajectory)
         self._finished_steps += len(trajectory)
         while self._finished_steps > self.capacity_steps and len(self._finished) > 1:
             self._finished_steps -= len(self._finished.popleft())
-        self._stats.append(stats)
+
+    def add_episodes(
+        self, trajectories: Sequence[Trajectory], stats: Sequence[EpisodeStats], steps: int
+    ) -> None:
+        """Record episodes that were stepped elsewhere (PPO-KL's rollout workers' recorders).
+
+        They join :attr:`trajectories` and :meth:`pop_episode_stats` as if this recorder had
+        recorded them, in the order given (oldest first), within ``capacity_steps``.
+
+        Args:
+            trajectories: the finished episodes.
+            stats: their returns, one per trajectory.
+            steps: the recorded steps they stand for (added to ``total_steps``).
+
+        Raises:
+            ValueError: ``stats`` and ``trajectories`` differ in length.
+        """
+        if len(trajectories) != len(stats):
+            raise ValueError(
+                f"add_episodes got {len(trajectories)} trajectories but {len(stats)} stats: "
+                "pass one EpisodeStats per trajectory"
+            )
+        for trajectory in trajectories:
+            self._keep(trajectory)
+        self._stats.extend(stats)
+        self.total_steps += int(steps)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -132,6 +163,14 @@ class TrajectoryRecorder(VectorWrapper):
         """Stats of the episodes finished since the last call."""
         stats, self._stats = self._stats, []
         return stats
+
+    def pop_trajectories(self) -> list[Trajectory]:
+        """The finished episodes still held, oldest first, and forget them: a rollout worker's
+        recorder hands each rollout's episodes to the learner's this way."""
+        trajectories = list(self._finished)
+        self._finished.clear()
+        self._finished_steps = 0
+        return trajectories
 
 
 def _info_at(infos: dict[str, Any], i: int) -> dict[str, Any]:

@@ -9,6 +9,9 @@ Quick start::
     agent = PPOKL(env, PPOKLConfig(n_steps=256, kl_coef=0.0), log_dir="runs/ppo")
     metrics = agent.learn(100_000)      # call again to continue the same run
     agent.save("runs/ppo/ckpt")      # PPOKL.load("runs/ppo/ckpt", env) resumes
+
+Rollouts on Ray actors: ``PPOKL(env, config, rollouts=RayRollouts(env_factory, 2, env.num_envs))``
+(see :mod:`agents.ppo_kl.rollout_workers`).
 """
 
 from agents.ppo_kl.buffer import RolloutBatch, RolloutBuffer
@@ -25,6 +28,8 @@ from agents.ppo_kl.losses import (
 )
 from agents.ppo_kl.normalize import ObsNormalizer, ReturnScaler, RunningMeanStd
 from agents.ppo_kl.optim import ClippedAdam
+from agents.ppo_kl.ray_rollouts import RayRollouts, RemoteEnvs
+from agents.ppo_kl.rollout_workers import RolloutWorker, WorkerEnv
 from agents.ppo_kl.trainer import PPOKL
 from agents.ppo_kl.update import UpdateStats, ppo_update
 
@@ -38,11 +43,15 @@ __all__ = [
     "MetricsLogger",
     "ObsNormalizer",
     "PPOKLConfig",
+    "RayRollouts",
+    "RemoteEnvs",
     "ReturnScaler",
     "RolloutBatch",
     "RolloutBuffer",
+    "RolloutWorker",
     "RunningMeanStd",
     "UpdateStats",
+    "WorkerEnv",
     "compute_gae",
     "entropy_loss",
     "kl_estimate",

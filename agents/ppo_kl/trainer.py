@@ -9,6 +9,10 @@ the env resets on the *next* step, ignoring that step's action and returning rew
 value of the observation after a truncated step is exactly the bootstrap value GAE needs, and the
 reset step is stored with ``valid=False`` and left out of advantages, losses and statistics.
 
+With ``rollouts=`` (:class:`~agents.ppo_kl.ray_rollouts.RayRollouts`) the steps come from
+rollout workers that hold copies of the env stack and the policy; the learner fills the same
+buffer from their arrays and everything after collection is unchanged.
+
 (Over 400 lines: :class:`PPOKL` is one object whose rollout, iteration and
 exact save/load all read the same private state; the pieces that stand alone already live in
 ``buffer``, ``kl``, ``losses``, ``normalize``, ``optim``, ``update`` and ``checkpoint``.)
@@ -26,7 +30,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from torch import nn
 from tqdm.auto import tqdm
@@ -43,6 +46,8 @@ from agents.ppo_kl.losses import (
 )
 from agents.ppo_kl.normalize import ObsNormalizer, ReturnScaler
 from agents.ppo_kl.optim import ClippedAdam
+from agents.ppo_kl.ray_rollouts import RayRollouts
+from agents.ppo_kl.rollout_workers import Rollout, env_actions, flatten_steps, obs_at
 from agents.ppo_kl.update import UpdateStats, ppo_update
 from prefenv.episodes import EpisodeAccountant, EpisodeStats
 
@@ -80,6 +85,10 @@ class PPOKL:
             ``kl_coef > 0`` and none is given, a frozen copy of the initial policy is used. It is
             fed the same (normalised) observations as the policy.
         log_dir: where ``progress.csv`` and TensorBoard events go; None disables logging.
+        rollouts: rollout workers that step copies of ``env`` (see
+            :mod:`agents.ppo_kl.rollout_workers`); the agent starts them with copies of its
+            policy, and ``env`` then only supplies the spaces and ``num_envs`` (it is never
+            stepped; the caller closes the workers). None: the agent steps ``env`` itself.
 
     Note: for speed the optimiser (:class:`~agents.ppo_kl.ClippedAdam`) re-points the policy's
     trainable parameters at slices of one flat buffer; the policy behaves as before, but do not
@@ -93,6 +102,7 @@ class PPOKL:
         policy: nn.Module | None = None,
         ref_policy: nn.Module | None = None,
         log_dir: str | Path | None = None,
+        rollouts: RayRollouts | None = None,
     ) -> None:
         _check_env(env)
         self.env = env
@@ -155,6 +165,15 @@ class PPOKL:
         self._env_restarts = 0
         self._last_obs: Any = None
         self.logger = MetricsLogger(log_dir) if log_dir is not None else None
+        self.rollouts = rollouts
+        if rollouts is not None:
+            if rollouts.num_envs != self.num_envs:
+                raise ValueError(
+                    f"the rollout workers step {rollouts.num_envs} sub-envs but the env has "
+                    f"{self.num_envs}: build RayRollouts with num_envs=env.num_envs"
+                )
+            rollouts.start(self.policy, self.obs_normalizer, self.observation_space,
+                           self.action_space, cfg.torch_threads)  # fmt: skip
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -245,20 +264,34 @@ class PPOKL:
         return self.obs_normalizer.normalize(obs)
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
-        space = self.action_space
-        if isinstance(space, spaces.Box):
-            return np.clip(actions, space.low, space.high).astype(space.dtype, copy=False)
-        return actions
+        return env_actions(actions, self.action_space)
 
     def _reset_envs(self, seed: int) -> None:
-        self._last_obs, _ = self.env.reset(seed=seed)
+        if self.rollouts is not None:
+            self._last_obs = self.rollouts.reset(seed)
+        else:
+            self._last_obs, _ = self.env.reset(seed=seed)
         self.episodes.reset()
         if self.return_scaler is not None:
             self.return_scaler.reset_returns()
 
     def _collect_rollout(self, use_ref: bool) -> np.ndarray:
         """Fill the buffer with ``n_steps`` vector steps; returns V(last obs) ``[N]``."""
-        cfg, buf = self.config, self.buffer
+        if self.rollouts is not None:
+            self._collect_from_workers(use_ref)
+        else:
+            self._collect_local(use_ref)
+        if not use_ref:
+            self.buffer.kl[:] = 0.0
+        last_obs = obs_to_tensor(
+            self._policy_obs(self._last_obs, update=False), self.observation_space, self.device
+        )
+        with torch.inference_mode():
+            return self.policy.value(last_obs).cpu().numpy()
+
+    def _collect_local(self, use_ref: bool) -> None:
+        """Fill the buffer by stepping the agent's own env."""
+        cfg = self.config
         for t in range(cfg.n_steps):
             obs = self._policy_obs(self._last_obs, update=True)
             obs_t = obs_to_tensor(obs, self.observation_space, self.device)
@@ -269,35 +302,81 @@ class PPOKL:
             next_obs, rewards, terminated, truncated, infos = self.env.step(
                 self._env_actions(actions_np)
             )
-            dones = terminated | truncated
             logp_np = log_probs.cpu().numpy()
-            rewards = np.asarray(rewards, dtype=np.float32)
             kl = None
             if ref_lp is not None:
                 kl = kl_estimate(logp_np, ref_lp.cpu().numpy(), cfg.kl_estimator)
-            account = self.episodes.step(rewards, terminated, truncated, infos, kl)
-            valid = account.valid  # False: reset step, the env ignored the action
-            self._finished += account.finished
-            if kl is not None:
-                buf.kl[t] = np.where(valid, kl, 0.0)
-            if self.return_scaler is not None:
-                rewards = self.return_scaler(rewards, dones, valid)
-            buf.add_obs(t, obs)
-            buf.actions[t] = actions_np
-            buf.log_probs[t] = logp_np
-            buf.values[t] = values.cpu().numpy()
-            buf.rewards[t] = np.where(valid, rewards, 0.0)
-            buf.terminated[t] = terminated & valid
-            buf.truncated[t] = truncated & valid
-            buf.valid[t] = valid
+            step = (actions_np, logp_np, values.cpu().numpy(), rewards, terminated, truncated)
+            self._record_step(t, obs, *step, infos, kl)
             self._last_obs = next_obs
-        if not use_ref:
-            buf.kl[:] = 0.0
-        last_obs = obs_to_tensor(
-            self._policy_obs(self._last_obs, update=False), self.observation_space, self.device
+
+    def _record_step(
+        self,
+        t: int,
+        obs: Any,
+        actions: np.ndarray,
+        log_probs: np.ndarray,
+        values: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        infos: dict[str, Any],
+        kl: np.ndarray | None,
+    ) -> None:
+        """Store vector step ``t`` (``[N, ...]`` arrays): episode accounting, the KL, return
+        scaling and the reset-step mask."""
+        buf = self.buffer
+        dones = terminated | truncated
+        rewards = np.asarray(rewards, dtype=np.float32)
+        account = self.episodes.step(rewards, terminated, truncated, infos, kl)
+        valid = account.valid  # False: reset step, the env ignored the action
+        self._finished += account.finished
+        if kl is not None:
+            buf.kl[t] = np.where(valid, kl, 0.0)
+        if self.return_scaler is not None:
+            rewards = self.return_scaler(rewards, dones, valid)
+        buf.add_obs(t, obs)
+        buf.actions[t] = actions
+        buf.log_probs[t] = log_probs
+        buf.values[t] = values
+        buf.rewards[t] = np.where(valid, rewards, 0.0)
+        buf.terminated[t] = terminated & valid
+        buf.truncated[t] = truncated & valid
+        buf.valid[t] = valid
+
+    def _collect_from_workers(self, use_ref: bool) -> None:
+        """Fill the buffer from one rollout of the rollout workers (run inside ``_own_rng``: the
+        workers draw the action noise from the agent's stream and hand it back advanced)."""
+        cfg = self.config
+        assert self.rollouts is not None
+        rollout = self.rollouts.sample(
+            cfg.n_steps, self.policy, self.obs_normalizer, torch.get_rng_state()
         )
+        torch.set_rng_state(rollout.torch_rng)
+        kl = self._reference_kl(rollout) if use_ref else None
+        for t in range(cfg.n_steps):
+            if self.obs_normalizer is not None:  # the updates a local rollout makes, in order
+                self.obs_normalizer.update(obs_at(rollout.raw_obs, t))
+            infos = {
+                "true_reward": rollout.true_rewards[t],
+                "_true_reward": rollout.true_reported[t],
+            }
+            step = (rollout.actions[t], rollout.log_probs[t], rollout.values[t],
+                    rollout.rewards[t], rollout.terminated[t], rollout.truncated[t])  # fmt: skip
+            self._record_step(
+                t, obs_at(rollout.obs, t), *step, infos, None if kl is None else kl[t]
+            )
+        self._last_obs = rollout.last_obs
+
+    def _reference_kl(self, rollout: Rollout) -> np.ndarray:
+        """``[T, N]`` per-step KL to the reference of a workers' rollout, in one batched pass."""
+        n_steps, n_envs = rollout.log_probs.shape
+        obs_t = obs_to_tensor(flatten_steps(rollout.obs), self.observation_space, self.device)
+        actions = rollout.actions.reshape(n_steps * n_envs, *rollout.actions.shape[2:])
         with torch.inference_mode():
-            return self.policy.value(last_obs).cpu().numpy()
+            ref_lp = self.ref_policy.log_prob(obs_t, torch.as_tensor(actions, device=self.device))  # type: ignore[union-attr]
+        ref_lp_np = ref_lp.cpu().numpy().reshape(n_steps, n_envs)
+        return kl_estimate(rollout.log_probs, ref_lp_np, self.config.kl_estimator)
 
     # ------------------------------------------------------------------ iteration
 
@@ -401,14 +480,17 @@ class PPOKL:
         policy: nn.Module | None = None,
         ref_policy: nn.Module | None = None,
         log_dir: str | Path | None = None,
+        rollouts: RayRollouts | None = None,
     ) -> PPOKL:
         """Rebuild an agent from :meth:`save` and restart ``env`` with the saved seed.
 
         Pass ``policy``/``ref_policy`` modules when the run used custom ones (same architecture);
-        the default MLPs are rebuilt from the stored config.
+        the default MLPs are rebuilt from the stored config. With ``rollouts``, new workers are
+        started (workers are never saved) and restarted with the saved seed instead of ``env``.
         """
         state = read_checkpoint(directory)
-        agent = cls(env, PPOKLConfig.from_dict(state["config"]), policy, ref_policy, log_dir)
+        config = PPOKLConfig.from_dict(state["config"])
+        agent = cls(env, config, policy, ref_policy, log_dir, rollouts)
         if state.get("ref_policy") is not None and agent.ref_policy is None:
             agent.ref_policy = agent._freeze(copy.deepcopy(agent.policy))
         try:

@@ -21,12 +21,13 @@ from gymnasium.vector import AutoresetMode
 from prefenv.agent import Agent, register_agent
 
 if TYPE_CHECKING:
-    from agents.ppo_kl import PPOKLConfig
+    from agents.ppo_kl import PPOKLConfig, RayRollouts
     from prefenv.app.spec import TrainSpec
 
 __all__ = [
     "RUN_OWNED",
     "PPOKLFactory",
+    "RolloutWorkersEnv",
     "SB3Factory",
     "check_hparams",
     "make_reference",
@@ -98,11 +99,30 @@ def make_reference(spec: TrainSpec, venv: gym.vector.VectorEnv) -> Any:
         ) from exc
 
 
+class RolloutWorkersEnv(gym.vector.VectorWrapper):
+    """The env ``--rollout-workers`` runs hand PPO-KL: the learner-side stack (spaces, and the
+    wrappers the preference loop reads) with the rollout workers that step copies of it.
+
+    It carries the workers through :meth:`PPOKLFactory.build` / ``load``, whose env argument is
+    all an agent factory gets. Its base is a :class:`~agents.ppo_kl.RemoteEnvs`, which refuses
+    single steps: the agent samples whole rollouts from ``rollouts``.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, rollouts: RayRollouts) -> None:
+        super().__init__(env)
+        self.rollouts = rollouts
+
+
+def _rollouts(env: gym.vector.VectorEnv) -> RayRollouts | None:
+    return env.rollouts if isinstance(env, RolloutWorkersEnv) else None
+
+
 class PPOKLFactory:
     """PPO with a KL leash (:class:`agents.ppo_kl.PPOKL`), observation and return normalised.
 
     The leash's reference is the frozen initial policy, or ``spec.reference``'s production
     recommender; that one scores raw observations, so observation normalisation is then off.
+    Given a :class:`RolloutWorkersEnv`, the agent takes its rollouts from its workers.
     """
 
     autoreset_mode: ClassVar[AutoresetMode] = AutoresetMode.NEXT_STEP
@@ -135,7 +155,7 @@ class PPOKLFactory:
 
         ref_policy = make_reference(settings, env)
         config = ppo_kl_config(settings, seed, env_seed, norm_obs=ref_policy is None)
-        return PPOKL(env, config, ref_policy=ref_policy, log_dir=log_dir)
+        return PPOKL(env, config, ref_policy=ref_policy, log_dir=log_dir, rollouts=_rollouts(env))
 
     def load(
         self,
@@ -148,7 +168,9 @@ class PPOKLFactory:
         from agents.ppo_kl import PPOKL
 
         ref_policy = make_reference(settings, env)
-        return PPOKL.load(directory, env, ref_policy=ref_policy, log_dir=log_dir)
+        return PPOKL.load(
+            directory, env, ref_policy=ref_policy, log_dir=log_dir, rollouts=_rollouts(env)
+        )
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,14 @@ seed), the reward model, the query pool, the loop's and the teacher's RNG states
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +66,9 @@ from prefenv.store import ComparisonStore, StoreError
 from prefenv.teachers import make_teacher
 from prefenv.wrappers import VectorPreferenceReward
 
+if TYPE_CHECKING:
+    from agents.ppo_kl import RayRollouts, RemoteEnvs, WorkerEnv
+
 __all__ = [
     "NEXT_OBS_METADATA",
     "TrainSpec",
@@ -73,9 +77,11 @@ __all__ = [
     "load_spec",
     "load_trajectories",
     "make_vector_env",
+    "new_reward_model",
     "reward_uses_next_obs",
     "save_spec",
     "save_trajectories",
+    "worker_env_stack",
     "write_json_atomic",
 ]
 
@@ -107,6 +113,49 @@ def make_vector_env(spec: TrainSpec) -> gym.vector.VectorEnv:
     )
 
 
+def new_reward_model(spec: TrainSpec, venv: gym.vector.VectorEnv) -> RewardEnsemble:
+    """A fresh reward model for ``spec`` on ``venv``'s spaces, seeded by the run's seed."""
+    spaces = (venv.single_observation_space, venv.single_action_space)
+    with torch.random.fork_rng(devices=[]):  # seeded, leaving the global stream alone
+        torch.manual_seed(spec.seeds().reward_model)
+        return RewardEnsemble.for_spaces(
+            *spaces,
+            n_members=spec.ensemble,
+            hidden_sizes=(spec.reward_width,) * spec.reward_depth,
+            use_next_obs=reward_uses_next_obs(venv),
+        )
+
+
+def learned_reward_stack(
+    spec: TrainSpec, venv: gym.vector.VectorEnv, reward_model: Any
+) -> tuple[VectorPreferenceReward, TrajectoryRecorder]:
+    """``venv`` -> learned reward (``spec``'s shaping) -> recorder: a run's env stack."""
+    shaping = RuneSchedule() if spec.rune else spec.shaping
+    reward_env = VectorPreferenceReward(venv, reward_model, shaping=shaping)
+    return reward_env, TrajectoryRecorder(reward_env)
+
+
+def worker_env_stack(spec: TrainSpec, num_envs: int) -> WorkerEnv:
+    """One rollout worker's stack for ``--rollout-workers``: ``num_envs`` sub-envs of ``spec``'s
+    env under the run's learned reward and a recorder. Its reward model is fresh (the run's
+    architecture); the learner's snapshot replaces it before the first step. Module-level, so
+    ``functools.partial(worker_env_stack, spec)`` pickles to the Ray actors."""
+    from agents.ppo_kl import WorkerEnv
+
+    venv = make_vector_env(dataclasses.replace(spec, n_envs=num_envs, rollout_workers=0))
+    reward_env, recorder = learned_reward_stack(spec, venv, new_reward_model(spec, venv))
+    return WorkerEnv(recorder, recorder, reward_env)
+
+
+def remote_envs(spec: TrainSpec) -> RemoteEnvs:
+    """The learner's stand-in for the ``spec.n_envs`` sub-envs its rollout workers step."""
+    from agents.ppo_kl import RemoteEnvs
+
+    template = make_vector_env(dataclasses.replace(spec, n_envs=1, rollout_workers=0))
+    template.close()  # read for its spaces and metadata only
+    return RemoteEnvs(template, spec.n_envs)
+
+
 class StepProgress(gym.vector.VectorWrapper):
     """Counts the agent's env steps into a progress bar (set :attr:`bar`; None counts nothing)."""
 
@@ -116,9 +165,13 @@ class StepProgress(gym.vector.VectorWrapper):
 
     def step(self, actions: Any) -> Any:
         result = self.env.step(actions)
-        if self.bar is not None:
-            self.bar.update(self.num_envs)
+        self.advance(self.num_envs)
         return result
+
+    def advance(self, steps: int) -> None:
+        """Count ``steps`` env steps (rollout workers report theirs here)."""
+        if self.bar is not None:
+            self.bar.update(steps)
 
 
 class TrainingRun:
@@ -135,11 +188,9 @@ class TrainingRun:
         self.out = Path(out)
         self.seeds = seeds = spec.seeds()
         self.factory = agent_factory(spec.agent)
-        venv = make_vector_env(spec)
+        venv = remote_envs(spec) if spec.rollout_workers else make_vector_env(spec)
         self.reward_model = self._reward_model(venv, resume)
-        shaping = RuneSchedule() if spec.rune else spec.shaping
-        self.reward_env = VectorPreferenceReward(venv, self.reward_model, shaping=shaping)
-        self.recorder = TrajectoryRecorder(self.reward_env)
+        self.reward_env, self.recorder = learned_reward_stack(spec, venv, self.reward_model)
         # PEBBLE: above the recorder, so its returns and the teacher's segments never see it;
         # a resumed run is past the initial phase and needs none
         self.intrinsic = None
@@ -149,13 +200,14 @@ class TrainingRun:
                 self.recorder, StateEntropyEstimator(capacity=capacity)
             )
         self.progress = StepProgress(self.intrinsic or self.recorder)  # counts into the bar
+        agent_env = self._agent_env()
         agent_dir, log_dir = self.out / "agent", self.out / LOG_DIR
         if resume:
-            self.agent = self.factory.load(spec, self.progress, agent_dir, log_dir=log_dir)
+            self.agent = self.factory.load(spec, agent_env, agent_dir, log_dir=log_dir)
             self.reward_env.shaping_steps = int(self.agent.num_timesteps)  # RUNE's k_t goes on
         else:
             self.agent = self.factory.build(
-                spec, self.progress, seed=seeds.agent, env_seed=seeds.env, log_dir=log_dir
+                spec, agent_env, seed=seeds.agent, env_seed=seeds.env, log_dir=log_dir
             )
         self.teacher_rng = np.random.default_rng(seeds.teacher)
         human = spec.teacher == HUMAN  # then the simulated teacher only fills in (simulate)
@@ -185,17 +237,29 @@ class TrainingRun:
             self._restore()
 
     def _reward_model(self, venv: gym.vector.VectorEnv, resume: bool) -> Any:
-        spaces = (venv.single_observation_space, venv.single_action_space)
         if resume:
+            spaces = (venv.single_observation_space, venv.single_action_space)
             return load_reward_model(self.out / "reward_model", *spaces)
-        with torch.random.fork_rng(devices=[]):  # seeded, leaving the global stream alone
-            torch.manual_seed(self.seeds.reward_model)
-            return RewardEnsemble.for_spaces(
-                *spaces,
-                n_members=self.spec.ensemble,
-                hidden_sizes=(self.spec.reward_width,) * self.spec.reward_depth,
-                use_next_obs=reward_uses_next_obs(venv),
-            )
+        return new_reward_model(self.spec, venv)
+
+    def _agent_env(self) -> gym.vector.VectorEnv:
+        """The agent's env: the stack above, and with ``--rollout-workers`` the Ray actors that
+        step copies of it (they send finished episodes to the recorder, steps to the bar)."""
+        self.rollouts: RayRollouts | None = None
+        if not self.spec.rollout_workers:
+            return self.progress
+        from agents.ppo_kl import RayRollouts
+        from prefenv.app.agents import RolloutWorkersEnv
+
+        self.rollouts = RayRollouts(
+            functools.partial(worker_env_stack, self.spec),
+            self.spec.rollout_workers,
+            self.spec.n_envs,
+            reward_env=self.reward_env,
+            recorder=self.recorder,
+            on_steps=self.progress.advance,
+        )
+        return RolloutWorkersEnv(self.progress, self.rollouts)
 
     def _restore(self) -> None:
         state = json.loads((self.out / "loop_state.json").read_text())
@@ -232,6 +296,8 @@ class TrainingRun:
                 self.checkpoint()
                 bar.set_postfix_str(_round_postfix(metrics, self.spec.rounds))
             self.progress.bar = None
+        if self.rollouts is not None:
+            self.rollouts.close()
         if self.feedback is not None:
             self.feedback.close()
             self.feedback.queue.close()

@@ -143,6 +143,10 @@ class TrainSpec:
     vectorization: str = "auto"
     """auto (the id's native vector env when it registers one, e.g. the recommendation ids; else
     sync), sync, async or vector_entry_point."""
+    rollout_workers: int = 0
+    """PPO-KL's rollouts on N Ray actors, each stepping n_envs / N of the sub-envs with copies of
+    the policy and reward model (0 = the local vector env). Needs pip install "prefenv[ray]";
+    joins the Ray cluster named in RAY_ADDRESS, else starts a local one."""
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """JSON keyword arguments for gymnasium.make, e.g. '{"objective_weights": {"reward_forward":
     1, "reward_ctrl": 3}}'."""
@@ -321,6 +325,7 @@ def _check_values(spec: TrainSpec) -> None:
         raise ValueError(
             f"unknown --query-method {spec.query_method!r}: choose one of {', '.join(QUERY_METHODS)}"
         )
+    _check_rollout_workers(spec)
     if spec.vectorization not in VECTORIZATIONS:
         raise ValueError(
             f"unknown --vectorization {spec.vectorization!r}: choose one of "
@@ -340,6 +345,34 @@ def _check_values(spec: TrainSpec) -> None:
             )
         if not spec.ref_temperature > 0:
             raise ValueError(f"--ref-temperature must be > 0, got {spec.ref_temperature}")
+
+
+def _check_rollout_workers(spec: TrainSpec) -> None:
+    """``--rollout-workers``: PPO-KL only, not with people or PEBBLE. (That it divides
+    ``--n-envs`` is checked when the workers start: evaluation copies of a spec have one env.)"""
+    workers = spec.rollout_workers
+    if workers < 0:
+        raise ValueError(
+            f"--rollout-workers must be 0 (the local vector env) or more, got {workers}"
+        )
+    if not workers:
+        return
+    if spec.agent != "ppo-kl":
+        raise ValueError(
+            f"--rollout-workers runs PPO-KL's rollouts on Ray actors; agent {spec.agent!r} "
+            "steps its own env: use --agent ppo-kl, or drop --rollout-workers"
+        )
+    unsupported = {
+        "--teacher human": (spec.teacher == HUMAN, "its rounds train in chunks between label "
+                            "harvests, a loop not wired to rollout workers"),
+        "--unsupervised": (spec.unsupervised, "PEBBLE's state-entropy reward keeps its k-NN "
+                           "buffer of visited states in the learner, which the workers never fill"),
+    }  # fmt: skip
+    for name, (asked, why) in unsupported.items():
+        if asked:
+            raise ValueError(
+                f"{name} does not run with --rollout-workers ({why}): drop one of the two"
+            )
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
