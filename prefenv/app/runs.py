@@ -51,7 +51,15 @@ from prefenv.app.reports import (
     write_rounds_csv,
     write_summary,
 )
-from prefenv.app.spec import HUMAN, RUN_SCHEMA, TrainSpec, load_spec, save_spec, write_json_atomic
+from prefenv.app.spec import (
+    HUMAN,
+    REWARD_OUTPUTS,
+    RUN_SCHEMA,
+    TrainSpec,
+    load_spec,
+    save_spec,
+    write_json_atomic,
+)
 from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError
 from prefenv.exploration import RuneSchedule
@@ -122,6 +130,7 @@ def new_reward_model(spec: TrainSpec, venv: gym.vector.VectorEnv) -> RewardEnsem
             *spaces,
             n_members=spec.ensemble,
             hidden_sizes=(spec.reward_width,) * spec.reward_depth,
+            output_activation=REWARD_OUTPUTS[spec.reward_output],
             use_next_obs=reward_uses_next_obs(venv),
         )
 

@@ -122,6 +122,9 @@ class TrainSpec:
     """Hidden units per reward-network layer (B-Pref: 256; smaller refits faster)."""
     reward_depth: int = 2
     """Hidden layers per reward network (B-Pref: 3)."""
+    reward_output: str = "tanh"
+    """Reward-network output: tanh (B-Pref: each step's reward in [-1, 1]) or linear (unbounded;
+    a confident tanh model saturates, and then rewards a fast run no more than a slow one)."""
     shaping: float = 0.0
     """Uncertainty shaping k: reward = mean + k * std of the ensemble."""
     rune: bool = False
@@ -279,6 +282,8 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
                  "reward_width", "reward_depth")  # fmt: skip
 
 
+REWARD_OUTPUTS = {"tanh": "tanh", "linear": None}
+"""``--reward-output`` choices -> the reward network's ``output_activation``."""
 HUMAN = "human"
 """The --teacher value that makes people the teacher (:class:`prefenv.human.HumanPreferenceLoop`)."""
 
@@ -310,6 +315,9 @@ def _check_values(spec: TrainSpec) -> None:
         raise ValueError(f"--gold-rate must be in [0, 1), got {spec.gold_rate}")
     if spec.eval_episodes < 0:
         raise ValueError(f"--eval-episodes must be 0 (skip) or more, got {spec.eval_episodes}")
+    if spec.reward_output not in REWARD_OUTPUTS:
+        raise ValueError(f"unknown --reward-output {spec.reward_output!r}: choose one of "
+                         f"{', '.join(REWARD_OUTPUTS)}")  # fmt: skip
     if spec.queries < 2:
         raise ValueError(
             f"--queries must be at least 2, got {spec.queries}: the reward model needs labelled "

@@ -14,8 +14,8 @@ import torch
 
 from agents.ppo_kl import PPOKL
 from prefenv.app.cli import main
-from prefenv.app.runs import TrainingRun
-from prefenv.app.spec import load_spec
+from prefenv.app.runs import TrainingRun, make_vector_env
+from prefenv.app.spec import TrainSpec, load_spec
 from prefenv.store import ComparisonStore
 
 TINY = [
@@ -196,8 +196,13 @@ def test_unknown_teacher_and_agent_are_clear_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "bad",
-    [["--queries", "0"], ["--env", "prefenv/Reachr-v0"], ["--steps", "300"]],
-    ids=["no-queries", "misspelled-env", "steps-below-initial"],
+    [
+        ["--queries", "0"],
+        ["--env", "prefenv/Reachr-v0"],
+        ["--steps", "300"],
+        ["--reward-output", "sigmoid"],
+    ],
+    ids=["no-queries", "misspelled-env", "steps-below-initial", "unknown-reward-output"],
 )
 def test_a_rejected_start_leaves_nothing_that_refuses_the_retry(tmp_path, capsys, bad):
     out = tmp_path / "run"
@@ -315,3 +320,21 @@ def test_check_command(capsys):
     assert main(["check", "prefenv/Reacher-v0"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["obs_dim"] == 10 and report["act_dim"] == 2 and report["true_reward_in_info"]
+
+
+def test_reward_output_linear_gives_an_unbounded_reward_network(tmp_path):
+    from prefenv.app.runs import new_reward_model
+
+    spec = TrainSpec(env="prefenv/Reacher-v0", reward_output="linear")
+    venv = make_vector_env(spec)
+    linear = new_reward_model(spec, venv)
+    tanh = new_reward_model(TrainSpec(env="prefenv/Reacher-v0"), venv)
+    assert {m.output_activation for m in linear.members} == {None}
+    assert {m.output_activation for m in tanh.members} == {"tanh"}
+    with torch.no_grad():
+        for member in linear.members:  # scale the last layer: only tanh stays within [-1, 1]
+            member.layers[-1].weight.mul_(1e3)
+        obs = torch.randn(64, venv.single_observation_space.shape[0])
+        acts = torch.randn(64, venv.single_action_space.shape[0])
+        assert linear(obs, acts, obs).abs().max() > 1.0
+    venv.close()
