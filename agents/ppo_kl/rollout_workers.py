@@ -46,6 +46,9 @@ sub-envs' raw observations and orders the episodes by (step, sub-env). Two modes
 Either way a worker's parameters sit in one flat buffer, as the learner's optimiser lays them
 out, so the kernels see the same memory alignment; a shaping schedule's ``k_t`` counts ``N``
 steps per vector step, as the learner's wrapper does (see docs/pages/rollout-workers.md).
+
+(Over 400 lines: the worker, the records it sends and the merge that reassembles them share one
+contract, the learner's buffer layout; the Ray side already lives in ``ray_rollouts``.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """What ``prefenv train`` is asked: :class:`TrainSpec`, its seeds, and ``run.json``.
 
 Each field's docstring is its ``prefenv train`` command-line help (:mod:`prefenv.app.fields`).
+
+(Over 400 lines: most of it is :class:`TrainSpec`'s field docstrings, which are the command line's
+help; its checks and ``run.json`` reading stay beside the fields they check.)
 """
 
 from __future__ import annotations
