@@ -41,6 +41,8 @@ _REGISTRY: tuple[tuple[str, str, dict[str, Any], int | None, str | None], ...] =
     ("prefenv/TextSentiment-v0", _TEXT_TASK, {"task": "sentiment"}, None, None),
     ("prefenv/TextKeyword-v0", _TEXT_TASK, {"task": "keyword"}, None, None),
     ("prefenv/TextConcise-v0", _TEXT_TASK, {"task": "concise"}, None, None),
+    # Multi-turn: the env ends the dialogue itself (goal met, user left, or its max_turns).
+    ("prefenv/TextDialogue-v0", "envs.text.dialogue:DialogueEnv", {}, None, None),
 )
 
 

@@ -53,6 +53,8 @@ from agents.text.dpo_steps import (
     STEPS,
     Batch,
     Encoded,
+    EncodedData,
+    EncodedItem,
     StepLosses,
     batch_reference,
     frozen_copy,
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DPOConfig",
     "DPOMetrics",
+    "EncodedData",
     "LOSSES",
     "PreferencePair",
     "UnpairedExample",
@@ -228,28 +231,39 @@ def _prepare_reference(
 
 
 def _encode(
-    config: DPOConfig, tokenizer: PreTrainedTokenizerBase, data: Sequence[Any]
-) -> tuple[list[EncodedPair] | list[EncodedExample], Callable[..., Batch]]:
+    config: DPOConfig, tokenizer: PreTrainedTokenizerBase, data: Sequence[Any] | EncodedData
+) -> tuple[Sequence[EncodedPair | EncodedExample | EncodedItem], Callable[..., Batch]]:
     """The data tokenized for ``config.loss``, and the collate function of its batches."""
     optim = config.optim
-    if config.loss == "kto":
+    if isinstance(data, EncodedData):
+        if config.loss == "kto" or not data.items:
+            raise ValueError(
+                f"pre-encoded pairs (EncodedData, e.g. dialogue pairs) train with the pairwise "
+                f"losses sigmoid, ipo, simpo and robust and need at least one pair; got loss "
+                f"{config.loss!r} and {len(data.items)} pairs"
+            )
+        pairs: Sequence[EncodedPair | EncodedItem] = data.items
+        collate: Callable[..., Batch] = data.collate
+    elif config.loss == "kto":
         encoded = encode_examples(tokenizer, data, optim.max_length, optim.add_bos,
                                   optim.batch_size)  # fmt: skip
         return encoded, collate_examples
-    pairs = encode_pairs(tokenizer, data, optim.max_length, optim.add_bos)
+    else:
+        pairs = encode_pairs(tokenizer, data, optim.max_length, optim.add_bos)
+        collate = collate_pairs
     if config.loss == "robust" and any(p.tie for p in pairs):
         raise ValueError(
             "robust DPO corrects strict preferences for label flips and has no form for ties: "
             "drop them (pairs_from_comparisons(..., ties='skip')) or use loss 'sigmoid' or 'ipo'"
         )
-    return pairs, functools.partial(collate_pairs, label_smoothing=config.label_smoothing)
+    return pairs, functools.partial(collate, label_smoothing=config.label_smoothing)
 
 
 def train_dpo(
     model: nn.Module,
     ref_model: nn.Module | None,
     tokenizer: PreTrainedTokenizerBase,
-    data: Sequence[PreferencePair | UnpairedExample | tuple[Any, ...]],
+    data: Sequence[PreferencePair | UnpairedExample | tuple[Any, ...]] | EncodedData,
     config: DPOConfig | None = None,
     out_dir: str | Path | None = None,
 ) -> DPOMetrics:
@@ -263,7 +277,9 @@ def train_dpo(
         tokenizer: the tokenizer of both models.
         data: :class:`PreferencePair` s or ``(prompt, chosen, rejected)`` tuples; with loss
             ``kto`` also :class:`UnpairedExample` s or ``(prompt, completion, label)`` tuples
-            (each pair gives a desirable and an undesirable example).
+            (each pair gives a desirable and an undesirable example); or :class:`EncodedData`,
+            pairs tokenized elsewhere (e.g. :func:`agents.text.dialogue.dialogue_pairs`:
+            whole dialogues whose user tokens stay out of the summed log-probs).
         config: settings (defaults: :class:`DPOConfig`).
         out_dir: if given, the trained model and the tokenizer are saved there.
 

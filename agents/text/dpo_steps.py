@@ -2,6 +2,9 @@
 
 :func:`sequence_logps` is the one forward every loss reads (log-softmax only at completion
 positions); :func:`reference_logps` runs it once over the data for the frozen reference.
+:class:`EncodedData` hands :func:`~agents.text.dpo.train_dpo` pairs tokenized elsewhere with
+their own collate: a dialogue's pairs (:mod:`agents.text.dialogue`) mark only the policy's turns
+in ``completion_mask``, so the user's tokens never enter a summed log-prob, hence no loss.
 :data:`STEPS` maps each :class:`~agents.text.dpo.DPOConfig` ``loss`` to the function that turns
 one batch into its per-item losses (the pure functions of :mod:`agents.text.dpo_losses`) and the
 numbers :class:`~agents.text.dpo.DPOMetrics` records; :func:`agents.text.dpo.train_dpo` is the
@@ -13,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STEPS",
     "Batch",
+    "EncodedData",
     "StepLosses",
     "batch_reference",
     "eval_mode",
@@ -48,6 +53,40 @@ Batch = PairBatch | ExampleBatch
 """A batch of two rows per item: (chosen, rejected) of a pair or (matched, KL) of an example."""
 
 Encoded = EncodedPair | EncodedExample
+
+
+class EncodedItem(Protocol):
+    """What the loop reads of a pre-encoded pair (an :class:`EncodedPair` has all of it)."""
+
+    @property
+    def prompt(self) -> list[int]:
+        """The prompt's ids (the reference pass sorts by their length)."""
+        ...
+
+    @property
+    def tie(self) -> bool:
+        """The pair is a tie (robust DPO refuses ties)."""
+        ...
+
+    @property
+    def longest(self) -> int:
+        """Tokens of the longer row (checked against the model's context)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Preference pairs tokenized elsewhere, and the collate that batches them for DPO.
+
+    Attributes:
+        items: the encoded pairs.
+        collate: ``collate(items, pad_token_id, label_smoothing=eps, index=positions) ->
+            PairBatch`` (chosen rows, then rejected rows); its ``completion_mask`` marks the
+            tokens whose log-probs are summed (a dialogue: the policy's turns only).
+    """
+
+    items: Sequence[EncodedItem]
+    collate: Callable[..., PairBatch]
 
 
 def sequence_logps(

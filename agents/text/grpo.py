@@ -3,13 +3,17 @@
 Every step (:func:`train_grpo`, one visible loop):
 
 1. take ``B`` prompts and sample ``G`` completions of each with the policy
-   (:func:`~agents.text.sampling.sample_completions`, temperature 1, the env's prompt layout);
+   (:func:`~agents.text.sampling.sample_completions`, temperature 1, the env's prompt layout;
+   or any :class:`Sampler`, e.g. :class:`agents.text.dialogue.DialogueSampler`'s whole dialogues);
 2. score them: ``reward_fn(prompts, completions) -> [B * G]`` (any callable: the pipeline passes
    the learned reward model's whitened score, tests a hand-written rule);
 3. advantages per group of ``G`` (:mod:`agents.text.grpo_losses`): GRPO ``(r - mean) / std``,
    Dr. GRPO ``r - mean``, RLOO ``r - mean of the others``;
 4. ``num_iterations`` (mu) optimiser steps on the batch with the clipped per-token ratio
    objective, the KL to the frozen reference in the loss (k3) or already in the reward.
+
+**Which tokens train**: only those the policy sampled (:attr:`PolicySamples.loss_mask`): every
+completion token of a single turn; in a dialogue the user's replies stay out of the loss.
 
 **Where the KL goes** is decided in one place, :attr:`GRPOConfig.kl_coefs`: in the loss
 (GRPO's k3 term, the default) or, with ``kl_in_reward``, as a reward penalty
@@ -33,6 +37,10 @@ replay the user's choice noise), and a session's per-step rewards give PPO-KL's 
 and GAE credit per step that a sequence-level baseline throws away. The same holds for MuJoCo
 (no reset to a state through Gymnasium's API; long horizons with dense rewards). For text the
 "state" is the prompt, so ``G`` samples of one prompt are free.
+
+(Over 400 lines: most of it is this docstring and the config's; the sampler contract
+(:class:`~agents.text.sampling.Sampler`) lives in :mod:`agents.text.sampling`, the losses in
+:mod:`agents.text.grpo_losses`.)
 """
 
 from __future__ import annotations
@@ -65,7 +73,12 @@ from agents.text.optim import (
     progress_bar,
     save_model,
 )
-from agents.text.sampling import SampledCompletions, sample_completions
+from agents.text.sampling import (
+    CompletionSampler,
+    PolicySamples,
+    SampledCompletions,
+    Sampler,
+)
 from agents.text.sft import check_context
 from prefenv.text_records import check_vocab
 
@@ -76,7 +89,10 @@ __all__ = [
     "GRPOConfig",
     "GRPOMetrics",
     "GRPO_OPTIM",
+    "CompletionSampler",
+    "PolicySamples",
     "RewardFn",
+    "Sampler",
     "token_logps",
     "train_grpo",
 ]
@@ -206,7 +222,8 @@ def token_logps(model: nn.Module, samples: SampledCompletions) -> Tensor:
 
     One forward over ``[prompt | completion]`` (left-padded prompt, as sampled), with the
     position ids ``generate`` used, so the log-probs are those of the distribution sampled;
-    :func:`~agents.text.sampling.completion_logps` is their row sum, without gradients.
+    :func:`~agents.text.sampling.completion_logps` is their row sum, without gradients. A
+    dialogue's user tokens get log-probs too; the loss mask (:class:`PolicySamples`) drops them.
     """
     device = next(model.parameters()).device
     n_prompt = samples.prompt_ids.shape[1]
@@ -236,7 +253,7 @@ class _Rollout:
         samples: the sampled completions.
         rewards: ``[N]`` rewards as scored (before any KL penalty).
         advantages: ``[N]`` advantages (of the penalised rewards with ``kl_in_reward``).
-        mask: ``[N, C]`` float, 1 on completion tokens.
+        mask: ``[N, C]`` float, the loss mask: 1 on the tokens the policy sampled.
         old_logps: ``[N, C]`` log-probs under the sampling policy; None when the first iteration's
             own (detached) log-probs serve (``num_iterations == 1`` and no reward penalty).
         ref_logps: ``[N, C]`` log-probs under the reference; None with ``beta == 0``.
@@ -259,11 +276,13 @@ def _rollout(
     reward_fn: RewardFn,
     config: GRPOConfig,
     seed: int,
+    sampler: Sampler | None = None,
 ) -> _Rollout:
-    """Sample ``G`` completions per prompt, score them, take the log-probs, the advantages."""
+    """Sample ``G`` sequences per prompt, score them, take the log-probs, the advantages."""
     group = config.num_generations
     repeated = [prompt for prompt in prompts for _ in range(group)]
-    samples = sample_completions(model, tokenizer, repeated, config.max_completion_length, seed)
+    sampler = sampler or CompletionSampler(tokenizer, config.max_completion_length)
+    samples, loss_mask = sampler(model, repeated, seed)
     device = next(model.parameters()).device
     rewards = torch.as_tensor(np.asarray(reward_fn(repeated, samples.texts), dtype=np.float32))
     if rewards.shape != (len(repeated),):
@@ -272,7 +291,7 @@ def _rollout(
             "it must return one score per (prompt, completion), shape [N]"
         )
     rewards = rewards.to(device)
-    mask = samples.completion_mask.to(device=device, dtype=torch.float32)
+    mask = loss_mask.to(device=device, dtype=torch.float32)
     reward_beta, _ = config.kl_coefs
     old = token_logps(model, samples) if reward_beta > 0 or config.num_iterations > 1 else None
     ref = None if ref_model is None else token_logps(ref_model, samples).to(device)
@@ -334,6 +353,7 @@ def train_grpo(
     config: GRPOConfig | None = None,
     ref_model: nn.Module | None = None,
     out_dir: str | Path | None = None,
+    sampler: Sampler | None = None,
 ) -> GRPOMetrics:
     """Train ``policy_model`` in place with GRPO / Dr. GRPO / RLOO (``config.algo``).
 
@@ -347,6 +367,9 @@ def train_grpo(
         ref_model: the frozen reference of the KL; None: a frozen copy of ``policy_model`` as
             it is now (not kept at all when ``config.beta == 0``).
         out_dir: if given, the trained model and the tokenizer are saved there.
+        sampler: draws the ``G`` sequences of each prompt; None: :class:`CompletionSampler`.
+            ``agents.text.dialogue.DialogueSampler`` samples whole dialogues (prompts: openings;
+            ``reward_fn`` scores ``(opening, dialogue)`` texts).
 
     Returns:
         Per-step loss, reward mean/std, KL, clip fraction, lengths and completions/s.
@@ -372,7 +395,7 @@ def train_grpo(
         for step, index in enumerate(batch_indices(len(prompts), optim)):
             step_start = time.perf_counter()
             batch = _rollout(policy_model, ref, tokenizer, [prompts[i] for i in index],
-                             reward_fn, config, int(seeds[step]))  # fmt: skip
+                             reward_fn, config, int(seeds[step]), sampler)  # fmt: skip
             stats = np.mean([_update(policy_model, batch, config, optimizer, scheduler)
                              for _ in range(config.num_iterations)], axis=0)  # fmt: skip
             _record(metrics, batch, stats, time.perf_counter() - step_start)

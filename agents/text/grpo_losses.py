@@ -168,7 +168,9 @@ def grpo_loss(
         old_logps: ``[N, T]`` the same under the policy that sampled them (no grad).
         ref_logps: ``[N, T]`` the same under the reference; may be None when ``beta == 0``.
         advantages: ``[N]`` one advantage per sequence.
-        mask: ``[N, T]``, 1 on completion tokens (EOS included), 0 on padding after it.
+        mask: ``[N, T]``, 1 on the tokens the policy sampled (EOS included), 0 on padding and
+            on a dialogue's user tokens. Masked positions are neutralised before the ratio
+            (ratio 1, k3 0), so no value there, however large, reaches the loss or its gradient.
         clip_eps: the ratio's clip range.
         beta: coefficient of the KL term in the loss (0: KL elsewhere or nowhere).
         length_norm: ``"sequence"`` or ``"constant"`` (see above).
@@ -188,6 +190,10 @@ def grpo_loss(
                          f"{tuple(advantages.shape)}: one advantage per sequence")  # fmt: skip
     if beta > 0 and ref_logps is None:
         raise ValueError("beta > 0 puts the KL in the loss, which needs ref_logps")
+    keep = mask > 0
+    logps = torch.where(keep, logps, old_logps)
+    if ref_logps is not None:
+        ref_logps = torch.where(keep, ref_logps, logps)
     mask = mask.to(logps.dtype)
     adv = advantages[:, None]
     ratio = torch.exp(logps - old_logps)

@@ -15,12 +15,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-__all__ = ["SampledCompletions", "completion_logps", "encode_prompts", "sample_completions"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "CompletionSampler",
+    "PolicySamples",
+    "SampledCompletions",
+    "Sampler",
+    "completion_logps",
+    "encode_prompts",
+    "sample_completions",
+]
 
 
 @dataclass(frozen=True)
@@ -148,3 +160,42 @@ def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 
         out.append((token_logp * samples.completion_mask[start : start + batch_size]).sum(1))
     model.train(was_training)
     return torch.cat(out).numpy()
+
+
+class PolicySamples(NamedTuple):
+    """What GRPO trains on: ``[prompt | continuation]`` sequences and the tokens the policy chose.
+
+    Attributes:
+        samples: the sequences (``texts`` are what ``reward_fn`` scores); ``completion_mask``
+            is 1 on every real continuation token, the positions attention reads.
+        loss_mask: ``[N, C]``, 1 on the continuation tokens the policy sampled: equal to
+            ``completion_mask`` for completions, 0 on a dialogue's user tokens.
+    """
+
+    samples: SampledCompletions
+    loss_mask: Tensor
+
+
+class Sampler(Protocol):
+    """Draws one sequence per prompt (repeat a prompt for a group), seeded."""
+
+    def __call__(self, model: nn.Module, prompts: list[str], seed: int) -> PolicySamples:
+        """``len(prompts)`` sequences sampled from ``model`` (temperature 1)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CompletionSampler:
+    """The default :class:`Sampler`: one completion per prompt, laid out as the text envs do.
+
+    Attributes:
+        tokenizer: the policy's tokenizer.
+        max_new_tokens: the completion length cap (EOS included).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_new_tokens: int
+
+    def __call__(self, model: nn.Module, prompts: list[str], seed: int) -> PolicySamples:
+        samples = sample_completions(model, self.tokenizer, prompts, self.max_new_tokens, seed)
+        return PolicySamples(samples, samples.completion_mask)

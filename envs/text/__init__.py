@@ -3,6 +3,9 @@
 - :class:`TextGenerationEnv` (``envs.text.token_env``): the Gymnasium env (token ids + mask in,
   next token out, scored at the end); :class:`TextTask` adds the registered tasks'
   true scores (``prefenv/TextSentiment-v0``, ``prefenv/TextKeyword-v0``, ``prefenv/TextConcise-v0``).
+- :class:`DialogueEnv` (``envs.text.dialogue``, ``prefenv/TextDialogue-v0``): a multi-turn
+  dialogue with a scripted user who hides a goal (``envs.text.dialogue_user``); the observation's
+  ``role`` marks the policy's tokens; :class:`DialogueTextEnv` is its turn-level text view.
 - ``envs.text.default_model``: the project's tokenizer and tiny GPT-2 (:func:`build_default_lm`),
   and :func:`load_lm` for any local Hugging Face causal LM directory.
 - ``envs.text.corpus``: the seeded template corpus both are trained on.
@@ -40,6 +43,7 @@ from envs.text.default_model import (
     load_lm,
     tiny_gpt2_config,
 )
+from envs.text.dialogue import DialogueEnv, DialogueTextEnv
 from envs.text.feedback import (
     Annotator,
     TextTeacher,
@@ -76,6 +80,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "TASKS",
     "Annotator",
+    "DialogueEnv",
+    "DialogueTextEnv",
     "TextRewardEnsemble",
     "TextRewardModel",
     "TextRewardModelConfig",

@@ -23,7 +23,10 @@ from envs.text import (
     load_prompts,
 )
 
-TEXT_IDS = [env_id for env_id in envs.registered_ids() if env_id.startswith("prefenv/Text")]
+# The single-turn text tasks (prefenv/TextDialogue-v0 is tested in test_dialogue.py).
+TEXT_IDS = [
+    i for i in envs.registered_ids() if gym.spec(i).entry_point == "envs.text.tasks:TextTask"
+]
 
 
 @pytest.fixture(scope="module")
