@@ -90,7 +90,10 @@ class CausalLMPolicy(nn.Module):
         self, model: nn.Module, action_dim: int | None = None, incremental_log_prob: bool = False
     ) -> None:
         super().__init__()
+        from agents.text.lora import is_lora
+
         self.model = model
+        self._lora = is_lora(model)
         head = model.get_output_embeddings()
         if head is None:
             raise TypeError(f"{type(model).__name__} has no output embeddings: not a causal LM")
@@ -120,8 +123,11 @@ class CausalLMPolicy(nn.Module):
 
     @property
     def base(self) -> nn.Module:
-        """The transformer trunk (``model.base_model``): ids -> final hidden states."""
-        return self.model.base_model
+        """The transformer trunk (``model.base_model``): ids -> final hidden states. Under a
+        ``peft`` LoRA model it is the wrapped model's trunk, whose projections carry the
+        adapters (:mod:`agents.text.lora`)."""
+        model = self.model.get_base_model() if self._lora else self.model
+        return model.base_model
 
     def reset_cache(self) -> None:
         """Forget the cached episodes (the next cached call prefills every row).

@@ -6,7 +6,8 @@ only trainable parameters are the low-rank adapters of the attention and MLP pro
 GRPO is then not a second copy of the model: :class:`AdapterDisabled` runs the *same* modules
 inside ``peft``'s ``disable_adapter()`` context, which is exactly the base model, and is handed
 to :func:`agents.text.dpo.train_dpo` and :func:`agents.text.grpo.train_grpo` as their
-``ref_model``.
+``ref_model``; PPO-KL's token-level reference is :class:`AdapterDisabledPolicy`, the same for a
+:class:`~agents.text.lm_policy.CausalLMPolicy`.
 
 Adapters save in the ``peft`` format (:func:`save_lm`: ``adapter/adapter_config.json`` and
 ``adapter/adapter_model.safetensors``, next to the merged full model that every other stage
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from agents.text.lm_policy import CausalLMPolicy, frozen_reference
+
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
@@ -35,12 +38,14 @@ __all__ = [
     "ADAPTER_DIR",
     "LORA_TARGETS",
     "AdapterDisabled",
+    "AdapterDisabledPolicy",
     "add_lora",
     "check_lora_settings",
     "is_lora",
     "load_adapters",
     "lora_targets",
     "reference_of",
+    "reference_policy_of",
     "save_lm",
     "with_lora",
 ]
@@ -120,9 +125,11 @@ def reference_of(model: nn.Module) -> nn.Module | None:
 
 
 def is_lora(model: nn.Module) -> bool:
-    """Whether ``model`` is a ``peft`` model (trains adapters)."""
-    from peft import PeftModel
-
+    """Whether ``model`` is a ``peft`` model (trains adapters); False without ``peft``."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # no peft, so no peft model
+        return False
     return isinstance(model, PeftModel)
 
 
@@ -159,6 +166,43 @@ class AdapterDisabled(nn.Module):
         """The base model's output on ``inputs`` (e.g. ``.logits`` ``[N, L, V]``)."""
         with self.policy.disable_adapter():
             return self.policy(**inputs)
+
+
+class AdapterDisabledPolicy(CausalLMPolicy):
+    """PPO-KL's reference under a LoRA policy: the policy's own LM with its adapters disabled.
+
+    A :class:`~agents.text.lm_policy.CausalLMPolicy` whose forwards run inside ``peft``'s
+    ``disable_adapter()``, so its log-probs are the base model's, with its own key/value cache.
+    The LM is *not* a submodule: the reference owns no copy of the weights, ``PPOKL`` freezing it
+    cannot freeze the policy's adapters, and its ``state_dict`` holds only its unused value head.
+
+    Args:
+        policy: the PPO-KL policy over a ``peft`` model (:func:`add_lora`).
+    """
+
+    def __init__(self, policy: CausalLMPolicy) -> None:
+        if not is_lora(policy.model):
+            raise TypeError(
+                "AdapterDisabledPolicy needs a policy over a peft model (add_lora(model, ...)); "
+                "without adapters use agents.text.lm_policy.frozen_reference(policy)"
+            )
+        super().__init__(policy.model, policy.action_dim, incremental_log_prob=True)
+        shared = self._modules.pop("model")  # shared, not owned: see the class docstring
+        object.__setattr__(self, "model", shared)
+
+    def full_hidden(self, obs: Any) -> Any:
+        with self.model.disable_adapter():
+            return super().full_hidden(obs)
+
+    def cached_hidden(self, obs: Any, which: str = "act") -> Any:
+        with self.model.disable_adapter():
+            return super().cached_hidden(obs, which)
+
+
+def reference_policy_of(policy: CausalLMPolicy) -> CausalLMPolicy:
+    """PPO-KL's reference for ``policy``: :class:`AdapterDisabledPolicy` under LoRA, else a
+    frozen copy (:func:`~agents.text.lm_policy.frozen_reference`)."""
+    return AdapterDisabledPolicy(policy) if is_lora(policy.model) else frozen_reference(policy)
 
 
 def save_lm(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:

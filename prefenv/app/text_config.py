@@ -165,8 +165,8 @@ class TextPipelineConfig:
     dtype: str = "float32"
     """Weights' precision in those stages: float32 or bfloat16 (for GPUs; allowed on cpu, slow)."""
     lora_r: int = 0
-    """LoRA rank of the sft, dpo, grpo and rloo stages (0: full fine-tuning); the reference is
-    the same model with its adapters disabled (agents.text.lora)."""
+    """LoRA rank of the sft, ppo, dpo, grpo and rloo stages (0: full fine-tuning); the reference
+    is the same model with its adapters disabled (agents.text.lora)."""
     lora_alpha: float = 16.0
     """LoRA scale numerator (the update is scaled by lora_alpha / lora_r)."""
     lora_dropout: float = 0.0

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from agents.text.lora import reference_of, save_lm, with_lora
+from agents.text.lora import reference_of, reference_policy_of, save_lm, with_lora
 from agents.text.sampling import sample_completions
 from prefenv.app.folders import undo_failed_start
 from prefenv.app.spec import HUMAN, write_json_atomic
@@ -325,10 +325,11 @@ def _label_sources(config: TextPipelineConfig, comparisons: list[Comparison]) ->
 
 def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, model: Any) -> Any:
     from agents.ppo_kl import PPOKL
-    from agents.text.lm_policy import CausalLMPolicy, frozen_reference
+    from agents.text.lm_policy import CausalLMPolicy
 
-    policy = CausalLMPolicy(model, action_dim=len(tokenizer))
-    ref_policy = frozen_reference(policy)
+    # --lora-r: the policy trains adapters; the reference is the same LM with them disabled
+    policy = CausalLMPolicy(with_lora(model, *config.lora), action_dim=len(tokenizer))
+    ref_policy = reference_policy_of(policy)
     checkpoint = out / "ppo" / "checkpoint"
     if checkpoint.is_dir():  # a killed run resumes exactly where its last checkpoint left it
         return PPOKL.load_checkpoint(checkpoint, env, policy=policy, ref_policy=ref_policy,

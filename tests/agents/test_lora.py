@@ -173,3 +173,83 @@ def test_bfloat16_gpu_without_support_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Old GPU")
     with pytest.raises(ValueError, match="Old GPU: this GPU does not support bfloat16"):
         resolve_dtype("bfloat16", torch.device("cuda"))
+
+
+def test_ppo_kl_with_lora_trains_adapters_against_the_base_as_its_reference(tokenizer):
+    """PPO-KL's LoRA reference is the base LM (adapters disabled), shares its weights and owns
+    none of them; the update trains every adapter and the value head and leaves the base alone."""
+    import gymnasium as gym
+    import numpy as np
+
+    from agents.ppo_kl import PPOKL, PPOKLConfig
+    from agents.text.lm_policy import CausalLMPolicy, frozen_reference
+    from agents.text.lora import AdapterDisabledPolicy, reference_policy_of
+    from envs.text import TextTask
+
+    base = tiny_lm(tokenizer)
+    base_policy = frozen_reference(CausalLMPolicy(copy.deepcopy(base), len(tokenizer)))
+    policy = CausalLMPolicy(add_lora(base, r=4, alpha=8.0), action_dim=len(tokenizer))
+    ref = reference_policy_of(policy)
+    assert isinstance(ref, AdapterDisabledPolicy)
+    assert all(name.startswith("value_head") for name in ref.state_dict())  # no second copy
+    prompts = ["The plot was", "The soup", "The acting was", "Overall, the book"]
+    env = gym.vector.SyncVectorEnv(
+        [lambda: TextTask("sentiment", tokenizer, prompts, max_new_tokens=6) for _ in range(4)]
+    )
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    config = PPOKLConfig(n_steps=12, batch_size=16, n_epochs=2, kl_coef=0.1, gamma=1.0, seed=0,
+                         learning_rate=1e-2)  # fmt: skip
+    agent = PPOKL(env, config, policy=policy, ref_policy=ref)
+    metrics = agent.learn(192)
+    assert abs(metrics[0].kl_to_ref) < 1e-6  # B = 0 at the start: the policy is the base
+    assert all(np.isfinite(m.policy_loss) for m in metrics)
+    assert any(m.kl_to_ref != 0 for m in metrics[2:])  # the trained adapters move away from it
+    after = policy.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    adapters = {k for k in after if "lora_" in k}
+    assert adapters and adapters <= changed and "value_head.weight" in changed
+    assert changed <= adapters | {"value_head.weight", "value_head.bias"}
+    # the reference still gives the base model's log-probs after training
+    obs, _ = env.reset(seed=1)
+    obs_t = {k: torch.as_tensor(v) for k, v in obs.items()}
+    actions = torch.arange(4)
+    ref.reset_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(ref.log_prob(obs_t, actions),
+                                   base_policy.log_prob(obs_t, actions))  # fmt: skip
+        assert not torch.allclose(policy.log_prob(obs_t, actions), ref.log_prob(obs_t, actions))
+    with pytest.raises(TypeError, match="frozen_reference"):
+        AdapterDisabledPolicy(base_policy)
+
+
+def test_a_lora_ppo_kl_checkpoint_resumes_onto_fresh_adapters(tokenizer, tmp_path):
+    import gymnasium as gym
+
+    from agents.ppo_kl import PPOKL, PPOKLConfig
+    from agents.text.lm_policy import CausalLMPolicy
+    from agents.text.lora import reference_policy_of
+    from envs.text import TextTask
+
+    def agent_on(env, checkpoint=None):
+        policy = CausalLMPolicy(add_lora(tiny_lm(tokenizer), r=4, alpha=8.0), len(tokenizer))
+        ref = reference_policy_of(policy)
+        if checkpoint is not None:
+            return PPOKL.load_checkpoint(checkpoint, env, policy=policy, ref_policy=ref)
+        config = PPOKLConfig(n_steps=12, batch_size=16, n_epochs=2, kl_coef=0.1, seed=0,
+                             learning_rate=1e-2)  # fmt: skip
+        return PPOKL(env, config, policy=policy, ref_policy=ref)
+
+    def env():
+        return gym.vector.SyncVectorEnv(
+            [lambda: TextTask("sentiment", tokenizer, ["The plot was"], max_new_tokens=6)] * 4
+        )
+
+    live = agent_on(env())
+    live.learn(96)
+    live.save_checkpoint(tmp_path)
+    resumed = agent_on(env(), tmp_path)
+    live.learn(48)
+    resumed.learn(48)
+    for (name, p), q in zip(live.policy.state_dict().items(),
+                            resumed.policy.state_dict().values(), strict=True):  # fmt: skip
+        torch.testing.assert_close(p, q, msg=name)

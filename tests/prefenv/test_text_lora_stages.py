@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 TINY = {
     "base_train_steps": 20, "sft_steps": 4, "sft_demos": 64, "queries": 32, "rm_epochs": 1,
     "max_new_tokens": 6, "eval_prompts": 8, "grpo_steps": 1, "group_size": 2, "dpo_epochs": 1,
-    "device": "auto", "lora_r": 4, "lora_alpha": 8.0,
+    "device": "auto", "lora_r": 4, "lora_alpha": 8.0, "ppo_steps": 3 * 4 * 6, "n_envs": 4,
 }  # fmt: skip
 
 
@@ -26,9 +26,9 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_lora_stages_train_adapters_and_save_them_in_peft_format(tmp_path) -> None:
     config = TextPipelineConfig(**TINY)
-    run_pipeline(config, tmp_path, stages=("base", "sft", "rm", "dpo", "grpo"))
+    run_pipeline(config, tmp_path, stages=("base", "sft", "rm", "ppo", "dpo", "grpo"))
     base = weights(tmp_path / "base")
-    for stage in ("sft", "dpo", "grpo"):
+    for stage in ("sft", "ppo", "dpo", "grpo"):
         adapter = tmp_path / stage / "adapter"
         assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
         assert (adapter / "adapter_model.safetensors").is_file()
@@ -41,6 +41,10 @@ def test_lora_stages_train_adapters_and_save_them_in_peft_format(tmp_path) -> No
                            base["transformer.h.0.attn.c_attn.weight"])  # fmt: skip
     assert not torch.equal(dpo["transformer.h.0.mlp.c_fc.weight"],
                            sft["transformer.h.0.mlp.c_fc.weight"])  # fmt: skip
+    ppo = weights(tmp_path / "ppo")  # PPO-KL trained adapters on SFT, its reference
+    assert torch.equal(ppo["transformer.wte.weight"], sft["transformer.wte.weight"])
+    assert not torch.equal(ppo["transformer.h.1.mlp.c_fc.weight"],
+                           sft["transformer.h.1.mlp.c_fc.weight"])  # fmt: skip
 
 
 def test_bfloat16_on_cpu_runs_sft_and_keeps_the_precision(tmp_path) -> None:
