@@ -130,7 +130,7 @@ def new_reward_model(spec: TrainSpec, venv: gym.vector.VectorEnv) -> RewardEnsem
             *spaces,
             n_members=spec.ensemble,
             hidden_sizes=(spec.reward_width,) * spec.reward_depth,
-            output_activation=REWARD_OUTPUTS[spec.reward_output],
+            output_activation=REWARD_OUTPUTS[spec.output_activation_name()],
             use_next_obs=reward_uses_next_obs(venv),
         )
 

@@ -125,9 +125,10 @@ class TrainSpec:
     """Hidden units per reward-network layer (B-Pref: 256; smaller refits faster)."""
     reward_depth: int = 2
     """Hidden layers per reward network (B-Pref: 3)."""
-    reward_output: str = "tanh"
-    """Reward-network output: tanh (B-Pref: each step's reward in [-1, 1]) or linear (unbounded;
-    a confident tanh model saturates, and then rewards a fast run no more than a slow one)."""
+    reward_output: str = "auto"
+    """Reward-network output: tanh (B-Pref: each step's reward in [-1, 1]), linear (unbounded; a
+    confident tanh model saturates, and then rewards a fast run no more than a slow one), or auto:
+    the task's reward-model entry in the presets table (HalfCheetah: linear), else tanh."""
     shaping: float = 0.0
     """Uncertainty shaping k: reward = mean + k * std of the ensemble."""
     rune: bool = False
@@ -218,12 +219,23 @@ class TrainSpec:
         ``preset`` then names the entry used (``"prefenv/HalfCheetah-v0:ppo-kl"``) or is
         ``"none"``; a resolved spec is returned as it is, so a resumed run keeps its settings.
         """
-        if self.preset != "auto":
-            return self
-        entry = preset_for(self.env, self.agent)
+        spec = self
+        if spec.reward_output == "auto":  # recorded resolved in run.json, as the agent settings
+            spec = dataclasses.replace(spec, reward_output=spec.output_activation_name())
+        if spec.preset != "auto":
+            return spec
+        entry = preset_for(spec.env, spec.agent)
         if entry is None:
-            return dataclasses.replace(self, preset="none")
-        return dataclasses.replace(self, preset=entry.name, hparams={**entry, **self.hparams})
+            return dataclasses.replace(spec, preset="none")
+        return dataclasses.replace(spec, preset=entry.name, hparams={**entry, **spec.hparams})
+
+    def output_activation_name(self) -> str:
+        """``reward_output`` with ``auto`` resolved: the task's ``reward-model`` entry in the
+        presets table (``output``), else ``tanh``."""
+        if self.reward_output != "auto":
+            return self.reward_output
+        entry = preset_for(self.env, REWARD_MODEL_PRESET)
+        return str(entry.get("output", "tanh")) if entry is not None else "tanh"
 
     def check_budget(self) -> None:
         """Refuse a new run whose every round cannot train one whole rollout within ``steps``.
@@ -286,7 +298,9 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
 
 
 REWARD_OUTPUTS = {"tanh": "tanh", "linear": None}
-"""``--reward-output`` choices -> the reward network's ``output_activation``."""
+"""``--reward-output`` choices (besides ``auto``) -> the reward network's ``output_activation``."""
+REWARD_MODEL_PRESET = "reward-model"
+"""The presets table's pseudo-agent whose entries set a task's reward-model settings."""
 HUMAN = "human"
 """The --teacher value that makes people the teacher (:class:`prefenv.human.HumanPreferenceLoop`)."""
 
@@ -318,8 +332,8 @@ def _check_values(spec: TrainSpec) -> None:
         raise ValueError(f"--gold-rate must be in [0, 1), got {spec.gold_rate}")
     if spec.eval_episodes < 0:
         raise ValueError(f"--eval-episodes must be 0 (skip) or more, got {spec.eval_episodes}")
-    if spec.reward_output not in REWARD_OUTPUTS:
-        raise ValueError(f"unknown --reward-output {spec.reward_output!r}: choose one of "
+    if spec.reward_output not in ("auto", *REWARD_OUTPUTS):
+        raise ValueError(f"unknown --reward-output {spec.reward_output!r}: choose one of auto, "
                          f"{', '.join(REWARD_OUTPUTS)}")  # fmt: skip
     if spec.queries < 2:
         raise ValueError(

@@ -13,7 +13,7 @@ from prefenv.app import presets as presets_module
 from prefenv.app.api import start
 from prefenv.app.cli import main
 from prefenv.app.presets import Preset, parse_hparams, preset_for, presets, read_hparams_file
-from prefenv.app.spec import TrainSpec, load_spec
+from prefenv.app.spec import REWARD_MODEL_PRESET, REWARD_OUTPUTS, TrainSpec, load_spec
 
 SMALL = {"steps": 16_384, "initial_steps": 2_048, "rounds": 2, "queries": 20, "n_envs": 2,
          "n_steps": 512}  # fmt: skip
@@ -25,6 +25,10 @@ def test_every_table_entry_names_its_source_and_is_accepted_by_its_agent():
     for env_id, agents in table.items():
         for agent, entry in agents.items():
             assert len(entry.source) > 40, f"{entry.name} says too little about its source"
+            if agent == REWARD_MODEL_PRESET:  # the reward model's settings, for every agent
+                assert set(entry) == {"output"} and entry["output"] in REWARD_OUTPUTS
+                assert TrainSpec(env=env_id).with_preset().reward_output == entry["output"]
+                continue
             spec = TrainSpec(env=env_id, agent=agent).with_preset()
             assert spec.preset == f"{env_id}:{agent}" and spec.hparams == dict(entry)
             agent_factory(agent).check(spec)  # every key a real setting, every value valid
@@ -37,6 +41,7 @@ def test_with_preset_resolves_once_and_user_values_win():
     assert TrainSpec(preset="none").with_preset().hparams == {}
     reacher = TrainSpec(env="prefenv/Reacher-v0").with_preset()  # no entry: agent defaults
     assert reacher.preset == "none" and reacher.hparams == {}
+    assert reacher.reward_output == "tanh"  # no reward-model entry: B-Pref's tanh
     assert preset_for("envs:prefenv/HalfCheetah-v0", "ppo-kl") is not None  # module:Id form
     with pytest.raises(ValueError, match="--preset takes auto or none"):
         TrainSpec(preset="tuned")
@@ -50,6 +55,8 @@ def test_a_run_gets_the_preset_records_it_and_keeps_it_when_the_table_changes(tm
     assert torch.allclose(log_std, torch.full_like(log_std, -2.0))
     run.store.close()
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())["spec"]
+    assert recorded["reward_output"] == "linear"  # HalfCheetah's reward-model entry, resolved
+    assert {m.output_activation for m in run.reward_model.members} == {None}
     assert recorded["preset"] == "prefenv/HalfCheetah-v0:ppo-kl"
     assert recorded["hparams"] == {"batch_size": 256, "log_std_init": -2.0}
     changed = {"prefenv/HalfCheetah-v0": {"ppo-kl": Preset("x", {"batch_size": 32}, "test")}}
