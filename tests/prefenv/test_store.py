@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sqlite3
@@ -372,3 +373,28 @@ def test_a_second_store_connection_keeps_the_first_ones_locks(tmp_path: Path) ->
     assert seen == ["1", "2"]
     store.close()
     queue.close()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+        np.array(3.5),
+        np.zeros((0, 5), dtype=np.int64),
+        np.array([True, False]),
+        np.arange(6, dtype=">f4").reshape(2, 3),
+    ],
+    ids=["float32", "fortran", "scalar", "empty", "bool", "big-endian"],
+)
+def test_stored_arrays_decode_as_numpy_loads_them(array):
+    from prefenv.store import _array_from_bytes, _array_to_bytes
+
+    data = _array_to_bytes(array)
+    decoded, reference = _array_from_bytes(data), np.load(io.BytesIO(data), allow_pickle=False)
+    assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
+    assert decoded.flags.writeable and decoded.flags.f_contiguous == reference.flags.f_contiguous
+    np.testing.assert_array_equal(decoded, reference)
+    for broken in (data[:-1], data + b"\x00", b"not an array at all", data[:8]):
+        with pytest.raises(ValueError):
+            _array_from_bytes(broken)
