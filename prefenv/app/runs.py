@@ -81,6 +81,7 @@ __all__ = [
     "NEXT_OBS_METADATA",
     "TrainSpec",
     "TrainingRun",
+    "evaluate_agent",
     "evaluate_run",
     "load_spec",
     "load_trajectories",
@@ -444,14 +445,24 @@ def evaluate_run(
     eval_env = VectorPreferenceReward(
         make_vector_env(dataclasses.replace(spec, n_envs=1)), reward_model
     )
+    evaluation = evaluate_agent(agent, eval_env, episodes, seed)
+    eval_env.close()
+    venv.close()
+    return evaluation
+
+
+def evaluate_agent(
+    agent: Any, eval_env: gym.vector.VectorEnv, episodes: int, seed: int
+) -> dict[str, Any]:
+    """``episodes`` deterministic and ``episodes`` sampled episodes of ``agent`` on sub-env 0 of
+    ``eval_env`` (reset with ``seed``): ``{"episodes", "true_return_mean" (deterministic),
+    "deterministic": {...}, "sampled": {...}}`` as :func:`evaluate_run` reports them."""
     modes = {
         mode: episode_returns(
             eval_env, lambda obs, d=(mode == "deterministic"): agent.predict(obs, d), episodes, seed
         ).summary()
         for mode in ("deterministic", "sampled")
     }
-    eval_env.close()
-    venv.close()
     return {"episodes": episodes, "true_return_mean": modes["deterministic"]["true_return_mean"],
             **modes}  # fmt: skip
 

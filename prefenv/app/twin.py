@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from prefenv.agent import agent_factory
-from prefenv.app.reports import episode_returns
-from prefenv.app.runs import FINAL_EVAL_FILE, LOG_DIR, make_vector_env
+from prefenv.app.runs import FINAL_EVAL_FILE, LOG_DIR, evaluate_agent, make_vector_env
 from prefenv.app.spec import TrainSpec, write_json_atomic
 
 __all__ = ["CHUNKS", "TWIN_FILE", "TWIN_SETTINGS", "train_true_reward", "twin_spec"]
@@ -130,14 +129,7 @@ def train_true_reward(
 
 def _evaluate(spec: TrainSpec, agent: Any, seed: int) -> dict[str, Any]:
     """Deterministic and sampled episodes on the plain env, as ``evaluate_run`` reports them."""
-    episodes = max(1, spec.eval_episodes)
     eval_env = make_vector_env(dataclasses.replace(spec, n_envs=1))
-    modes = {
-        mode: episode_returns(
-            eval_env, lambda obs, d=(mode == "deterministic"): agent.predict(obs, d), episodes, seed
-        ).summary()
-        for mode in ("deterministic", "sampled")
-    }
+    evaluation = evaluate_agent(agent, eval_env, max(1, spec.eval_episodes), seed)
     eval_env.close()
-    return {"episodes": episodes, "true_return_mean": modes["deterministic"]["true_return_mean"],
-            **modes}  # fmt: skip
+    return evaluation
