@@ -29,8 +29,6 @@ comparisons in and out in the Hugging Face prompt/chosen/rejected JSONL conventi
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 import os
 import sqlite3
@@ -38,9 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from prefenv.jsonl import export_jsonl, import_jsonl
+from prefenv.npy_codec import array_from_bytes, array_to_bytes
 from prefenv.records import Comparison, Segment
 from prefenv.store_file import (
     ARRAYS,
@@ -318,51 +315,6 @@ class ComparisonStore:
 # -- row encoding ----------------------------------------------------------------------------
 
 
-def _array_to_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-@functools.lru_cache(maxsize=256)
-def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """``(dtype, shape, fortran_order)`` of an ``.npy`` header: parsed once per distinct header
-    (a store's arrays share a handful), where ``np.load`` parses every array's with
-    ``ast.literal_eval``: 85% of a full store read."""
-    buffer = io.BytesIO(header)
-    major, _ = np.lib.format.read_magic(buffer)
-    read = (
-        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    )
-    shape, fortran_order, dtype = read(buffer)
-    if dtype.hasobject:
-        raise ValueError("an object array (stored arrays hold numbers only)")
-    return dtype, tuple(shape), fortran_order
-
-
-def _array_from_bytes(data: bytes) -> np.ndarray:
-    """The array :func:`_array_to_bytes` wrote (as ``np.load`` reads it, header parsing cached).
-
-    Raises:
-        ValueError: ``data`` is not a whole ``.npy`` array.
-    """
-    if data[:6] != _NPY_MAGIC or len(data) < 10:
-        raise ValueError("not an .npy array")
-    if data[6] == 1:
-        end = 10 + int.from_bytes(data[8:10], "little")
-    else:
-        end = 12 + int.from_bytes(data[8:12], "little")
-    dtype, shape, fortran_order = _npy_header(bytes(data[:end]))
-    count = int(np.prod(shape, dtype=np.int64))
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=end)
-    if len(data) != end + count * dtype.itemsize:
-        raise ValueError(f"{len(data) - end} data bytes for {count} x {dtype} values")
-    return flat.reshape(shape, order="F" if fortran_order else "C").copy(order="K")
-
-
 def _context_to_json(context: Mapping[str, Any] | None, where: str) -> str | None:
     if context is None:
         return None
@@ -383,7 +335,7 @@ def encode_segments(pair: tuple[Segment, Segment], where: str) -> list[Any]:
     errors."""
     values: list[Any] = []
     for k, segment in enumerate(pair):
-        values.extend(_array_to_bytes(getattr(segment, name)) for name in ARRAYS)
+        values.extend(array_to_bytes(getattr(segment, name)) for name in ARRAYS)
         values.append(_context_to_json(segment.context, f"{where} segment{k}"))
     return values
 
@@ -392,7 +344,7 @@ def decode_segments(values: Mapping[str, Any]) -> tuple[Segment, Segment]:
     """The pair :func:`encode_segments` stored, from ``{column: value}`` of its columns."""
     left, right = (
         Segment(
-            **{name: _array_from_bytes(values[f"{name}{k}"]) for name in ARRAYS},
+            **{name: array_from_bytes(values[f"{name}{k}"]) for name in ARRAYS},
             context=None if values[f"context{k}"] is None else json.loads(values[f"context{k}"]),
         )
         for k in (0, 1)

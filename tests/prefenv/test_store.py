@@ -388,13 +388,13 @@ def test_a_second_store_connection_keeps_the_first_ones_locks(tmp_path: Path) ->
     ids=["float32", "fortran", "scalar", "empty", "bool", "big-endian"],
 )
 def test_stored_arrays_decode_as_numpy_loads_them(array):
-    from prefenv.store import _array_from_bytes, _array_to_bytes
+    from prefenv.npy_codec import array_from_bytes, array_to_bytes
 
-    data = _array_to_bytes(array)
-    decoded, reference = _array_from_bytes(data), np.load(io.BytesIO(data), allow_pickle=False)
+    data = array_to_bytes(array)
+    decoded, reference = array_from_bytes(data), np.load(io.BytesIO(data), allow_pickle=False)
     assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
     assert decoded.flags.writeable and decoded.flags.f_contiguous == reference.flags.f_contiguous
     np.testing.assert_array_equal(decoded, reference)
     for broken in (data[:-1], data + b"\x00", b"not an array at all", data[:8]):
         with pytest.raises(ValueError):
-            _array_from_bytes(broken)
+            array_from_bytes(broken)
