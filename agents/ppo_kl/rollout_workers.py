@@ -308,6 +308,8 @@ class RolloutWorker:
         self.total_envs = total_envs
         # padding to all N rows changes nothing when this worker holds them all
         self.exact = exact and num_envs < total_envs
+        # several default workers: each draws its own noise (one holds the learner's stream)
+        self.own_noise = not exact and num_envs < total_envs
         self._last_obs: ObsArray | None = None
 
     def reset(self, seed: int) -> ObsArray:
@@ -332,7 +334,7 @@ class RolloutWorker:
         steps, ends = [], []
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(request.torch_rng)
-            if not self.exact and self.rows.stop - self.rows.start < self.total_envs:
+            if self.own_noise:
                 # one draw of the learner's stream (the same in every worker) seeds this worker's
                 # own noise; the learner's stream goes on from after that draw
                 base = int(torch.randint(0, 2**62, ()).item())
@@ -344,7 +346,7 @@ class RolloutWorker:
                     self.stack.reward_env.shaping_steps = shaping_steps  # type: ignore[union-attr]
                 steps.append(self._step())
                 ends += [(t, stats) for stats in self._recorder_stats()]
-            if self.exact or self.rows.stop - self.rows.start == self.total_envs:
+            if not self.own_noise:
                 torch_rng = torch.get_rng_state()
         obs, raw, actions, log_probs, values, rewards, terminated, truncated, true, reported = zip(
             *steps, strict=True

@@ -131,7 +131,7 @@ def new_reward_model(spec: TrainSpec, venv: gym.vector.VectorEnv) -> RewardEnsem
             *spaces,
             n_members=spec.ensemble,
             hidden_sizes=(spec.reward_width,) * spec.reward_depth,
-            output_activation=REWARD_OUTPUTS[spec.output_activation_name()],
+            output_activation=REWARD_OUTPUTS[spec.resolved_reward_output()],
             use_next_obs=reward_uses_next_obs(venv),
         )
 

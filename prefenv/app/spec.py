@@ -221,7 +221,7 @@ class TrainSpec:
         """
         spec = self
         if spec.reward_output == "auto":  # recorded resolved in run.json, as the agent settings
-            spec = dataclasses.replace(spec, reward_output=spec.output_activation_name())
+            spec = dataclasses.replace(spec, reward_output=spec.resolved_reward_output())
         if spec.preset != "auto":
             return spec
         entry = preset_for(spec.env, spec.agent)
@@ -229,7 +229,7 @@ class TrainSpec:
             return dataclasses.replace(spec, preset="none")
         return dataclasses.replace(spec, preset=entry.name, hparams={**entry, **spec.hparams})
 
-    def output_activation_name(self) -> str:
+    def resolved_reward_output(self) -> str:
         """``reward_output`` with ``auto`` resolved: the task's ``reward-model`` entry in the
         presets table (``output``), else ``tanh``."""
         if self.reward_output != "auto":
