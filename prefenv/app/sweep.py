@@ -198,6 +198,14 @@ class RayBackend:
         self.task = ray.remote(max_retries=0)(run_cell)  # retries are the sweep's, not Ray's
 
     def submit(self, cell: Cell, folder: Path, cpus: float, gpus: float) -> Any:
+        """Raises ValueError for a cell no node of the cluster can hold (Ray would wait forever)."""
+        have = self.ray.cluster_resources()
+        if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
+            raise ValueError(
+                f"each cell asks for cpus = {cpus:g} and gpus = {gpus:g} ([sweep] in the grid "
+                f"file) but the Ray cluster has {have.get('CPU', 0):g} CPUs and "
+                f"{have.get('GPU', 0):g} GPUs: lower them, or join a larger cluster (--address)"
+            )
         options = {"num_cpus": cpus, "num_gpus": gpus}
         return self.task.options(**options).remote(cell.to_dict(), str(folder), cpus)
 

@@ -191,3 +191,11 @@ def test_a_text_grid_runs_each_cell_as_a_text_pipeline(tmp_path):
         assert config["ppo"]["kl_coef"] == float(name.split("-")[1].split("_")[0])
     table = (sweep.out / "results.md").read_text()
     assert "| 0.1 | 1 |" in table and "eval.ppo.kl_to_ref" in table
+
+
+def test_a_cell_the_ray_cluster_cannot_hold_is_refused_not_queued_forever(tmp_path, local_ray):
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID.replace("retries = 2", "retries = 2\ngpus = 1"))
+    with pytest.raises(ValueError, match="gpus = 1 .* 0 GPUs: lower them"):
+        Sweep(load_grid(path), tmp_path / "out").run(RayBackend(), progress=False)
+    assert not (tmp_path / "out" / "results").exists()  # nothing ran, nothing recorded
