@@ -138,9 +138,9 @@ class LocalBackend:
     """
 
     def __init__(self, workers: int | None = None) -> None:
-        self.capacity = workers or os.cpu_count() or 1
-        if self.capacity < 1:
+        if workers is not None and workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
+        self.capacity = workers if workers is not None else os.cpu_count() or 1
 
     def submit(self, cell: Cell, folder: Path, cpus: float, gpus: float) -> _Process:
         folder.mkdir(parents=True, exist_ok=True)

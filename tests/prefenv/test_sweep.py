@@ -242,6 +242,11 @@ def test_the_cli_lists_cells_and_names_bad_flags(tmp_path, capsys):
     )
     assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
     assert "no grid file" in capsys.readouterr().err
+    assert (
+        main(["sweep", str(path), "--out", str(tmp_path / "out"), "--local", "--workers", "0"]) == 2
+    )
+    assert "--workers must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results").exists()
 
 
 TWIN = {"env": "prefenv/Reacher-v0", "steps": 1600, "n_envs": 2, "n_steps": 100,
