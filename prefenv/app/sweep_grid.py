@@ -138,6 +138,11 @@ class Grid:
                     raise GridError(f"[arms.{arm}] sets {name!r}, which is an axis: keep one")
         if self.x is not None and self.x not in self.axis_names:
             raise GridError(f"[sweep] x = {self.x!r} is not an axis (axes: {self.axis_names})")
+        if self.x is not None and not all(
+            isinstance(v, int | float) and not isinstance(v, bool)
+            for v in self.axes.get(self.x, list(self.arms))
+        ):
+            raise GridError(f"[sweep] x = {self.x!r}: the figure's x axis needs numeric values")
 
     @property
     def axis_names(self) -> list[str]:
