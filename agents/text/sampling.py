@@ -108,16 +108,17 @@ def sample_completions(
     chunks = []
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
-            ids = prompt_ids[start : start + batch_size]
+            ids = prompt_ids[start : start + batch_size].to(device)
             out = model.generate(
-                input_ids=ids, attention_mask=prompt_mask[start : start + batch_size],
+                input_ids=ids, attention_mask=prompt_mask[start : start + batch_size].to(device),
                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
             )  # fmt: skip
-            new = out[:, ids.shape[1] :]
+            new = out[:, ids.shape[1] :].cpu()
             chunks.append(
                 torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=pad)
             )
@@ -147,9 +148,11 @@ def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 
     ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
     mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
     n_prompt = samples.prompt_ids.shape[1]
+    device = next(model.parameters()).device
     out = []
     for start in range(0, ids.shape[0], batch_size):
-        batch_ids, batch_mask = ids[start : start + batch_size], mask[start : start + batch_size]
+        batch_ids = ids[start : start + batch_size].to(device)
+        batch_mask = mask[start : start + batch_size].to(device)
         position_ids = (batch_mask.cumsum(1) - 1).clamp(min=0)
         logits = model(
             input_ids=batch_ids, attention_mask=batch_mask, position_ids=position_ids
@@ -157,7 +160,8 @@ def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 
         logp = torch.log_softmax(logits.float(), -1)
         targets = batch_ids[:, n_prompt:]
         token_logp = logp.gather(-1, targets[..., None])[..., 0]
-        out.append((token_logp * samples.completion_mask[start : start + batch_size]).sum(1))
+        completion_mask = samples.completion_mask[start : start + batch_size].to(device)
+        out.append((token_logp * completion_mask).sum(1).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy()
 

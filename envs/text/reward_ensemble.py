@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import torch
@@ -100,6 +100,12 @@ class TextRewardEnsemble(nn.Module):
         meta = {"format": ENSEMBLE_FORMAT, "members": len(self.members)}
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         return path
+
+    def place(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> Self:
+        """:meth:`TextRewardModel.place` on every member; returns ``self``."""
+        for member in self.members:
+            member.place(device, dtype)
+        return self
 
     def __len__(self) -> int:
         return len(self.members)

@@ -28,7 +28,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -134,6 +134,7 @@ class TextRewardModel(nn.Module):
         self.train(model.training)  # the wrapper's mode is the wrapped model's
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.compute_dtype: torch.dtype | None = None  # forward's autocast dtype: see place()
         self._type_ids = getattr(model.config, "type_vocab_size", 0) > 1
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions is not None and self.max_length > positions:
@@ -264,6 +265,18 @@ class TextRewardModel(nn.Module):
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         return path
 
+    def place(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> Self:
+        """Move the model to ``device`` and compute in ``dtype`` there (``--device``/``--dtype``).
+
+        The weights stay float32: with ``torch.bfloat16`` the forward runs under
+        :func:`torch.autocast` (mixed precision), since a scalar score stored in bfloat16 keeps
+        under three significant digits (pairs would tie) and Adam's small updates to bfloat16
+        weights round away. Returns ``self``.
+        """
+        self.model.to(device)
+        self.compute_dtype = None if dtype == torch.float32 else dtype
+        return self
+
     # ------------------------------------------------------------------------------- scoring
     @property
     def device(self) -> torch.device:
@@ -291,7 +304,11 @@ class TextRewardModel(nn.Module):
         """``[B]`` differentiable scores (mind ``train()`` / ``eval()``)."""
         if len(prompts) == 0:
             return torch.zeros(0, device=self.device)
-        return self.model(**self.encode(prompts, completions)).logits[:, 0]
+        batch = self.encode(prompts, completions)
+        if self.compute_dtype is None:
+            return self.model(**batch).logits[:, 0]
+        with torch.autocast(self.device.type, dtype=self.compute_dtype):
+            return self.model(**batch).logits[:, 0].float()
 
     def segment_returns(self, segments: Sequence[Segment]) -> Tensor:
         """``[B]`` differentiable scores of ``B`` text segments (the trainer's pair source).

@@ -160,10 +160,12 @@ class TextPipelineConfig:
     """torch.set_num_threads for every stage: 1 suits the tiny default models (more intra-op
     threads only add overhead and thrash a busy machine); raise it for larger models."""
     device: str = "auto"
-    """Torch device of the sft, ppo, dpo, grpo and rloo models: auto (cuda if visible, else
-    cpu), cpu or cuda (agents.text.devices)."""
+    """Torch device of every stage after base (sft, rm, ppo, dpo, grpo, rloo, eval): the
+    policy, its reference and the reward model; auto (cuda if visible, else cpu), cpu or cuda
+    (agents.text.devices). The base stage builds the default tiny GPT-2 on the CPU."""
     dtype: str = "float32"
-    """Weights' precision in those stages: float32 or bfloat16 (for GPUs; allowed on cpu, slow)."""
+    """Precision in those stages: float32 or bfloat16 (for GPUs; allowed on cpu, slow). The LMs'
+    weights take it; the reward model keeps float32 weights and computes in it (autocast)."""
     lora_r: int = 0
     """LoRA rank of the sft, ppo, dpo, grpo and rloo stages (0: full fine-tuning); the reference
     is the same model with its adapters disabled (agents.text.lora)."""

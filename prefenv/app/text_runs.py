@@ -123,10 +123,11 @@ def _eval_prompts(config: TextPipelineConfig) -> list[str]:
     return generate_prompts(config.eval_prompts, seed=config.stream_seed("eval_prompts"))
 
 
-def _reward_model(out: Path) -> Any:
+def _reward_model(out: Path, config: TextPipelineConfig) -> Any:
+    """The rm stage's reward model (or ensemble), placed on ``--device``/``--dtype``."""
     from envs.text.reward_ensemble import load_text_reward_model
 
-    return load_text_reward_model(_require(out / "reward_model", "rm"))
+    return load_text_reward_model(_require(out / "reward_model", "rm")).place(*config.placement())
 
 
 # ----------------------------------------------------------------------------- stages
@@ -277,7 +278,7 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     from prefenv.jsonl import export_jsonl
     from prefenv.reward_training import evaluate_reward_model, train_reward_model
 
-    model, tokenizer = _load(_require(out / "sft", "sft"))
+    model, tokenizer = _load(_require(out / "sft", "sft"), config)
     human = _ask_labels(config, out, model, tokenizer)
     if human is not None and human.paused:
         return {"paused": True, "message": human.pause_message(out), "queries": human.posted,
@@ -288,7 +289,7 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         TextRewardModel.build(tokenizer=tokenizer, seed=config.seed)
         if config.rm_ensemble == 1
         else TextRewardEnsemble.build(config.rm_ensemble, tokenizer=tokenizer, seed=config.seed)
-    )
+    ).place(*config.placement())
     train_config = text_reward_config(max_epochs=config.rm_epochs, seed=config.seed, progress=True)
     metrics = train_reward_model(reward, comparisons, train_config)
     # Held-out accuracy against the *true* score on fresh SFT samples (oracle labels).
@@ -374,7 +375,9 @@ def _reward_predictor(
 
     rm_stats = json.loads((_require(out / "reward_model", "rm") / "stage.json").read_text())
     whitening = Whitening(rm_stats["score_mean"], rm_stats["score_std"], config.reward_clip)
-    return _reward_model(out).predictor(observation_space, action_space, tokenizer, whitening)
+    return _reward_model(out, config).predictor(
+        observation_space, action_space, tokenizer, whitening
+    )
 
 
 def stage_ppo(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
@@ -417,7 +420,7 @@ def _dpo_pairs(config: TextPipelineConfig, out: Path) -> tuple[list[Any], dict[s
     pairs = pairs_from_comparisons(_training_comparisons(config, out))
     if not config.dpo_uncertainty:
         return pairs, {}
-    reward = _reward_model(out)
+    reward = _reward_model(out, config)
     if not isinstance(reward, TextRewardEnsemble) or len(reward) < 2:
         raise ValueError(
             f"--dpo-uncertainty needs the rm stage's ensemble, but {out / 'reward_model'} holds a "
@@ -474,14 +477,14 @@ def _group_rl(config: TextPipelineConfig, out: Path, algo: str) -> dict[str, Any
 
 def stage_eval(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
     """SFT vs PPO-KL vs DPO on held-out prompts; writes summary.json, summary.md and a plot."""
-    sft_model, tokenizer = _load(_require(out / "sft", "sft"))
-    reward = _reward_model(out)
+    sft_model, tokenizer = _load(_require(out / "sft", "sft"), config)
+    reward = _reward_model(out, config)
     prompts = _eval_prompts(config)
     results: dict[str, Any] = {}
     for name in ("sft", "ppo", "dpo", "grpo", "rloo"):
         if not _done(out / name):
             continue
-        model = sft_model if name == "sft" else _load(out / name)[0]
+        model = sft_model if name == "sft" else _load(out / name, config)[0]
         result, samples, true, _ = evaluate_text_model(
             model, tokenizer, prompts, _scorer(config), config.max_new_tokens,
             seed=config.stream_seed("eval_sampling"), ref_model=sft_model, learned_scorer=reward.predict,

@@ -47,13 +47,35 @@ def test_lora_stages_train_adapters_and_save_them_in_peft_format(tmp_path) -> No
                            sft["transformer.h.1.mlp.c_fc.weight"])  # fmt: skip
 
 
-def test_bfloat16_on_cpu_runs_sft_and_keeps_the_precision(tmp_path) -> None:
+def test_bfloat16_on_cpu_runs_sft_rm_and_eval_and_keeps_the_precision(tmp_path) -> None:
     config = TextPipelineConfig(**{**TINY, "lora_r": 0, "dtype": "bfloat16", "device": "cpu"})
-    run_pipeline(config, tmp_path, stages=("base", "sft"))
+    run_pipeline(config, tmp_path, stages=("base", "sft", "rm", "eval"))
     assert weights(tmp_path / "base")["transformer.wte.weight"].dtype == torch.float32
     assert weights(tmp_path / "sft")["transformer.wte.weight"].dtype == torch.bfloat16
     summary = json.loads((tmp_path / "sft" / "stage.json").read_text())
     assert all(map(torch.isfinite, torch.tensor([summary["first_loss"], summary["final_loss"]])))
+    # The reward model keeps float32 weights (it computes in bfloat16 under autocast).
+    rm_weights = weights(tmp_path / "reward_model")
+    assert {w.dtype for w in rm_weights.values()} == {torch.float32}
+    rm = json.loads((tmp_path / "reward_model" / "stage.json").read_text())
+    assert 0 <= rm["true_order_accuracy"] <= 1 and rm["score_std"] > 0
+    sft_eval = json.loads((tmp_path / "summary.json").read_text())["eval"]["sft"]
+    assert sft_eval["n"] == TINY["eval_prompts"] and abs(sft_eval["kl_to_ref"]) < 1e-6
+
+
+def test_reward_model_in_bfloat16_scores_close_to_float32_and_trains_float32_weights() -> None:
+    from envs.text.reward_model import TextRewardModel
+
+    prompts, completions = ["a good film", "the plot"] * 4, ["great fun", "dull and slow"] * 4
+    reference = TextRewardModel.build(seed=3)
+    mixed = TextRewardModel.build(seed=3).place("cpu", torch.bfloat16)
+    full, half = reference(prompts, completions), mixed(prompts, completions)
+    assert half.dtype == torch.float32 and not torch.equal(full, half)  # computed in bf16
+    torch.testing.assert_close(half, full, atol=0.05, rtol=0.05)
+    half.sum().backward()
+    grads = [p.grad for p in mixed.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)
+    assert mixed.place("cpu").compute_dtype is None  # back to float32 compute
 
 
 def test_bad_device_settings_are_refused(tmp_path, monkeypatch) -> None:
