@@ -28,6 +28,7 @@ reads the presets' dataclasses.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
@@ -173,6 +174,50 @@ def _apply(default: Any, changes: dict[tuple[str, ...], Any], name: str) -> Any:
     return replace(default, **values)
 
 
+def _field_paths(config: Any, prefix: str = "") -> list[str]:
+    """Dotted names of ``config``'s parameters (nested dataclasses field by field; no ``name``)."""
+    paths: list[str] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            paths += _field_paths(value, f"{prefix}{f.name}.")
+        elif f.name != "name" and isinstance(value, int | float):
+            paths.append(prefix + f.name)
+    return paths
+
+
+_PART = re.compile(r"(\w+)(?:\((.*)\))?")
+"""One part of a preset spec: ``name`` or ``name(key=value, ...)``."""
+
+
+def _parameters(
+    text: str | None, default: Any, part: str, kind: str
+) -> dict[tuple[str, ...], float]:
+    """``{field path: value}`` of a part's ``key=value`` list (``bpref.beta`` for nested fields).
+
+    Raises:
+        ValueError: an unknown key, or a value that is not a number.
+    """
+    if not text:
+        return {}
+    valid = set(_field_paths(default))
+    values: dict[tuple[str, ...], float] = {}
+    for item in text.split(","):
+        key, _, raw = (word.strip() for word in item.partition("="))
+        if key not in valid:
+            raise ValueError(
+                f"{kind} {part!r}: unknown parameter {key!r}; valid ones are "
+                f"{', '.join(sorted(valid))}"
+            )
+        try:
+            values[tuple(key.split("."))] = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"{kind} {part!r}: {key} must be a number (e.g. {key}=0.2), got {raw!r}"
+            ) from None
+    return values
+
+
 def merge_presets(
     spec: str, presets: Mapping[str, PresetConfig], kind: str = "teacher"
 ) -> PresetConfig:
@@ -184,26 +229,32 @@ def merge_presets(
     :data:`PRESETS`; text teachers (``envs.text.feedback``) merge theirs with this too.
 
     Args:
-        spec: preset names joined by ``'+'``.
+        spec: preset names joined by ``'+'``, each with optional numeric parameters in
+            parentheses: ``"mistake(eps_mistake=0.2)"``, ``"noisy(beta=2)+skip"``; a nested
+            field is dotted (a text teacher's ``"oracle(bpref.eps_mistake=0.2)"``).
         presets: name -> config (frozen dataclasses of one class, constructible without arguments).
         kind: what the presets configure, for error messages (``"teacher"``, ``"text teacher"``).
 
     Raises:
         ValueError: an unknown preset, or two presets setting one parameter to different values.
     """
-    parts = [part.strip() for part in spec.split("+")]
-    unknown = [part for part in parts if part not in presets]
+    parts = [part.strip() for part in re.split(r"\+(?![^()]*\))", spec)]
+    named = [_PART.fullmatch(part) for part in parts]
+    unknown = [part for part, m in zip(parts, named, strict=True) if not m or m[1] not in presets]
     if unknown:
         names = list(presets)
         raise ValueError(
             f"unknown {kind} {unknown[0]!r}: choose one of {', '.join(names)} "
-            f"or combine them with '+' (e.g. '{'+'.join(names[1:3])}')"
+            f"or combine them with '+' (e.g. '{'+'.join(names[1:3])}'); set parameters in "
+            f"parentheses (e.g. '{names[0]}({_field_paths(presets[names[0]])[0]}=1.0)')"
         )
-    default = type(presets[parts[0]])()
+    default = type(presets[named[0][1]])()
     merged: dict[tuple[str, ...], Any] = {}
     source: dict[tuple[str, ...], str] = {}
-    for part in parts:
-        for path, value in _changes(presets[part], default).items():
+    for part, m in zip(parts, named, strict=True):
+        changes = _changes(presets[m[1]], default)
+        changes.update(_parameters(m[2], default, part, kind))
+        for path, value in changes.items():
             if path in merged and merged[path] != value:
                 raise ValueError(
                     f"{kind} {spec!r} sets {path[-1]} twice: {merged[path]} by "

@@ -93,8 +93,9 @@ class TrainSpec:
     eval import them again. Installed packages can declare 'prefenv.tasks' / 'prefenv.agents'
     entry points instead."""
     teacher: str = "oracle"
-    """Synthetic teacher preset or '+'-composition: oracle, noisy, mistake, skip, myopic, equal;
-    or human: people label through `prefenv label --run OUT` while the agent trains."""
+    """Synthetic teacher preset or '+'-composition: oracle, noisy, mistake, skip, myopic, equal,
+    with parameters in parentheses (mistake(eps_mistake=0.2), noisy(beta=2)); or human: people
+    label through `prefenv label --run OUT` while the agent trains."""
     queries: int = 250
     """Total query budget (skipped queries count)."""
     steps: int = 100_000

@@ -87,8 +87,9 @@ class TextPipelineConfig:
     sft_steps: int = 150
     """SFT optimiser steps (batch 16)."""
     teacher: str = "oracle"
-    """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix;
-    or human: people label the rm stage's pairs through `prefenv label --run OUT`. The store
+    """Text teacher preset: oracle, noisy, mistake, verbose, position, population or a '+' mix,
+    with parameters in parentheses (verbose(verbosity=0.5), mistake(bpref.eps_mistake=0.2)); or
+    human: people label the rm stage's pairs through `prefenv label --run OUT`. The store
     keeps every teacher's labels; the rm and dpo stages use this teacher's only."""
     queries: int = 1000
     """Comparisons of the teacher (two SFT samples of one prompt each) the rm and dpo stages

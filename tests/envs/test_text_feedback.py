@@ -212,3 +212,13 @@ def test_round_trip_through_store_and_jsonl(tmp_path, sentiment_pairs):
     back = import_jsonl(tmp_path / "prefs.jsonl")
     assert [(c.label, c.teacher) for c in back] == [(c.label, c.teacher) for c in comparisons]
     assert [c.segment0.context["completion"] for c in back] == first[:40]
+
+
+def test_text_teachers_take_dotted_parameters_of_nested_fields() -> None:
+    from envs.text.feedback import TEXT_PRESETS
+    from prefenv.teachers import merge_presets
+
+    config = merge_presets("verbose(verbosity=0.5)+oracle(bpref.eps_mistake=0.2)", TEXT_PRESETS)
+    assert (config.verbosity, config.bpref.eps_mistake) == (0.5, 0.2)
+    with pytest.raises(ValueError, match="unknown parameter 'annotators'"):
+        merge_presets("population(annotators=2)", TEXT_PRESETS)

@@ -328,3 +328,35 @@ def test_equal_threshold_is_positive_for_tasks_with_costs():
     rewards0 = np.full((1, 50), -1.0)
     rewards1 = np.full((1, 50), -1.1)  # returns differ by 5 < 25: equally good
     assert teacher.label_returns(rewards0, rewards1)[0] == 0.5
+
+
+def test_parameters_in_parentheses_set_a_preset_field() -> None:
+    teacher = make_teacher("mistake(eps_mistake=0.2)", np.random.default_rng(0))
+    assert teacher.config == TeacherConfig(name="mistake(eps_mistake=0.2)", eps_mistake=0.2)
+    mixed = make_teacher("noisy(beta=2)+mistake(eps_mistake=0.3)", np.random.default_rng(0))
+    assert (mixed.config.beta, mixed.config.eps_mistake) == (2.0, 0.3)
+    # The name an override records reads back as the same teacher.
+    renamed = make_teacher("noisy", np.random.default_rng(0), beta=2.0)
+    assert make_teacher(renamed.name, np.random.default_rng(0)).config.beta == 2.0
+    flips = make_teacher("mistake(eps_mistake=0.4)", np.random.default_rng(1))
+    pairs = [(_segment([1.0]), _segment([0.0]))] * 2000
+    wrong = np.mean([c.label == 1.0 for c in flips.label(pairs)])  # the first is better
+    assert 0.37 < wrong < 0.43
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        (
+            "mistake(eps_mistak=0.2)",
+            "unknown parameter 'eps_mistak'; valid ones are beta, eps_equal",
+        ),
+        ("mistake(eps_mistake=lots)", "eps_mistake must be a number"),
+        ("mistake(eps_mistake=1.5)", r"eps_mistake must be in \[0, 1\)"),
+        ("mistake(eps_mistake=0.2)+mistake", "sets eps_mistake twice"),
+        ("mistake(eps_mistake=0.2", "unknown teacher 'mistake\\(eps_mistake=0.2'"),
+    ],
+)
+def test_bad_parameters_are_refused_with_the_fix(spec: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_teacher(spec, np.random.default_rng(0))
