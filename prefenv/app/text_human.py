@@ -52,6 +52,7 @@ __all__ = [
     "HumanLabelling",
     "NoHumanLabelsError",
     "collect_human_labels",
+    "label_sources",
     "rm_stage_teacher",
 ]
 
@@ -227,3 +228,14 @@ def _fallback_teacher(config: TextPipelineConfig) -> Any:
 
 def _simulated(comparison: Comparison) -> Comparison:
     return replace(comparison, teacher=SIMULATED_PREFIX + comparison.teacher)
+
+
+def label_sources(comparisons: Sequence[Comparison], from_file: bool) -> dict[str, Any]:
+    """``labels_human`` (teacher ``human:<annotator>``) and ``labels_simulated`` (a synthetic
+    teacher's) among the rm stage's training comparisons; a ``--comparisons-file``'s other rows
+    are neither (``labels_simulated`` None: the file says who labelled them)."""
+    human = sum(c.teacher.startswith(HUMAN_PREFIX) for c in comparisons)
+    return {
+        "labels_human": human,
+        "labels_simulated": None if from_file else len(comparisons) - human,
+    }

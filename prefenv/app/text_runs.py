@@ -61,9 +61,13 @@ from prefenv.app.text_config import (
     clear_run,
 )
 from prefenv.app.text_eval import eval_markdown, evaluate_text_model, plot_eval
-from prefenv.app.text_human import HumanLabelling, collect_human_labels, rm_stage_teacher
+from prefenv.app.text_human import (
+    HumanLabelling,
+    collect_human_labels,
+    label_sources,
+    rm_stage_teacher,
+)
 from prefenv.errors import CheckpointNotFoundError
-from prefenv.queue import HUMAN_PREFIX
 from prefenv.records import Comparison, Segment
 from prefenv.store import ComparisonStore
 
@@ -308,20 +312,11 @@ def stage_rm(config: TextPipelineConfig, out: Path) -> dict[str, Any]:
         out / "reward_model",
         {"comparisons": len(comparisons), "labelled": sum(c.label is not None for c in comparisons),
          "teacher": None if config.comparisons_file else config.teacher,
-         **_label_sources(config, comparisons),
+         **label_sources(comparisons, from_file=config.comparisons_file is not None),
          "comparisons_file": config.comparisons_file, "train_accuracy": metrics.train_accuracy,
          "val_accuracy": metrics.val_accuracy, "true_order_accuracy": true_accuracy,
          "score_mean": whitening.mean, "score_std": whitening.std},
     )  # fmt: skip
-
-
-def _label_sources(config: TextPipelineConfig, comparisons: list[Comparison]) -> dict[str, Any]:
-    """``labels_human`` (teacher ``human:<annotator>``) and ``labels_simulated`` (a synthetic
-    teacher's) among the training comparisons; a ``--comparisons-file``'s other rows are
-    neither (``labels_simulated`` None: the file says who labelled them)."""
-    human = sum(c.teacher.startswith(HUMAN_PREFIX) for c in comparisons)
-    simulated = None if config.comparisons_file else len(comparisons) - human
-    return {"labels_human": human, "labels_simulated": simulated}
 
 
 def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, model: Any) -> Any:
