@@ -345,6 +345,18 @@ stage (its samples and its held-out accuracy), not by eval. ``torch_threads`` an
 change speed (and float rounding), not results, and may change at any time."""
 
 
+SIBLINGS = {"rloo": ("grpo",)}
+"""Stages that read the settings an earlier stage reads first, without reading its output: rloo
+reads the grpo stage's ``--grpo-*`` and ``--group-size``, but not its model. Running rloo with
+such a change is allowed; it moves grpo's outputs (made with the old settings) to ``stale/``."""
+
+
+def _readers(changed: dict[str, tuple[Any, Any]], stage: str | None) -> set[str]:
+    """The stages that first read ``changed``, a sibling of ``stage`` counted as ``stage``."""
+    siblings = SIBLINGS.get(stage or "", ())
+    return {stage if r in siblings else r for r in map(_first_reader, changed)} - {NO_OUTPUT}
+
+
 def setting_flag(setting: str) -> str:
     """The command-line flag of a setting: ``teacher`` -> ``--teacher``, ``ppo.kl_coef`` ->
     ``--kl-coef``; a PPO-KL field with no flag reads ``ppo.n_epochs (Python only)``."""
@@ -386,7 +398,7 @@ def settings_refusal(
         (or by no stage at all); else the message, naming the flags and the ways out.
     """
     binding = {k: v for k, v in changed.items() if _first_reader(k) != NO_OUTPUT}
-    readers = {_first_reader(k) for k in binding}
+    readers = _readers(binding, stage)
     if not binding or (
         stage is not None
         and EVERY_STAGE not in readers
@@ -478,10 +490,10 @@ def accept_settings(config: TextPipelineConfig, out: Path, stage: str | None) ->
             raise CheckpointError(refusal)
         if not changed:
             return
-        readers = [_first_reader(k) for k in changed if _first_reader(k) != NO_OUTPUT]
+        readers = _readers(changed, stage)
         if stage is not None and readers:  # the refusal let through only settings read from here
             later = list(STAGES[STAGES.index(stage) + 1 :])
-            own = [stage] if min(readers, key=STAGES.index) == stage else []
+            own = [*SIBLINGS.get(stage, ()), stage] if stage in readers else []
             _mark_stale(out, own + later, _describe_changes(changed))
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, config.to_dict())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,3 +58,26 @@ def test_cli_runs_rloo_and_names_a_bad_setting(run, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["algo"] == "rloo"
     assert main(["text", "grpo", "--out", str(run), *args, "--group-size=1"]) == 2
     assert "--group-size >= 2" in capsys.readouterr().err
+
+
+def test_rloo_takes_changed_grpo_settings_and_marks_grpo_stale(tmp_path) -> None:
+    from prefenv.app.text_config import accept_settings
+    from prefenv.errors import CheckpointError
+
+    accept_settings(TextPipelineConfig(), tmp_path, None)
+    for stage in ("grpo", "rloo"):  # finished outputs of the old settings
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "stage.json").write_text("{}")
+    # rloo reads --grpo-learning-rate too, but not grpo's model: it may run with a new value...
+    changed = TextPipelineConfig(grpo_learning_rate=2e-4, group_size=4)
+    accept_settings(changed, tmp_path, "rloo")
+    saved = json.loads((tmp_path / "text_config.json").read_text())
+    assert (saved["grpo_learning_rate"], saved["group_size"]) == (2e-4, 4)
+    # ...and grpo's model, trained with the old value, no longer matches the folder's settings.
+    assert (
+        not (tmp_path / "grpo").exists() and (tmp_path / "stale" / "grpo" / "stage.json").exists()
+    )
+    assert (tmp_path / "stale" / "rloo" / "stage.json").exists()
+    # A setting an earlier stage rloo depends on stays refused.
+    with pytest.raises(CheckpointError, match="--dpo-beta: first read by the dpo stage"):
+        accept_settings(dataclasses.replace(changed, dpo_beta=0.3), tmp_path, "rloo")
