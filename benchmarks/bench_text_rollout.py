@@ -9,8 +9,12 @@ Same model (the default ~0.9M-parameter GPT-2 architecture, 4 layers x 128, rand
 - ``generate_eos`` (with ``--model``): rows may stop at EOS; counts tokens up to each row's EOS
   (the batch still runs until its longest row ends: the rollout-shaped use of ``generate``);
 - ``env``: 32 ``prefenv/TextSentiment-v0`` envs in a ``SyncVectorEnv`` stepped with
-  ``CausalLMPolicy.act`` (KV cache across steps, autoreset handled by prefill + splice); the count
-  is generated tokens (valid env steps, EOS included), time includes env stepping and scoring;
+  ``CausalLMPolicy.act`` (KV cache across steps; the prompts of rows that autoreset are prefilled
+  the policy's default way for the device: a forward of their own on a CPU, merged into the
+  step's forward on an accelerator); the count is generated tokens (valid env steps, EOS
+  included), time includes env stepping and scoring;
+- ``env_merged`` / ``env_separate`` (with ``--model``): ``env`` with the other prefill mode
+  (``merged_prefill``), to check the device default;
 - ``env+ref``: as ``env`` plus the frozen reference's ``log_prob`` each step, what the PPO-KL
   trainer does during a rollout.
 
@@ -19,6 +23,7 @@ Usage::
     python benchmarks/bench_text_rollout.py                 # 3 repeats, best of each
     python benchmarks/bench_text_rollout.py --threads 1 --repeats 5
     python benchmarks/bench_text_rollout.py --model runs/default_lm
+    python benchmarks/bench_text_rollout.py --model runs/default_lm --device cuda
 
 Methods alternate within each repeat so background load hits all alike; the best run of each is
 the headline and every run is listed. Tokens per CPU-second (``time.process_time``) are printed
@@ -44,14 +49,24 @@ BATCH = 32
 NEW_TOKENS = 48
 
 
-def build(model_dir: str | None) -> tuple[torch.nn.Module, object]:
+def build(model_dir: str | None, device: str) -> tuple[torch.nn.Module, object]:
     if model_dir is not None:
-        return load_lm(model_dir)
+        model, tok = load_lm(model_dir)
+        return model.to(device), tok
     from transformers import GPT2LMHeadModel
 
     tok = default_tokenizer()
     torch.manual_seed(0)
-    return GPT2LMHeadModel(tiny_gpt2_config(len(tok))).eval(), tok
+    return GPT2LMHeadModel(tiny_gpt2_config(len(tok))).eval().to(device), tok
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def run_generate(
@@ -64,6 +79,8 @@ def run_generate(
     """
     texts = [tok.bos_token + p for p in prompts[:BATCH]]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = enc.to(_device(model))
+    _sync(_device(model))
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(
@@ -76,8 +93,9 @@ def run_generate(
             eos_token_id=tok.eos_token_id,
             top_k=0,
         )
+    _sync(out.device)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    new = out[:, enc["input_ids"].shape[1] :]
+    new = out[:, enc["input_ids"].shape[1] :].cpu()
     if stop_at_eos:
         is_eos = new == tok.eos_token_id
         ended = is_eos.any(1)
@@ -88,12 +106,15 @@ def run_generate(
     return tokens / elapsed, tokens / cpu
 
 
-def run_env(model, tok, prompts: list[str], with_ref: bool) -> tuple[float, float]:
+def run_env(
+    model, tok, prompts: list[str], with_ref: bool, merged_prefill: bool | None = None
+) -> tuple[float, float]:
     """Generated tokens per (wall, CPU) second of ``NEW_TOKENS`` vector steps of ``policy.act``."""
     env = gym.vector.SyncVectorEnv(
         [lambda: TextTask("sentiment", tok, prompts, max_new_tokens=NEW_TOKENS)] * BATCH
     )
-    policy = CausalLMPolicy(model, action_dim=len(tok))
+    device = _device(model)
+    policy = CausalLMPolicy(model, action_dim=len(tok), merged_prefill=merged_prefill).to(device)
     ref = frozen_reference(policy) if with_ref else None
     obs, _ = env.reset(seed=0)
     done = np.zeros(BATCH, dtype=bool)
@@ -101,13 +122,14 @@ def run_env(model, tok, prompts: list[str], with_ref: bool) -> tuple[float, floa
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for _ in range(NEW_TOKENS):
-            obs_t = {k: torch.as_tensor(v) for k, v in obs.items()}
+            obs_t = {k: torch.as_tensor(v).to(device) for k, v in obs.items()}
             actions, _, _ = policy.act(obs_t)
             if ref is not None:
                 ref.log_prob(obs_t, actions)
-            obs, _, terminated, truncated, _ = env.step(actions.numpy())
+            obs, _, terminated, truncated, _ = env.step(actions.cpu().numpy())
             tokens += int((~done).sum())  # NEXT_STEP autoreset: a reset step generates nothing
             done = terminated | truncated
+    _sync(device)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     env.close()
     return tokens / elapsed, tokens / cpu
@@ -119,10 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--model", default=None, help="local HF causal LM dir (default: random)")
     parser.add_argument("--skip-nocache", action="store_true", help="skip generate_nocache")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, tok = build(args.model)
+    model, tok = build(args.model, args.device)
     prompts = generate_prompts(BATCH, seed=1)
     n_params = sum(p.numel() for p in model.parameters())
     methods = {
@@ -132,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.model is not None:  # a trained LM ends episodes early: compare useful tokens too
         methods["generate_eos"] = lambda: run_generate(model, tok, prompts, True, True)
+        merged = _device(model).type == "cpu"  # the mode the policy does not pick by default
+        methods["env_merged" if merged else "env_separate"] = lambda: run_env(
+            model, tok, prompts, with_ref=False, merged_prefill=merged
+        )
     if not args.skip_nocache:
         methods["generate_nocache"] = lambda: run_generate(model, tok, prompts, use_cache=False)
     for fn in methods.values():  # warm-up
@@ -143,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# bench_text_rollout: {n_params / 1e6:.2f}M-param GPT-2, batch {BATCH}, "
         f"{NEW_TOKENS} new tokens, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"python {sys.version.split()[0]}, {platform.machine()}"
+        f"python {sys.version.split()[0]}, {platform.machine()}, device {args.device}"
     )
     best_wall = max(w for w, _ in runs["generate"])
     best_cpu = max(c for _, c in runs["generate"])

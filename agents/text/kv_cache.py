@@ -2,10 +2,30 @@
 
 A :class:`KVState` follows a batch of left-padded episodes (rows of the text env's observation)
 across steps. :func:`extend_cache` brings it up to date with the next observation and runs each
-row's newest token: a row that is the cached one plus one token costs one token of compute; a row
-that started a new episode (vector-env autoreset) has its prompt prefilled and spliced into the
-batch cache, in place when it fits, else in a rebuilt cache. Keys and values are right-aligned:
-row ``i``'s real entries are its last columns, columns before them are zeros and masked.
+row's newest token. A row that is the cached one plus one token costs that token only; a row that
+started a new episode (vector-env autoreset) needs its prompt prefilled, in one of two ways:
+
+- **separate** (the default on a CPU): one forward over the restarted rows' prompts but the last
+  token, written into their rows of the cache, then the step's forward over every row;
+- **merged** (the default on an accelerator): a single forward over ``[N, prompt length]`` where
+  restarted rows feed their prompts and continuing rows their last tokens (recomputed, their
+  keys/values not stored), so every step costs one forward.
+
+Which is faster depends on the hardware: merging saves a forward's fixed cost (Python and kernel
+launches, which dominate a small model's forward on a GPU, where the extra tokens are nearly free)
+but computes ``prompt length - 1`` extra tokens per continuing row. On the default tiny GPT-2 on
+one CPU thread (batch 32, prompts of ~6 tokens) the merged forward takes ~11 ms where the step
+(~5 ms) plus a ``[2, 6]`` prefill (~3 ms) take ~8 ms, and env rollouts run 10-25% slower merged
+(benchmarks/bench_text_rollout.py, method ``env_merged``). The accelerator default follows from
+the first argument; it has not been timed on a GPU yet (``--device cuda`` there).
+
+The cache lives in preallocated buffers ``[N, heads, capacity, head_dim]`` per layer
+(:class:`_BufferLayer`) that the model writes in place (Hugging Face's ``DynamicCache``
+concatenates, copying the whole cache at every token). The model sees the live columns
+``[start, end)``; keys and values are right-aligned there (row ``i``'s real entries are its last
+``lengths[i] - 1`` live columns, the columns before them are masked) and the step writes column
+``end``. When the buffers are full the live columns move back to end at column ``L - 1`` (at
+most one copy every ``L + 1`` steps, ``L`` the observation width).
 """
 
 from __future__ import annotations
@@ -17,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import Cache, DynamicLayer
 
 __all__ = ["Extended", "KVState", "extend_cache", "positions"]
 
@@ -27,27 +48,97 @@ def positions(mask: Tensor) -> Tensor:
 
 
 @dataclass
+class _Span:
+    """The live cache columns ``[start, end)``, shared by every layer of one cache.
+
+    During a merged forward of ``queries`` tokens per row, ``restarted`` ``[k]`` holds the rows
+    whose first ``queries - 1`` tokens are stored (in the columns before ``end``); every row's
+    last token goes to column ``end``.
+    """
+
+    start: int
+    end: int
+    queries: int = 1
+    restarted: Tensor | None = None
+
+
+class _BufferLayer(DynamicLayer):
+    """One attention layer's keys and values in buffers ``[N, heads, capacity, head_dim]``.
+
+    The model calls ``update`` inside its forward: it writes the new tokens' keys/values in place
+    (see :class:`_Span`) and returns the live columns up to ``span.end`` included; the owner
+    advances ``span.end`` after the forward. The buffers are allocated on the first write.
+    """
+
+    def __init__(self, span: _Span, rows: int, capacity: int) -> None:
+        super().__init__()
+        self.span, self.rows, self.capacity = span, rows, capacity
+        self.buffers: tuple[Tensor, Tensor] | None = None
+
+    def _allocated(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The buffers, first allocated (zeros) like ``keys``/``values`` ``[*, heads, *, dim]``."""
+        if self.buffers is None:
+            n, capacity = self.rows, self.capacity
+            self.buffers = (
+                keys.new_zeros(n, keys.shape[1], capacity, keys.shape[3]),
+                values.new_zeros(n, values.shape[1], capacity, values.shape[3]),
+            )
+            self.device, self.is_initialized = keys.device, True
+        return self.buffers
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Store the new tokens ``[N, heads, q, head_dim]``; return the live keys and values."""
+        span = self.span
+        buffers = self._allocated(key_states, value_states)
+        for buf, new in zip(buffers, (key_states, value_states), strict=True):
+            buf[:, :, span.end] = new[:, :, -1]
+            if span.restarted is not None and span.queries > 1:
+                rows, first = span.restarted, span.end - span.queries + 1
+                buf[rows, :, first : span.end] = new[rows, :, :-1]
+        self.keys, self.values = (buf[:, :, span.start : span.end + 1] for buf in buffers)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        """The live columns before the running forward's queries (a merged forward rewrites
+        ``q - 1`` columns before ``end``)."""
+        return self.span.end - self.span.start - (self.span.queries - 1)
+
+    def write_rows(self, rows: Tensor, column: int, keys: Tensor, values: Tensor) -> None:
+        """Put ``keys``/``values`` ``[k, heads, p, head_dim]`` at ``rows``, columns ``column:+p``."""
+        for buf, new in zip(self._allocated(keys, values), (keys, values), strict=True):
+            buf[rows, :, column : column + new.shape[-2]] = new
+
+    def move(self, start: int, end: int, to: int) -> None:
+        """Copy the columns ``[start, end)`` to ``[to, to + end - start)`` (no-op if unallocated)."""
+        for buf in self.buffers or ():
+            buf[:, :, to : to + end - start] = buf[:, :, start:end].clone()
+
+
+@dataclass
 class KVState:
     """Key/value cache of a batch of episodes after the last cached call.
 
     Attributes:
-        ids, mask: ``[N, L]`` the observation the cache covers (masked ids, 0 on padding).
-        lengths: ``[N]`` real tokens per row.
-        cache: a ``transformers.DynamicCache`` whose per-layer keys/values
-            ``[N, heads, C, head_dim]`` are right-aligned: row i's ``lengths[i]`` entries are its
-            last columns, the columns before are zeros. The model extends it in place.
-        cache_mask: ``[N, C]`` 1 where the cache holds a real token.
+        ids: ``[N, L]`` the observation the cache covers (masked ids, 0 on padding).
+        lengths: ``[N]`` real tokens per row (all but the last are in the cache after a call).
+        layers: one :class:`_BufferLayer` per attention layer; ``cache`` (the ``transformers``
+            ``Cache`` passed to the model, which extends it in place) holds them.
+        span: the live columns ``[start, end)`` of the buffers.
+        mask_buf: ``[N, capacity]`` 1 where the buffers hold a row's real token; 0 outside
+            ``span``.
     """
 
     ids: Tensor
-    mask: Tensor
     lengths: Tensor
-    cache: Any
-    cache_mask: Tensor
+    layers: list[_BufferLayer]
+    cache: Cache
+    span: _Span
+    mask_buf: Tensor
 
     @property
-    def layers(self) -> list[tuple[Tensor, Tensor]]:
-        return _layers(self.cache)
+    def cache_mask(self) -> Tensor:
+        """``[N, end - start]`` 1 where the live cache holds a real token."""
+        return self.mask_buf[:, self.span.start : self.span.end]
 
 
 @dataclass
@@ -74,154 +165,137 @@ def _out_cache(out: Any) -> Any:
     return cache if cache is not None else out.get("past_key_values")
 
 
-def _continuing(state: KVState | None, ids: Tensor, mask: Tensor) -> Tensor:
+def _new_state(base: nn.Module, ids: Tensor) -> KVState:
+    """An empty cache for ``ids`` ``[N, L]``: capacity ``2L``, live columns empty at ``L - 1``.
+
+    A row caches at most ``L - 1`` tokens, so a prompt always fits left of ``end >= L - 1``, and
+    after the live columns move back to ``L - 1`` at least ``L + 1`` steps fit to the right.
+    """
+    n, width = ids.shape
+    span = _Span(width - 1, width - 1)
+    n_layers = int(base.config.get_text_config().num_hidden_layers)
+    layers = [_BufferLayer(span, n, 2 * width) for _ in range(n_layers)]
+    return KVState(ids.new_zeros(n, width), ids.new_zeros(n), layers, Cache(layers=layers), span,
+                   ids.new_zeros(n, 2 * width))  # fmt: skip
+
+
+def _reusable(state: KVState, ids: Tensor) -> bool:
+    """Whether ``state`` can follow the batch ``ids`` (same shape and device, writable)."""
+    if state.ids.shape != ids.shape or state.ids.device != ids.device:
+        return False
+    # Inference tensors (a cache built under torch.inference_mode) can only be written there.
+    return not (state.mask_buf.is_inference() and not torch.is_inference_mode_enabled())
+
+
+def _continuing(state: KVState, ids: Tensor, mask: Tensor) -> Tensor:
     """``[N]`` bool: rows whose observation is the cached one plus exactly one new token."""
-    n = ids.shape[0]
-    if state is None or state.ids.shape != ids.shape or state.ids.device != ids.device:
-        return torch.zeros(n, dtype=torch.bool, device=ids.device)
-    masked = ids * mask
-    same_prefix = (masked[:, :-1] == state.ids[:, 1:]).all(-1)
+    same_prefix = ((ids * mask)[:, :-1] == state.ids[:, 1:]).all(-1)
     return same_prefix & (mask.sum(-1) == state.lengths + 1)
 
 
-def extend_cache(base: nn.Module, state: KVState | None, ids: Tensor, mask: Tensor) -> Extended:
-    """Bring the cache up to ``ids[:, :-1]`` for every row, then run the last token of each."""
-    from transformers import DynamicCache
+def extend_cache(
+    base: nn.Module, state: KVState | None, ids: Tensor, mask: Tensor, merged: bool = False
+) -> Extended:
+    """Bring the cache up to ``ids[:, :-1]`` for every row, then run the last token of each.
 
-    cont = _continuing(state, ids, mask)
-    lengths = mask.sum(-1)
-    if state is not None and bool(cont.all()):
-        # The common step: the model appends one column to the cache in place. No row restarted,
-        # so no leading all-padding column can appear and the cache stays <= the window.
-        cache, cache_mask = state.cache, state.cache_mask
-    elif state is not None and bool(cont.any()) and _fits_in_place(state, ~cont, mask):
-        # Some rows restarted with prompts that fit the cache: overwrite just those rows.
-        cache, cache_mask = _splice_in_place(base, state, ~cont, ids, mask)
-    else:
-        layers, cache_mask = _compact(*_rebuild(base, state, cont, ids, mask))
-        cache = DynamicCache(ddp_cache_data=layers)
-    step_mask = torch.cat([cache_mask, cache_mask.new_ones(len(ids), 1)], dim=1)
-    out = base(
-        input_ids=ids[:, -1:],
-        attention_mask=step_mask,
-        position_ids=(lengths - 1).unsqueeze(-1),
-        use_cache=True,
-        **{_cache_kwarg(base): cache},
-    )
-    new_state = KVState(ids * mask, mask, lengths, _out_cache(out), step_mask)
-    return Extended(out.last_hidden_state[:, -1], new_state)
+    Args:
+        base: the transformer trunk (ids -> final hidden states), e.g. ``model.base_model``.
+        state: the cache after the previous call on this batch, or None.
+        ids, mask: ``[N, L]`` the left-padded observation (``mask[:, -1]`` all 1).
+        merged: prefill restarted rows inside the step's forward instead of a forward of their
+            own (see the module docstring for when each is faster).
 
-
-def _prefill(
-    base: nn.Module, ids: Tensor, mask: Tensor, rows: Tensor
-) -> tuple[int, list[tuple[Tensor, Tensor]], Tensor]:
-    """Keys/values of ``rows``' tokens but the last, in one left-padded forward.
-
-    Returns the longest prefix ``p``, per layer ``(keys, values)`` ``[k, heads, p, head_dim]``
-    with padded columns zeroed, and their mask ``[k, p]``.
+    Returns:
+        The hidden states ``[N, D]`` of each row's last token, and the cache covering ``ids``
+        (``state`` itself, updated in place, when it could be reused).
     """
-    width = ids.shape[1]
-    prefix = int(mask[rows].sum(-1).max()) - 1  # the last token is run by the step itself
+    if state is None or not _reusable(state, ids):
+        state = _new_state(base, ids)
+        restarted = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
+    else:
+        restarted = ~_continuing(state, ids, mask)
+    lengths, span = mask.sum(-1), state.span
+    index = torch.nonzero(restarted).squeeze(-1) if bool(restarted.any()) else None
+    if index is not None:
+        _forget(state, index)
+    if span.end == state.mask_buf.shape[1]:
+        _move_back(state)
+    queries = 1
+    if index is not None and merged:
+        queries = _place_prompts(state, index, mask)
+    elif index is not None:
+        _prefill(base, state, index, ids, mask)
+    state.mask_buf[:, span.end] = 1
+    try:
+        out = base(
+            input_ids=ids[:, -queries:],
+            attention_mask=state.mask_buf[:, span.start : span.end + 1],
+            position_ids=positions(mask)[:, -queries:],
+            use_cache=True,
+            **{_cache_kwarg(base): state.cache},
+        )
+    finally:
+        span.queries, span.restarted = 1, None
+    span.end += 1
+    state.ids, state.lengths = ids * mask, lengths
+    return Extended(out.last_hidden_state[:, -1], state)
+
+
+def _place_prompts(state: KVState, index: Tensor, mask: Tensor) -> int:
+    """Set up a merged forward: the rows ``index`` (forgotten before) feed their whole prompts.
+
+    Every row feeds its last ``q`` tokens (``q`` the longest restarted prompt): the restarted
+    rows' keys/values go to the columns ``end - q + 1 .. end``, the other rows' first ``q - 1``
+    queries are recomputations whose keys/values are dropped. Returns ``q``.
+    """
+    span, width = state.span, mask.shape[1]
+    queries = int(mask[index].sum(-1).max())
+    first = span.end - queries + 1
+    state.mask_buf[index, first : span.end + 1] = mask[index, width - queries :]
+    span.start = min(span.start, first)
+    span.queries, span.restarted = queries, index
+    return queries
+
+
+def _forget(state: KVState, index: Tensor) -> None:
+    """Mask out every cached token of the rows ``index`` ``[k]``; narrow the live columns."""
+    span = state.span
+    state.mask_buf[index, span.start : span.end] = 0
+    live = torch.nonzero(state.mask_buf[:, span.start : span.end].any(0))
+    span.start = span.start + int(live[0]) if len(live) else span.end
+
+
+def _move_back(state: KVState) -> None:
+    """Move the live columns so they end at column ``L - 1`` (the buffers' right end is full).
+
+    Called after the restarted rows were forgotten: every row then caches at most ``L - 1``
+    tokens, so the live columns fit left of ``L - 1``.
+    """
+    span, width = state.span, state.ids.shape[1]
+    to = width - 1 - (span.end - span.start)
+    for layer in state.layers:
+        layer.move(span.start, span.end, to)
+    moved = state.mask_buf[:, span.start : span.end].clone()
+    state.mask_buf.zero_()
+    state.mask_buf[:, to : width - 1] = moved
+    span.start, span.end = to, width - 1
+
+
+def _prefill(base: nn.Module, state: KVState, index: Tensor, ids: Tensor, mask: Tensor) -> None:
+    """Cache the prompts but the last token of the rows ``index`` ``[k]`` (forgotten before).
+
+    One left-padded forward over these rows alone; its keys/values are written right-aligned
+    before column ``end``, widening the live columns to the left if a prompt is longer.
+    """
+    span, width = state.span, ids.shape[1]
+    prefix = int(mask[index].sum(-1).max()) - 1  # the last token is run by the step itself
     if prefix == 0:
-        return 0, [], mask.new_zeros(int(rows.sum()), 0)
-    p_ids, p_mask = ids[rows, width - 1 - prefix : -1], mask[rows, width - 1 - prefix : -1]
+        return
+    p_ids, p_mask = ids[index, width - 1 - prefix : -1], mask[index, width - 1 - prefix : -1]
     out = base(input_ids=p_ids, attention_mask=p_mask, position_ids=positions(p_mask),
                use_cache=True)  # fmt: skip
-    keep = p_mask.bool()[:, None, :, None]
-    layers = [(k.where(keep, 0.0), v.where(keep, 0.0)) for k, v in _layers(_out_cache(out))]
-    return prefix, layers, p_mask
-
-
-def _fits_in_place(state: KVState, new: Tensor, mask: Tensor) -> bool:
-    """Whether restarted rows can be written into the existing cache tensors."""
-    keys = state.cache.layers[0].keys
-    if keys.is_inference() and not torch.is_inference_mode_enabled():
-        return False  # inference tensors can only be modified in inference mode
-    return int(mask[new].sum(-1).max()) - 1 <= state.cache_mask.shape[1]
-
-
-def _splice_in_place(
-    base: nn.Module, state: KVState, new: Tensor, ids: Tensor, mask: Tensor
-) -> tuple[Any, Tensor]:
-    """Overwrite the restarted rows of the cache with their prefilled prompts (no reallocation)."""
-    prefix, prefilled, p_mask = _prefill(base, ids, mask, new)
-    capacity = state.cache_mask.shape[1]
-    cache_mask = state.cache_mask
-    cache_mask[new] = 0
-    rows = torch.nonzero(new).squeeze(-1)
-    for layer_idx, layer in enumerate(state.cache.layers):
-        layer.keys[rows] = 0.0
-        layer.values[rows] = 0.0
-        if prefix:
-            layer.keys[rows, :, capacity - prefix :] = prefilled[layer_idx][0]
-            layer.values[rows, :, capacity - prefix :] = prefilled[layer_idx][1]
-    if prefix:
-        cache_mask[rows, capacity - prefix :] = p_mask
-    first = int(cache_mask.any(0).long().argmax()) if capacity else 0
-    if first:  # the longest rows restarted: drop the columns nobody uses any more
-        for layer in state.cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-        cache_mask = cache_mask[:, first:]
-    return state.cache, cache_mask
-
-
-def _rebuild(
-    base: nn.Module, state: KVState | None, cont: Tensor, ids: Tensor, mask: Tensor
-) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-    """A new cache of every row's tokens but the last: kept rows copied, new rows prefilled.
-
-    All new rows are prefilled in one left-padded forward; their padded key/value columns are
-    zeroed and masked, so the batch cache stays right-aligned.
-    """
-    n = ids.shape[0]
-    new = ~cont
-    prefix, prefilled, p_mask = _prefill(base, ids, mask, new)
-    kept = state.cache_mask.shape[1] if state is not None and bool(cont.any()) else 0
-    capacity = max(kept, prefix)
-    cache_mask = ids.new_zeros(n, capacity)
-    if prefix:
-        cache_mask[new, capacity - prefix :] = p_mask
-    old_layers = state.layers if kept else []  # type: ignore[union-attr]
-    template = old_layers or prefilled
-    if not template:  # every row is a lone BOS: an empty cache
-        return _empty_layers(base, ids, n), cache_mask
-    if kept:
-        cache_mask[cont, capacity - kept :] = state.cache_mask[cont]  # type: ignore[union-attr]
-    layers = []
-    for layer_idx, (k_ref, v_ref) in enumerate(template):
-        keys = k_ref.new_zeros(n, k_ref.shape[1], capacity, k_ref.shape[3])
-        values = v_ref.new_zeros(n, v_ref.shape[1], capacity, v_ref.shape[3])
-        if kept:
-            old_k, old_v = old_layers[layer_idx]
-            keys[cont, :, capacity - kept :] = old_k[cont]
-            values[cont, :, capacity - kept :] = old_v[cont]
-        if prefix:
-            keys[new, :, capacity - prefix :] = prefilled[layer_idx][0]
-            values[new, :, capacity - prefix :] = prefilled[layer_idx][1]
-        layers.append((keys, values))
-    return layers, cache_mask
-
-
-def _layers(cache: Any) -> list[tuple[Tensor, Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _empty_layers(base: nn.Module, ids: Tensor, n: int) -> list[tuple[Tensor, Tensor]]:
-    """Zero-length keys/values per layer (shape taken from a one-token probe)."""
-    probe = _layers(_out_cache(base(input_ids=ids[:1, -1:], use_cache=True)))
-    return [
-        (k.new_zeros(n, k.shape[1], 0, k.shape[3]), v.new_zeros(n, v.shape[1], 0, v.shape[3]))
-        for k, v in probe
-    ]
-
-
-def _compact(
-    layers: list[tuple[Tensor, Tensor]], cache_mask: Tensor
-) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-    """Drop leading cache columns that are padding in every row (keeps the cache <= window)."""
-    if cache_mask.shape[1] == 0:
-        return layers, cache_mask
-    first = int(cache_mask.any(0).long().argmax())
-    if first == 0:
-        return layers, cache_mask
-    return [(k[:, :, first:], v[:, :, first:]) for k, v in layers], cache_mask[:, first:]
+    column = span.end - prefix
+    for layer, prefilled in zip(state.layers, _out_cache(out).layers, strict=True):
+        layer.write_rows(index, column, prefilled.keys, prefilled.values)
+    state.mask_buf[index, column : span.end] = p_mask
+    span.start = min(span.start, column)

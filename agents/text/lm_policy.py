@@ -11,10 +11,10 @@ Two forward paths, equal up to float rounding (tested to 1e-5):
 
 - **Cached** (:meth:`CausalLMPolicy.act`, and :meth:`~CausalLMPolicy.log_prob` of a
   :func:`frozen_reference`): a key/value cache (:mod:`agents.text.kv_cache`) follows a batch of
-  episodes across steps. A row
-  whose observation is the previous one plus one token costs one token of compute; a row that
-  started a new episode (vector-env autoreset) has its prompt prefilled and spliced into the
-  batch cache. So rollouts never recompute the whole prefix per token.
+  episodes across steps. A row whose observation is the previous one plus one token costs one
+  token of compute; a row that started a new episode (vector-env autoreset) has its prompt
+  prefilled, in a forward of its own or inside the step's (``merged_prefill``). So rollouts never
+  recompute the whole prefix per token.
 - **Full** (:meth:`~CausalLMPolicy.evaluate`, :meth:`~CausalLMPolicy.value` and ``log_prob``
   with gradients): one forward over the (trimmed) window, for PPO minibatches in any order.
   Rows that are prefixes of another row in the batch (earlier steps of the same episode) are
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from agents.policies import Obs, categorical_log_prob_entropy
 from agents.text.kv_cache import KVState, extend_cache, positions
 
-__all__ = ["CausalLMPolicy", "frozen_reference"]
+__all__ = ["CausalLMPolicy", "frozen_reference", "sample_categorical"]
 
 
 def _obs_tensors(obs: Obs, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -84,10 +84,18 @@ class CausalLMPolicy(nn.Module):
         incremental_log_prob: let :meth:`log_prob` use the key/value cache when called without
             gradients (what the trainer does with the frozen reference at every rollout step).
             :func:`frozen_reference` turns it on.
+        merged_prefill: run the prompts of rows that restarted (vector-env autoreset) inside the
+            step's forward rather than in a forward of their own; None: merged on accelerators,
+            separate on a CPU, where the padding costs more than the second forward
+            (:mod:`agents.text.kv_cache`).
     """
 
     def __init__(
-        self, model: nn.Module, action_dim: int | None = None, incremental_log_prob: bool = False
+        self,
+        model: nn.Module,
+        action_dim: int | None = None,
+        incremental_log_prob: bool = False,
+        merged_prefill: bool | None = None,
     ) -> None:
         super().__init__()
         from agents.text.lora import is_lora
@@ -113,6 +121,7 @@ class CausalLMPolicy(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.incremental_log_prob = incremental_log_prob
+        self.merged_prefill = merged_prefill
         self._act_state: KVState | None = None
         self._log_prob_state: KVState | None = None
 
@@ -196,7 +205,9 @@ class CausalLMPolicy(nn.Module):
         self._check_window(mask)
         attr = "_act_state" if which == "act" else "_log_prob_state"
         with torch.no_grad():
-            state = extend_cache(self.base, getattr(self, attr), ids, mask)
+            merged = self.merged_prefill
+            merged = ids.device.type != "cpu" if merged is None else merged
+            state = extend_cache(self.base, getattr(self, attr), ids, mask, merged)
             setattr(self, attr, state.state)
         return state.hidden
 
@@ -209,12 +220,9 @@ class CausalLMPolicy(nn.Module):
     def act(self, obs: Obs, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Next tokens ``[N]``, their log-probs ``[N]`` and values ``[N]`` (cached path)."""
         hidden = self.cached_hidden(obs, "act")
-        logits = self._logits(hidden)
-        if deterministic:
-            actions = logits.argmax(-1)
-        else:
-            actions = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
-        log_probs, _ = categorical_log_prob_entropy(logits, actions)
+        log_p = torch.log_softmax(self._logits(hidden), -1)
+        actions = log_p.argmax(-1) if deterministic else sample_categorical(log_p)
+        log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         return actions, log_probs, self.value_head(hidden.float()).squeeze(-1)
 
     def evaluate(self, obs: Obs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -242,6 +250,18 @@ class CausalLMPolicy(nn.Module):
     def value(self, obs: Obs) -> Tensor:
         """Values ``[N]`` (full path)."""
         return self.value_head(self.full_hidden(obs).float()).squeeze(-1)
+
+
+def sample_categorical(log_p: Tensor) -> Tensor:
+    """One draw ``[N]`` from each row of normalized log-probs ``[N, K]``, by the inverse CDF.
+
+    Exact sampling from one uniform per row (``torch.multinomial`` costs ~5x more per step on a
+    CPU). ``u`` lies in ``(0, total]``, and the first index whose cumulative probability reaches
+    it has positive probability, so a zero-probability token is never drawn.
+    """
+    cdf = log_p.exp().cumsum(-1)
+    u = (1.0 - torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1)
 
 
 def _prefix_hosts(ids: Tensor, lengths: Tensor, chunk: int = 256) -> Tensor:
