@@ -152,6 +152,9 @@ class TextPipelineConfig:
     loss divided by a constant); rloo uses its loss normalisation."""
     grpo_learning_rate: float = 5e-5
     """AdamW learning rate of the grpo and rloo stages."""
+    grpo_iterations: int = 1
+    """mu: optimiser steps on each sampled batch in the grpo and rloo stages (> 1 reuses the
+    samples off-policy, with the clipped ratio; TRL's num_iterations)."""
     reward_clip: float = 5.0
     """PPO reward = clip((reward model score - mean) / std, -reward_clip, reward_clip), with the
     mean and std of the reward model's scores on SFT samples (whitening)."""
@@ -246,6 +249,8 @@ class TextPipelineConfig:
 
     def _check_grpo_settings(self) -> None:
         """The grpo and rloo stages' settings (the rest GRPOConfig checks when they run)."""
+        if self.grpo_iterations < 1:
+            raise ValueError(f"--grpo-iterations must be >= 1, got {self.grpo_iterations}")
         if self.grpo_steps < 1 or self.group_size < 2:
             raise ValueError(
                 f"--grpo-steps must be >= 1 and --group-size >= 2 (a group compares its "
@@ -332,7 +337,7 @@ READ_FIRST_BY: dict[str, str] = {
     "dpo_beta": "dpo", "dpo_epochs": "dpo", "dpo_learning_rate": "dpo", "dpo_loss": "dpo",
     "dpo_label_smoothing": "dpo", "dpo_uncertainty": "dpo",
     "grpo_steps": "grpo", "group_size": "grpo", "grpo_beta": "grpo", "grpo_loss_type": "grpo",
-    "grpo_learning_rate": "grpo",
+    "grpo_learning_rate": "grpo", "grpo_iterations": "grpo",
     "torch_threads": NO_OUTPUT, "device": NO_OUTPUT,
     "dtype": "sft", "lora_r": "sft", "lora_alpha": "sft", "lora_dropout": "sft",
 }  # fmt: skip

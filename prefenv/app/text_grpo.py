@@ -38,6 +38,7 @@ def group_rl_config(config: TextPipelineConfig, algo: str) -> GRPOConfig:
         beta=config.grpo_beta,
         kl_in_reward=algo == "rloo",
         max_completion_length=config.max_new_tokens,
+        num_iterations=config.grpo_iterations,
         optim=optim,
     )
 

@@ -58,6 +58,16 @@ def test_cli_runs_rloo_and_names_a_bad_setting(run, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["algo"] == "rloo"
     assert main(["text", "grpo", "--out", str(run), *args, "--group-size=1"]) == 2
     assert "--group-size >= 2" in capsys.readouterr().err
+    assert main(["text", "grpo", "--out", str(run), *args, "--grpo-iterations=0"]) == 2
+    assert "--grpo-iterations must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_grpo_iterations_reach_the_trainer() -> None:
+    from prefenv.app.text_grpo import group_rl_config
+
+    config = TextPipelineConfig(grpo_iterations=3, grpo_learning_rate=1e-4)
+    assert group_rl_config(config, "rloo").num_iterations == 3
+    assert group_rl_config(config, "grpo").optim.learning_rate == 1e-4
 
 
 def test_rloo_takes_changed_grpo_settings_and_marks_grpo_stale(tmp_path) -> None:
