@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from agents.policies import Obs, categorical_log_prob_entropy
 from agents.text.kv_cache import KVState, extend_cache, positions
+from agents.text.sampling import sample_categorical
 
 __all__ = ["CausalLMPolicy", "frozen_reference", "sample_categorical"]
 
@@ -250,18 +251,6 @@ class CausalLMPolicy(nn.Module):
     def value(self, obs: Obs) -> Tensor:
         """Values ``[N]`` (full path)."""
         return self.value_head(self.full_hidden(obs).float()).squeeze(-1)
-
-
-def sample_categorical(log_p: Tensor) -> Tensor:
-    """One draw ``[N]`` from each row of normalized log-probs ``[N, K]``, by the inverse CDF.
-
-    Exact sampling from one uniform per row (``torch.multinomial`` costs ~5x more per step on a
-    CPU). ``u`` lies in ``(0, total]``, and the first index whose cumulative probability reaches
-    it has positive probability, so a zero-probability token is never drawn.
-    """
-    cdf = log_p.exp().cumsum(-1)
-    u = (1.0 - torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1)
 
 
 def _prefix_hosts(ids: Tensor, lengths: Tensor, chunk: int = 256) -> Tensor:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.text import sampling
 from agents.text.sampling import completion_logps, sample_completions
 from envs.text import TextTask, VaderSentiment, default_tokenizer, tiny_gpt2_config
 from envs.text.corpus import generate_demonstrations, generate_prompts
@@ -34,22 +35,30 @@ def _model(tok, seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
-def test_completion_logps_equal_the_sampling_distribution(tok) -> None:
+def test_completion_logps_equal_the_sampling_distribution(tok, monkeypatch) -> None:
     model = _model(tok)
     prompts = generate_prompts(6)
+    drawn: list[torch.Tensor] = []  # each step's distribution, as the cached sampler saw it
+
+    def spy(log_p: torch.Tensor) -> torch.Tensor:
+        drawn.append(log_p.clone())
+        return real(log_p)
+
+    real = sampling.sample_categorical
+    monkeypatch.setattr(sampling, "sample_categorical", spy)
     samples = sample_completions(model, tok, prompts, max_new_tokens=8, seed=3)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        out = model.generate(
-            input_ids=samples.prompt_ids, attention_mask=samples.prompt_mask, do_sample=True,
-            top_k=0, top_p=1.0, max_new_tokens=8, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
-        )  # fmt: skip
-    scores = torch.stack(out.scores, 1).log_softmax(-1)
-    new = out.sequences[:, samples.prompt_ids.shape[1] :]
-    token_logp = scores.gather(-1, new[..., None])[..., 0]
-    expected = (token_logp * samples.completion_mask[:, : new.shape[1]]).sum(1).numpy()
+    steps = torch.stack(drawn, 1)  # [N, T, V]
+    picked = steps.gather(-1, samples.completion_ids[:, : steps.shape[1], None])[..., 0]
+    expected = (picked * samples.completion_mask[:, : steps.shape[1]]).sum(1).numpy()
+    # One uncached forward scores exactly the distributions the samples were drawn from...
     np.testing.assert_allclose(completion_logps(model, samples), expected, rtol=0, atol=1e-4)
+    # ...which are Hugging Face generate's (its first step's scores: the prompts alone).
+    out = model.generate(
+        input_ids=samples.prompt_ids, attention_mask=samples.prompt_mask, do_sample=True,
+        top_k=0, top_p=1.0, max_new_tokens=1, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    torch.testing.assert_close(steps[:, 0], out.scores[0].log_softmax(-1), atol=1e-5, rtol=0)
     # Same seed, same samples; EOS accounting is consistent with the mask.
     again = sample_completions(model, tok, prompts, max_new_tokens=8, seed=3)
     assert again.texts == samples.texts
