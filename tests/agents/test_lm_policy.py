@@ -165,30 +165,6 @@ def test_update_invalidates_the_rollout_cache(tok) -> None:
         torch.testing.assert_close(cached_lp, policy.log_prob(obs_t, actions), atol=1e-5, rtol=0)
 
 
-def test_cached_path_matches_for_a_llama_architecture(tok) -> None:
-    # Rotary positions and grouped-query attention: "any local causal LM", not only GPT-2.
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    policy = CausalLMPolicy(LlamaForCausalLM(config).eval(), action_dim=len(tok))
-    env = _vector_env(tok, n=4)
-    obs, _ = env.reset(seed=0)
-    for _ in range(12):
-        obs_t = _as_buffer_obs(obs)
-        actions, log_probs, _ = policy.act(obs_t)
-        with torch.no_grad():
-            torch.testing.assert_close(
-                log_probs, policy.log_prob(obs_t, actions), atol=1e-5, rtol=0
-            )
-        obs, *_ = env.step(actions.numpy())
-
-
 def test_full_forward_shares_prefixes_exactly(tok) -> None:
     # A PPO minibatch holds several steps of the same episode: each must get exactly the hidden
     # state (and gradient) of its own forward, although only the longest step is computed.
