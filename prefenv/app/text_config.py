@@ -479,6 +479,16 @@ def _mark_stale(out: Path, stages: list[str], changes: str) -> None:
         )  # fmt: skip
 
 
+def _unread_outside_pipeline(out: Path, setting: str) -> bool:
+    """Whether only stages outside :data:`PIPELINE` read ``setting`` (grpo's, read by rloo too)
+    and none of them has an output in ``out``: a changed value then invalidates nothing."""
+    reader = _first_reader(setting)
+    readers = {reader, *(s for s, siblings in SIBLINGS.items() if reader in siblings)}
+    if reader not in STAGES or readers & set(PIPELINE):
+        return False
+    return not any((out / name).exists() for r in readers for name in STAGE_OUTPUTS[r])
+
+
 def accept_settings(config: TextPipelineConfig, out: Path, stage: str | None) -> None:
     """Save the settings of a first start; refuse changed ones, or accept them for ``stage``.
 
@@ -486,6 +496,8 @@ def accept_settings(config: TextPipelineConfig, out: Path, stage: str | None) ->
     with settings that only later stages read (:data:`~prefenv.app.text_config.READ_FIRST_BY`)
     is allowed: the outputs of the stages after it (and its own, if it reads a changed setting)
     are moved to ``stale/`` first, then the new settings are saved and the stage runs.
+    The pipeline also accepts new values of settings that only the stages it never runs read
+    (grpo, rloo) while those have no output (a folder saved before a default changed).
 
     Raises:
         CheckpointError: the change would invalidate a stage before ``stage`` (or ``stage`` is
@@ -494,11 +506,13 @@ def accept_settings(config: TextPipelineConfig, out: Path, stage: str | None) ->
     path = out / "text_config.json"
     if path.is_file():
         changed = config.changed_from(json.loads(path.read_text()))
+        if not changed:
+            return
+        if stage is None:  # the pipeline accepts what only stages it never runs read, unrun
+            changed = {k: v for k, v in changed.items() if not _unread_outside_pipeline(out, k)}
         refusal = settings_refusal(str(out), changed, stage)
         if refusal is not None:
             raise CheckpointError(refusal)
-        if not changed:
-            return
         readers = _readers(changed, stage)
         if stage is not None and readers:  # the refusal let through only settings read from here
             later = list(STAGES[STAGES.index(stage) + 1 :])

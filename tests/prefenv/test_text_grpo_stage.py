@@ -91,3 +91,18 @@ def test_rloo_takes_changed_grpo_settings_and_marks_grpo_stale(tmp_path) -> None
     # A setting an earlier stage rloo depends on stays refused.
     with pytest.raises(CheckpointError, match="--dpo-beta: first read by the dpo stage"):
         accept_settings(dataclasses.replace(changed, dpo_beta=0.3), tmp_path, "rloo")
+
+
+def test_the_pipeline_resumes_a_folder_whose_unrun_grpo_settings_changed(tmp_path) -> None:
+    from prefenv.app.text_config import accept_settings
+    from prefenv.errors import CheckpointError
+
+    old = TextPipelineConfig(grpo_beta=0.04, grpo_learning_rate=5e-5, grpo_iterations=1)
+    accept_settings(old, tmp_path, None)
+    accept_settings(TextPipelineConfig(), tmp_path, None)  # e.g. saved under older defaults
+    assert json.loads((tmp_path / "text_config.json").read_text())["grpo_beta"] == 0.3
+    (tmp_path / "rloo").mkdir()  # a model trained with the saved settings: they now matter
+    with pytest.raises(CheckpointError, match="--grpo-beta"):
+        accept_settings(old, tmp_path, None)
+    with pytest.raises(CheckpointError, match="--dpo-beta"):  # the pipeline's own: unchanged
+        accept_settings(TextPipelineConfig(dpo_beta=0.3), tmp_path, None)
