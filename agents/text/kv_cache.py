@@ -20,7 +20,7 @@ one CPU thread (batch 32, prompts of ~6 tokens) the merged forward takes ~11 ms 
 the first argument; it has not been timed on a GPU yet (``--device cuda`` there).
 
 The cache lives in preallocated buffers ``[N, heads, capacity, head_dim]`` per layer
-(:class:`_BufferLayer`) that the model writes in place (Hugging Face's ``DynamicCache``
+(:class:`~agents.text.kv_buffers.BufferLayer`) that the model writes in place (Hugging Face's ``DynamicCache``
 concatenates, copying the whole cache at every token). The model sees the live columns
 ``[start, end)``; keys and values are right-aligned there (row ``i``'s real entries are its last
 ``lengths[i] - 1`` live columns, the columns before them are masked) and the step writes column
@@ -33,13 +33,17 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, DynamicLayer
 
-__all__ = ["Extended", "KVState", "extend_cache", "positions"]
+if TYPE_CHECKING:  # transformers is imported where a cache is built: the text extra
+    from transformers.cache_utils import Cache
+
+    from agents.text.kv_buffers import BufferLayer
+
+__all__ = ["Extended", "KVState", "cache_kwarg", "extend_cache", "positions"]
 
 
 def positions(mask: Tensor) -> Tensor:
@@ -62,58 +66,6 @@ class _Span:
     restarted: Tensor | None = None
 
 
-class _BufferLayer(DynamicLayer):
-    """One attention layer's keys and values in buffers ``[N, heads, capacity, head_dim]``.
-
-    The model calls ``update`` inside its forward: it writes the new tokens' keys/values in place
-    (see :class:`_Span`) and returns the live columns up to ``span.end`` included; the owner
-    advances ``span.end`` after the forward. The buffers are allocated on the first write.
-    """
-
-    def __init__(self, span: _Span, rows: int, capacity: int) -> None:
-        super().__init__()
-        self.span, self.rows, self.capacity = span, rows, capacity
-        self.buffers: tuple[Tensor, Tensor] | None = None
-
-    def _allocated(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """The buffers, first allocated (zeros) like ``keys``/``values`` ``[*, heads, *, dim]``."""
-        if self.buffers is None:
-            n, capacity = self.rows, self.capacity
-            self.buffers = (
-                keys.new_zeros(n, keys.shape[1], capacity, keys.shape[3]),
-                values.new_zeros(n, values.shape[1], capacity, values.shape[3]),
-            )
-            self.device, self.is_initialized = keys.device, True
-        return self.buffers
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Store the new tokens ``[N, heads, q, head_dim]``; return the live keys and values."""
-        span = self.span
-        buffers = self._allocated(key_states, value_states)
-        for buf, new in zip(buffers, (key_states, value_states), strict=True):
-            buf[:, :, span.end] = new[:, :, -1]
-            if span.restarted is not None and span.queries > 1:
-                rows, first = span.restarted, span.end - span.queries + 1
-                buf[rows, :, first : span.end] = new[rows, :, :-1]
-        self.keys, self.values = (buf[:, :, span.start : span.end + 1] for buf in buffers)
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        """The live columns before the running forward's queries (a merged forward rewrites
-        ``q - 1`` columns before ``end``)."""
-        return self.span.end - self.span.start - (self.span.queries - 1)
-
-    def write_rows(self, rows: Tensor, column: int, keys: Tensor, values: Tensor) -> None:
-        """Put ``keys``/``values`` ``[k, heads, p, head_dim]`` at ``rows``, columns ``column:+p``."""
-        for buf, new in zip(self._allocated(keys, values), (keys, values), strict=True):
-            buf[rows, :, column : column + new.shape[-2]] = new
-
-    def move(self, start: int, end: int, to: int) -> None:
-        """Copy the columns ``[start, end)`` to ``[to, to + end - start)`` (no-op if unallocated)."""
-        for buf in self.buffers or ():
-            buf[:, :, to : to + end - start] = buf[:, :, start:end].clone()
-
-
 @dataclass
 class KVState:
     """Key/value cache of a batch of episodes after the last cached call.
@@ -121,7 +73,7 @@ class KVState:
     Attributes:
         ids: ``[N, L]`` the observation the cache covers (masked ids, 0 on padding).
         lengths: ``[N]`` real tokens per row (all but the last are in the cache after a call).
-        layers: one :class:`_BufferLayer` per attention layer; ``cache`` (the ``transformers``
+        layers: one :class:`~agents.text.kv_buffers.BufferLayer` per attention layer; ``cache`` (the ``transformers``
             ``Cache`` passed to the model, which extends it in place) holds them.
         span: the live columns ``[start, end)`` of the buffers.
         mask_buf: ``[N, capacity]`` 1 where the buffers hold a row's real token; 0 outside
@@ -130,7 +82,7 @@ class KVState:
 
     ids: Tensor
     lengths: Tensor
-    layers: list[_BufferLayer]
+    layers: list[BufferLayer]
     cache: Cache
     span: _Span
     mask_buf: Tensor
@@ -149,7 +101,7 @@ class Extended:
     state: KVState
 
 
-def _cache_kwarg(base: nn.Module) -> str:
+def cache_kwarg(base: nn.Module) -> str:
     """The forward argument that takes a cache: ``cache`` (transformers >= 5.2x) or the old name."""
     return _cache_kwarg_of(type(base))
 
@@ -171,10 +123,14 @@ def _new_state(base: nn.Module, ids: Tensor) -> KVState:
     A row caches at most ``L - 1`` tokens, so a prompt always fits left of ``end >= L - 1``, and
     after the live columns move back to ``L - 1`` at least ``L + 1`` steps fit to the right.
     """
+    from transformers.cache_utils import Cache
+
+    from agents.text.kv_buffers import BufferLayer
+
     n, width = ids.shape
     span = _Span(width - 1, width - 1)
     n_layers = int(base.config.get_text_config().num_hidden_layers)
-    layers = [_BufferLayer(span, n, 2 * width) for _ in range(n_layers)]
+    layers = [BufferLayer(span, n, 2 * width) for _ in range(n_layers)]
     return KVState(ids.new_zeros(n, width), ids.new_zeros(n), layers, Cache(layers=layers), span,
                    ids.new_zeros(n, 2 * width))  # fmt: skip
 
@@ -201,7 +157,8 @@ def extend_cache(
     Args:
         base: the transformer trunk (ids -> final hidden states), e.g. ``model.base_model``.
         state: the cache after the previous call on this batch, or None.
-        ids, mask: ``[N, L]`` the left-padded observation (``mask[:, -1]`` all 1).
+        ids: ``[N, L]`` the left-padded observation's token ids.
+        mask: ``[N, L]`` its attention mask (``mask[:, -1]`` all 1).
         merged: prefill restarted rows inside the step's forward instead of a forward of their
             own (see the module docstring for when each is faster).
 
@@ -232,7 +189,7 @@ def extend_cache(
             attention_mask=state.mask_buf[:, span.start : span.end + 1],
             position_ids=positions(mask)[:, -queries:],
             use_cache=True,
-            **{_cache_kwarg(base): state.cache},
+            **{cache_kwarg(base): state.cache},
         )
     finally:
         span.queries, span.restarted = 1, None

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agents.text.kv_cache import cache_kwarg
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -108,10 +110,9 @@ def _sample_tokens(
     has emitted EOS), the pad id after a row's EOS."""
     from transformers import DynamicCache
 
-    cache = DynamicCache()
+    cache = {cache_kwarg(model): DynamicCache()}  # ``cache`` from transformers 5.2x on
     position = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position,
-                past_key_values=cache, use_cache=True)  # fmt: skip
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **cache)
     position = position[:, -1:]
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     tokens: list[Tensor] = []
@@ -124,7 +125,7 @@ def _sample_tokens(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         position = position + 1
         out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=position,
-                    past_key_values=cache, use_cache=True)  # fmt: skip
+                    use_cache=True, **cache)  # fmt: skip
 
 
 @torch.inference_mode()
