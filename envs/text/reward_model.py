@@ -266,13 +266,8 @@ class TextRewardModel(nn.Module):
         return path
 
     def place(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> Self:
-        """Move the model to ``device`` and compute in ``dtype`` there (``--device``/``--dtype``).
-
-        The weights stay float32: with ``torch.bfloat16`` the forward runs under
-        :func:`torch.autocast` (mixed precision), since a scalar score stored in bfloat16 keeps
-        under three significant digits (pairs would tie) and Adam's small updates to bfloat16
-        weights round away. Returns ``self``.
-        """
+        """Move to ``device``, compute in ``dtype`` there (autocast: the weights stay float32, as
+        a bfloat16 score keeps under three digits and Adam's updates would round away); ``self``."""
         self.model.to(device)
         self.compute_dtype = None if dtype == torch.float32 else dtype
         return self
@@ -304,11 +299,9 @@ class TextRewardModel(nn.Module):
         """``[B]`` differentiable scores (mind ``train()`` / ``eval()``)."""
         if len(prompts) == 0:
             return torch.zeros(0, device=self.device)
-        batch = self.encode(prompts, completions)
-        if self.compute_dtype is None:
-            return self.model(**batch).logits[:, 0]
-        with torch.autocast(self.device.type, dtype=self.compute_dtype):
-            return self.model(**batch).logits[:, 0].float()
+        dtype = self.compute_dtype
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+            return self.model(**self.encode(prompts, completions)).logits[:, 0].float()
 
     def segment_returns(self, segments: Sequence[Segment]) -> Tensor:
         """``[B]`` differentiable scores of ``B`` text segments (the trainer's pair source).
