@@ -63,6 +63,7 @@ from agents.text.grpo_losses import (
     kl_penalised_rewards,
     rloo_advantages,
 )
+from agents.text.kv_cache import positions
 from agents.text.optim import (
     LMOptimConfig,
     LossHistory,
@@ -234,7 +235,7 @@ def token_logps(model: nn.Module, samples: SampledCompletions) -> Tensor:
         model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+            position_ids=positions(mask),
             use_cache=False,
         )
         .logits[:, n_prompt - 1 : -1]

@@ -11,8 +11,8 @@ per-sequence KL to a reference is the Monte-Carlo estimate ``mean(logp_pi - logp
 Iterative DPO samples its pairs here, and the application layer's evaluation
 (:mod:`prefenv.app.text_eval`) its held-out completions.
 
-Works with any causal LM whose ``forward(input_ids, attention_mask, position_ids,
-past_key_values)`` returns ``logits`` (every Hugging Face causal LM, peft-wrapped ones too).
+Works with any causal LM whose ``forward(input_ids, attention_mask, position_ids)`` takes a
+key/value cache (``cache``, or ``past_key_values`` before transformers 5.2x) and returns ``logits`` (every Hugging Face causal LM, peft-wrapped ones too).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.text.kv_cache import cache_kwarg
+from agents.text.kv_cache import cache_kwarg, positions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -111,7 +111,7 @@ def _sample_tokens(
     from transformers import DynamicCache
 
     cache = {cache_kwarg(model): DynamicCache()}  # ``cache`` from transformers 5.2x on
-    position = (mask.cumsum(1) - 1).clamp(min=0)
+    position = positions(mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **cache)
     position = position[:, -1:]
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
@@ -194,7 +194,7 @@ def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 
     for start in range(0, ids.shape[0], batch_size):
         batch_ids = ids[start : start + batch_size].to(device)
         batch_mask = mask[start : start + batch_size].to(device)
-        position_ids = (batch_mask.cumsum(1) - 1).clamp(min=0)
+        position_ids = positions(batch_mask)
         logits = model(
             input_ids=batch_ids, attention_mask=batch_mask, position_ids=position_ids
         ).logits[:, n_prompt - 1 : -1]
