@@ -6,7 +6,7 @@ Same model (the default ~0.9M-parameter GPT-2 architecture, 4 layers x 128, rand
 - ``generate``: ``model.generate(do_sample=True, max_new_tokens=48, min_new_tokens=48)`` with the
   KV cache (the Hugging Face reference path);
 - ``generate_nocache``: the same with ``use_cache=False`` (recomputes the prefix every token);
-- ``generate_eos`` (with ``--model``): rows may stop at EOS; counts tokens up to each row's EOS
+- ``generate_eos``: rows may stop at EOS; counts tokens up to each row's EOS
   (the batch still runs until its longest row ends: the rollout-shaped use of ``generate``);
 - ``env``: 32 ``prefenv/TextSentiment-v0`` envs in a ``SyncVectorEnv`` stepped with
   ``CausalLMPolicy.act`` (KV cache across steps; the prompts of rows that autoreset are prefilled
@@ -15,6 +15,8 @@ Same model (the default ~0.9M-parameter GPT-2 architecture, 4 layers x 128, rand
   included), time includes env stepping and scoring;
 - ``env_merged`` / ``env_separate`` (with ``--model``): ``env`` with the other prefill mode
   (``merged_prefill``), to check the device default;
+- ``sampler``: :func:`agents.text.sampling.sample_completions` (its own KV-cache loop, rows
+  stop at EOS: compare with ``generate_eos``), what the rm, eval and GRPO stages sample with;
 - ``env+ref``: as ``env`` plus the frozen reference's ``log_prob`` each step, what the PPO-KL
   trainer does during a rollout.
 
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 from agents.text.lm_policy import CausalLMPolicy, frozen_reference
+from agents.text.sampling import sample_completions
 from envs.text import TextTask, default_tokenizer, load_lm, tiny_gpt2_config
 from envs.text.corpus import generate_prompts
 
@@ -106,6 +109,18 @@ def run_generate(
     return tokens / elapsed, tokens / cpu
 
 
+def run_sampler(model, tok, prompts: list[str]) -> tuple[float, float]:
+    """Tokens per (wall, CPU) second of :func:`agents.text.sampling.sample_completions` (the rm,
+    eval and GRPO sampler: rows stop at EOS, so compare it with ``generate_eos``)."""
+    _sync(_device(model))
+    start, cpu = time.perf_counter(), time.process_time()
+    samples = sample_completions(model, tok, prompts[:BATCH], NEW_TOKENS, seed=0, batch_size=BATCH)
+    _sync(_device(model))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    tokens = int(samples.completion_mask.sum())
+    return tokens / elapsed, tokens / cpu
+
+
 def run_env(
     model, tok, prompts: list[str], with_ref: bool, merged_prefill: bool | None = None
 ) -> tuple[float, float]:
@@ -153,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         "env": lambda: run_env(model, tok, prompts, with_ref=False),
         "env+ref": lambda: run_env(model, tok, prompts, with_ref=True),
     }
-    if args.model is not None:  # a trained LM ends episodes early: compare useful tokens too
-        methods["generate_eos"] = lambda: run_generate(model, tok, prompts, True, True)
+    methods["generate_eos"] = lambda: run_generate(model, tok, prompts, True, True)
+    methods["sampler"] = lambda: run_sampler(model, tok, prompts)
+    if args.model is not None:  # a trained LM ends episodes early: the other prefill mode too
         merged = _device(model).type == "cpu"  # the mode the policy does not pick by default
         methods["env_merged" if merged else "env_separate"] = lambda: run_env(
             model, tok, prompts, with_ref=False, merged_prefill=merged
