@@ -262,7 +262,10 @@ def merge_presets(
                     "different parameters"
                 )
             merged[path], source[path] = value, part
-    return _apply(default, merged, "+".join(parts))
+    try:
+        return _apply(default, merged, "+".join(parts))
+    except ValueError as error:  # a parameter out of range: say which spec set it
+        raise ValueError(f"{kind} {spec!r}: {error}") from None
 
 
 def make_teacher(
