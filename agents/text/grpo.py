@@ -63,7 +63,6 @@ from agents.text.grpo_losses import (
     kl_penalised_rewards,
     rloo_advantages,
 )
-from agents.text.kv_cache import positions
 from agents.text.optim import (
     LMOptimConfig,
     LossHistory,
@@ -79,6 +78,7 @@ from agents.text.sampling import (
     PolicySamples,
     SampledCompletions,
     Sampler,
+    completion_token_logps,
 )
 from agents.text.sft import check_context
 from prefenv.text_records import check_vocab
@@ -221,29 +221,17 @@ class GRPOMetrics(LossHistory):
 def token_logps(model: nn.Module, samples: SampledCompletions) -> Tensor:
     """Per-token log-probs ``[N, C]`` of sampled completions, 0 on padding after the EOS.
 
-    One forward over ``[prompt | completion]`` (left-padded prompt, as sampled), with the
-    position ids ``generate`` used, so the log-probs are those of the distribution sampled;
+    A forward over ``[prompt | completion]`` (left-padded prompt, as sampled, each distinct prompt
+    once: :func:`~agents.text.sampling.completion_token_logps`), with the position ids the
+    sampler used, so the log-probs are those of the distribution sampled;
     :func:`~agents.text.sampling.completion_logps` is their row sum, without gradients. A
     dialogue's user tokens get log-probs too; the loss mask (:class:`PolicySamples`) drops them.
     """
     device = next(model.parameters()).device
-    n_prompt = samples.prompt_ids.shape[1]
     # New tensors (the sampler's are inference-mode tensors, which autograd cannot save).
-    ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1).to(device)
-    mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1).to(device)
-    logits = (
-        model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions(mask),
-            use_cache=False,
-        )
-        .logits[:, n_prompt - 1 : -1]
-        .float()
-    )  # position t predicts token t + 1
-    targets = ids[:, n_prompt:]
-    picked = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
-    return picked * mask[:, n_prompt:]
+    tensors = (samples.prompt_ids, samples.prompt_mask, samples.completion_ids,
+               samples.completion_mask)  # fmt: skip
+    return completion_token_logps(model, *(t.clone().to(device) for t in tensors))
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,23 @@ if TYPE_CHECKING:  # transformers is imported where a cache is built: the text e
 
     from agents.text.kv_buffers import BufferLayer
 
-__all__ = ["Extended", "KVState", "cache_kwarg", "extend_cache", "positions"]
+__all__ = ["Extended", "KVState", "cache_kwarg", "distinct_rows", "extend_cache", "positions"]
 
 
 def positions(mask: Tensor) -> Tensor:
     """Position ids ``[N, L]`` that count real tokens only (left padding gets 0)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def distinct_rows(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(first, inverse)``: the first row ``[U]`` of each distinct left-padded row of ``ids``/
+    ``mask`` ``[N, L]``, and each row's index among them ``[N]`` (``ids[first][inverse]`` equals
+    ``ids`` on the real tokens). The ``G`` samples of one prompt are one distinct row."""
+    key = torch.where(mask.bool(), ids, -1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    rows = torch.arange(len(ids), device=ids.device)
+    first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device)
+    return first.scatter_reduce(0, inverse, rows, "amin"), inverse
 
 
 @dataclass

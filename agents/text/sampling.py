@@ -5,7 +5,7 @@
 measured on; :func:`sample_categorical` draws each token), laid out exactly as
 :class:`envs.text.TextGenerationEnv` lays out its prompts (BOS first, left padding). The loop
 does what Hugging Face ``generate`` does for these settings, without its per-token machinery
-(1.3x faster on the tiny default model).
+(1.3x faster on the tiny default model); the prompts a group repeats are prefilled once.
 :func:`completion_logps` sums the log-probabilities of the sampled tokens under any model, so the
 per-sequence KL to a reference is the Monte-Carlo estimate ``mean(logp_pi - logp_ref)``.
 Iterative DPO samples its pairs here, and the application layer's evaluation
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.text.kv_cache import cache_kwarg, positions
+from agents.text.kv_cache import cache_kwarg, distinct_rows, positions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -36,6 +36,7 @@ __all__ = [
     "SampledCompletions",
     "Sampler",
     "completion_logps",
+    "completion_token_logps",
     "encode_prompts",
     "sample_categorical",
     "sample_completions",
@@ -107,25 +108,30 @@ def _sample_tokens(
 ) -> Tensor:
     """``[B, T]`` tokens sampled after left-padded prompts ``ids``/``mask`` ``[B, P]``, one
     forward per token with the key/value cache; ``T <= max_new_tokens`` (it stops once every row
-    has emitted EOS), the pad id after a row's EOS."""
+    has emitted EOS), the pad id after a row's EOS. Each distinct prompt is prefilled once and
+    its keys and values copied to the rows that repeat it (a group's ``G`` samples)."""
     from transformers import DynamicCache
 
     cache = {cache_kwarg(model): DynamicCache()}  # ``cache`` from transformers 5.2x on
+    first, inverse = distinct_rows(ids, mask)
     position = positions(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **cache)
+    out = model(input_ids=ids[first], attention_mask=mask[first], position_ids=position[first],
+                use_cache=True, **cache)  # fmt: skip
+    logits = out.logits[inverse, -1]
+    next(iter(cache.values())).batch_select_indices(inverse)  # the rows of ``first`` -> ``ids``
     position = position[:, -1:]
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     tokens: list[Tensor] = []
     while True:
-        token = sample_categorical(torch.log_softmax(out.logits[:, -1].float(), -1))
+        token = sample_categorical(torch.log_softmax(logits.float(), -1))
         tokens.append(token.masked_fill(done, pad))
         done |= token == eos
         if len(tokens) == max_new_tokens or bool(done.all()):
             return torch.stack(tokens, 1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         position = position + 1
-        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=position,
-                    use_cache=True, **cache)  # fmt: skip
+        logits = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=position,
+                       use_cache=True, **cache).logits[:, -1]  # fmt: skip
 
 
 @torch.inference_mode()
@@ -145,7 +151,7 @@ def sample_completions(
         prompts: the prompts (repeat a prompt to sample it several times).
         max_new_tokens: the length cap (the env's ``max_new_tokens``).
         seed: seeds torch's generator for the sampling (restored afterwards).
-        batch_size: prompts per ``generate`` call.
+        batch_size: prompts sampled together.
     """
     eos, pad = int(tokenizer.eos_token_id), tokenizer.pad_token_id
     pad = eos if pad is None else int(pad)
@@ -181,28 +187,58 @@ def sample_completions(
     )  # fmt: skip
 
 
+def completion_token_logps(
+    model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+    completion_mask: Tensor,
+) -> Tensor:  # fmt: skip
+    """Log-probs ``[N, C]`` of each completion token given its prefix, 0 on padding (any device).
+
+    The sequences are ``[prompt | completion]`` with the left-padded prompt as sampled and the
+    position ids that count real tokens (those the sampler used). Each distinct prompt runs once
+    and its keys and values serve every row that continues it (the ``G`` completions of a
+    group), so a group's prompt costs one row, not ``G``; gradients flow through the shared
+    keys and values to every row's loss.
+    """
+    n_prompt, n_new = prompt_ids.shape[1], completion_ids.shape[1]
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    mask = torch.cat([prompt_mask, completion_mask], 1)
+    position = positions(mask)
+    first, inverse = distinct_rows(prompt_ids, prompt_mask)
+    if len(first) == len(ids):  # no prompt repeats: one forward over every row
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position,
+                       use_cache=False).logits[:, n_prompt - 1 : -1]  # fmt: skip
+    else:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        head = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
+                     position_ids=position[first, :n_prompt], use_cache=True,
+                     **{cache_kwarg(model): cache}).logits[inverse, -1:]  # fmt: skip
+        logits = head
+        if n_new > 1:
+            cache.batch_select_indices(inverse)
+            tail = model(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
+                         position_ids=position[:, n_prompt:-1], use_cache=True,
+                         **{cache_kwarg(model): cache}).logits  # fmt: skip
+            logits = torch.cat([head, tail], 1)
+    logits = logits.float()  # position t predicts token t + 1
+    picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    return picked * completion_mask
+
+
 @torch.inference_mode()
 def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 64) -> np.ndarray:
     """Sum of log p(completion token | prefix) over each completion's tokens (EOS included), ``[N]``."""
     was_training = model.training
     model.eval()
-    ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
-    mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
-    n_prompt = samples.prompt_ids.shape[1]
     device = next(model.parameters()).device
     out = []
-    for start in range(0, ids.shape[0], batch_size):
-        batch_ids = ids[start : start + batch_size].to(device)
-        batch_mask = mask[start : start + batch_size].to(device)
-        position_ids = positions(batch_mask)
-        logits = model(
-            input_ids=batch_ids, attention_mask=batch_mask, position_ids=position_ids
-        ).logits[:, n_prompt - 1 : -1]
-        logp = torch.log_softmax(logits.float(), -1)
-        targets = batch_ids[:, n_prompt:]
-        token_logp = logp.gather(-1, targets[..., None])[..., 0]
-        completion_mask = samples.completion_mask[start : start + batch_size].to(device)
-        out.append((token_logp * completion_mask).sum(1).float().cpu())
+    for start in range(0, len(samples.prompts), batch_size):
+        rows = slice(start, start + batch_size)
+        tensors = (samples.prompt_ids, samples.prompt_mask, samples.completion_ids,
+                   samples.completion_mask)  # fmt: skip
+        token_logp = completion_token_logps(model, *(t[rows].to(device) for t in tensors))
+        out.append(token_logp.sum(1).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy()
 
