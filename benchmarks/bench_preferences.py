@@ -121,6 +121,11 @@ def main() -> None:
         ).with_preset()  # as prefenv train: the task's tuned settings unless --preset none
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
+        finished = out / "bench_result.json"
+        if finished.exists():  # a rerun of a split grid skips the seeds already measured
+            rows.append(json.loads(finished.read_text()))
+            print(f"seed {seed}: already measured in {finished}")
+            continue
         if args.true_reward:
             result = _true_reward_run(spec, out, args.eval_episodes)
         else:

@@ -30,7 +30,7 @@ from stable_baselines3 import PPO
 
 def run(
     seed: int, env_id: str, steps: int, queries: int, iterations: int, fragment: int,
-    variable_horizon: bool = False,
+    variable_horizon: bool = False, temperature: float = 0.0,
 ) -> dict:  # fmt: skip
     rng = np.random.default_rng(seed)
     venv = make_vec_env(env_id, rng=rng, n_envs=8)
@@ -47,7 +47,9 @@ def run(
         reward_net,
         num_iterations=iterations,
         fragmenter=preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng),
-        preference_gatherer=preference_comparisons.SyntheticGatherer(temperature=0, rng=rng),
+        preference_gatherer=preference_comparisons.SyntheticGatherer(
+            temperature=temperature, rng=rng
+        ),
         reward_trainer=preference_comparisons.BasicRewardTrainer(
             preference_model=preference_comparisons.PreferenceModel(reward_net),
             loss=preference_comparisons.CrossEntropyRewardLoss(),
@@ -65,22 +67,22 @@ def run(
     trainer.train(total_timesteps=steps, total_comparisons=queries)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     env = gym.make(env_id)
-    returns = []
-    for episode in range(10):
-        obs, _ = env.reset(seed=12345 + episode)
-        total, done = 0.0, False
-        while not done:
-            action, _ = agent.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return {
-        "seed": seed,
-        "true_return_mean": float(np.mean(returns)),
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-    }
+    result = {"seed": seed, "temperature": temperature, "seconds": seconds, "cpu_seconds": cpu}
+    for mode, deterministic in (("", True), ("sampled_", False)):
+        returns, lengths = [], []
+        for episode in range(10):
+            obs, _ = env.reset(seed=12345 + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                action, _ = agent.predict(obs, deterministic=deterministic)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total, length = total + float(reward), length + 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+        result[f"{mode}true_return_mean"] = float(np.mean(returns))
+        result[f"{mode}length_mean"] = float(np.mean(lengths))
+    return result
 
 
 def main() -> None:
@@ -94,6 +96,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/peers"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (prefenv uses 1)")
     parser.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="SyntheticGatherer temperature: 0 the oracle, 1 its default (prefenv's 'noisy' teacher, "
+        "B-Pref beta 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--variable-horizon", action="store_true",
         help="allow episodes that end early (Hopper, Walker2d, Ant terminate when unhealthy); "
         "imitation refuses them otherwise",
@@ -102,12 +109,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    tag = "" if args.temperature == 0 else f"_t{args.temperature:g}"
+    if args.queries != 1000:
+        tag += f"_q{args.queries}"
     for seed in args.seeds:
+        finished = args.out / f"imitation_{args.env}{tag}_seed{seed}.json"
+        if finished.exists():  # a rerun of a split grid skips the seeds already measured
+            rows.append(json.loads(finished.read_text()))
+            print(f"seed {seed}: already measured in {finished}")
+            continue
         result = run(
             seed, args.env, args.steps, args.queries, args.iterations, args.fragment_length,
-            args.variable_horizon,
+            args.variable_horizon, args.temperature,
         )  # fmt: skip
-        (args.out / f"imitation_{args.env}_seed{seed}.json").write_text(json.dumps(result))
+        finished.write_text(json.dumps(result))
         rows.append(result)
         print(
             f"seed {seed}: true return {result['true_return_mean']:.0f} in {result['seconds']:.0f}s "
