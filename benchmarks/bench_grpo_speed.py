@@ -276,7 +276,12 @@ def main() -> int:
         f"thread(s) (after TRL: {threads_after})",
         f"# python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{transformers.__version__}, trl {trl.__version__}, {platform.machine()}, "
-        f"load average {os.getloadavg()[0]:.1f}",
+        f"load average {os.getloadavg()[0]:.1f}; prefenv's gelu_new "
+        + (
+            "left in Python (PREFENV_FUSED_ACTIVATIONS=0)"
+            if os.environ.get("PREFENV_FUSED_ACTIVATIONS") == "0"
+            else "fused (agents.text.activations); TRL's model keeps it in Python"
+        ),
         "# command: " + " ".join([Path(sys.executable).name, *sys.argv]),
         "",
         "same-batch loss (the libraries' samplers differ, so one fixed batch sampled by prefenv "

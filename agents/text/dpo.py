@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from agents.text.activations import fuse_activations
 from agents.text.dpo_losses import LOSSES, dpo_loss
 from agents.text.dpo_steps import (
     STEPS,
@@ -297,6 +298,8 @@ def train_dpo(
     check_vocab(tokenizer, model)
     if ref_model is not None and config.uses_reference:
         check_vocab(tokenizer, ref_model)
+    fuse_activations(model)
+    fuse_activations(ref_model)
     encoded, collate = _encode(config, tokenizer, data)
     check_context(model, max(item.longest for item in encoded))
     pad = pad_id(tokenizer)

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agents.text.activations import fuse_activations
 from agents.text.dpo_steps import frozen_copy
 from agents.text.grpo_losses import (
     group_advantages,
@@ -372,6 +373,8 @@ def train_grpo(
     optim = config.optim
     start = time.perf_counter()
     _check_inputs(policy_model, tokenizer, prompts, config)
+    fuse_activations(policy_model)
+    fuse_activations(ref_model)
     ref: nn.Module | None = None  # beta 0: no KL, no reference forward
     if config.beta > 0:
         ref = frozen_copy(policy_model) if ref_model is None else ref_model

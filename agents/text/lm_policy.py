@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.policies import Obs, categorical_log_prob_entropy
+from agents.text.activations import fuse_activations
 from agents.text.kv_cache import KVState, extend_cache, positions
 from agents.text.sampling import sample_categorical
 
@@ -102,6 +103,7 @@ class CausalLMPolicy(nn.Module):
         from agents.text.lora import is_lora
 
         self.model = model
+        fuse_activations(model)
         self._lora = is_lora(model)
         head = model.get_output_embeddings()
         if head is None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from agents.text.activations import fuse_activations
 from agents.text.optim import (
     SFT_OPTIM,
     LMOptimConfig,
@@ -276,6 +277,7 @@ def train_text_sft(
     """
     optim = (config or TextSFTConfig()).optim
     check_vocab(tokenizer, model)
+    fuse_activations(model)
     start = time.perf_counter()
     examples = encode_demonstrations(tokenizer, demonstrations, optim.max_length, optim.add_bos)
     check_context(model, max(len(p) + len(c) for p, c in examples))
