@@ -1,7 +1,8 @@
 """Speed: env-stepping text rollouts through CausalLMPolicy vs ``model.generate``, in one process.
 
 Same model (the default ~0.9M-parameter GPT-2 architecture, 4 layers x 128, random init or a
-``--model`` directory), same prompts, batch 32, 48 new tokens, sampling at temperature 1:
+``--model`` directory; its GPT-2 activations fused, :mod:`agents.text.activations`, for every
+method), same prompts, batch 32, 48 new tokens, sampling at temperature 1:
 
 - ``generate``: ``model.generate(do_sample=True, max_new_tokens=48, min_new_tokens=48)`` with the
   KV cache (the Hugging Face reference path);
@@ -43,6 +44,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.text.activations import fuse_activations
 from agents.text.lm_policy import CausalLMPolicy, frozen_reference
 from agents.text.sampling import sample_completions
 from envs.text import TextTask, default_tokenizer, load_lm, tiny_gpt2_config
@@ -53,14 +55,18 @@ NEW_TOKENS = 48
 
 
 def build(model_dir: str | None, device: str) -> tuple[torch.nn.Module, object]:
+    """The model every method runs, its activations fused up front (CausalLMPolicy fuses the
+    model it is given, in place), so ``generate`` and the env path compute the same modules."""
     if model_dir is not None:
         model, tok = load_lm(model_dir)
-        return model.to(device), tok
-    from transformers import GPT2LMHeadModel
+    else:
+        from transformers import GPT2LMHeadModel
 
-    tok = default_tokenizer()
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(tiny_gpt2_config(len(tok))).eval().to(device), tok
+        tok = default_tokenizer()
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(tiny_gpt2_config(len(tok))).eval()
+    fuse_activations(model)
+    return model.to(device), tok
 
 
 def _device(model) -> torch.device:
