@@ -3,7 +3,8 @@
 A dialogue env (``prefenv/TextDialogue-v0``) lets the policy write one token per step, ends a
 turn at EOS and appends the user's reply itself. This module drives such an env with a causal
 LM through the Gymnasium API only (agents never import ``envs``): :class:`DialogueSampler`
-generates each turn for a batch of dialogues in one ``generate`` call, feeds its tokens to the
+samples each turn for a batch of dialogues in one batched KV-cache loop
+(:func:`~agents.text.sampling.sample_tokens`, pure sampling), feeds its tokens to the
 envs, and returns every finished dialogue as one token sequence ``[opening | turn 1, EOS,
 reply 1, turn 2, ...]`` with a **loss mask**, the observation's ``role`` array: 1 on the tokens
 the policy sampled, 0 on the user's. So:
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from agents.text.dpo_steps import EncodedData, eval_mode
 from agents.text.pairs import PairBatch, stack_rows
-from agents.text.sampling import PolicySamples, SampledCompletions
+from agents.text.sampling import PolicySamples, SampledCompletions, sample_tokens
 from agents.text.sft import check_context
 
 if TYPE_CHECKING:
@@ -158,21 +159,21 @@ class DialogueSampler:
         return self._collate(list(openings), finished)
 
     def _run(self, model: nn.Module, openings: list[str], seeds: np.ndarray) -> list[_Finished]:
-        """Run one chunk of dialogues to their ends, one batched ``generate`` per turn."""
+        """Run one chunk of dialogues to their ends, one batched sampling loop per turn."""
         envs = self.envs[: len(openings)]
         obs = [env.reset(seed=int(s), options={"opening": o})[0]
                for env, s, o in zip(envs, seeds, openings, strict=True)]  # fmt: skip
         done: dict[int, _Finished] = {}
         while len(done) < len(envs):
             active = [i for i in range(len(envs)) if i not in done]
-            turns = self._generate(model, [obs[i] for i in active])
+            turns = self._sample_turns(model, [obs[i] for i in active])
             for i, turn in zip(active, turns, strict=True):
                 obs[i], end = self._play_turn(envs[i], turn)
                 if end is not None:
                     done[i] = end
         return [done[i] for i in range(len(envs))]
 
-    def _generate(
+    def _sample_turns(
         self, model: nn.Module, observations: list[dict[str, np.ndarray]]
     ) -> list[list[int]]:
         """One turn per observation: tokens up to and including the first EOS (or the cap)."""
@@ -180,11 +181,9 @@ class DialogueSampler:
         mask = torch.as_tensor(np.stack([o["attention_mask"] for o in observations])).long()
         first = int(mask.any(0).long().argmax())  # drop columns that are padding in every row
         device = next(model.parameters()).device
-        out = model.generate(
-            input_ids=ids[:, first:].to(device), attention_mask=mask[:, first:].to(device),
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-            max_new_tokens=self.max_turn_tokens, eos_token_id=self.eos, pad_token_id=self.pad,
-        )[:, ids.shape[1] - first :].cpu()  # fmt: skip
+        with torch.inference_mode():
+            out = sample_tokens(model, ids[:, first:].to(device), mask[:, first:].to(device),
+                                self.max_turn_tokens, self.eos, self.pad).cpu()  # fmt: skip
         turns = []
         for row in out.tolist():
             end = row.index(self.eos) + 1 if self.eos in row else len(row)

@@ -40,6 +40,7 @@ __all__ = [
     "encode_prompts",
     "sample_categorical",
     "sample_completions",
+    "sample_tokens",
 ]
 
 
@@ -103,7 +104,7 @@ def sample_categorical(log_p: Tensor) -> Tensor:
     return torch.searchsorted(cdf, u).squeeze(-1)
 
 
-def _sample_tokens(
+def sample_tokens(
     model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, eos: int, pad: int
 ) -> Tensor:
     """``[B, T]`` tokens sampled after left-padded prompts ``ids``/``mask`` ``[B, P]``, one
@@ -165,7 +166,7 @@ def sample_completions(
         for start in range(0, len(prompts), batch_size):
             ids = prompt_ids[start : start + batch_size].to(device)
             mask = prompt_mask[start : start + batch_size].to(device)
-            new = _sample_tokens(model, ids, mask, max_new_tokens, eos, pad).cpu()
+            new = sample_tokens(model, ids, mask, max_new_tokens, eos, pad).cpu()
             chunks.append(
                 torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=pad)
             )
