@@ -16,8 +16,8 @@ launches, which dominate a small model's forward on a GPU, where the extra token
 but computes ``prompt length - 1`` extra tokens per continuing row. On the default tiny GPT-2 on
 one CPU thread (batch 32, prompts of ~6 tokens) the merged forward takes ~11 ms where the step
 (~5 ms) plus a ``[2, 6]`` prefill (~3 ms) take ~8 ms, and env rollouts run 10-25% slower merged
-(benchmarks/bench_text_rollout.py, method ``env_merged``). The accelerator default follows from
-the first argument; it has not been timed on a GPU yet (``--device cuda`` there).
+(benchmarks/bench_text_rollout.py, method ``env_merged``). On an H200 the merged mode won (0.70x
+forced ``generate`` against 0.54x separate, ``--device cuda``; benchmarks/RESULTS.md).
 
 The cache lives in preallocated buffers ``[N, heads, capacity, head_dim]`` per layer
 (:class:`~agents.text.kv_buffers.BufferLayer`) that the model writes in place (Hugging Face's ``DynamicCache``
