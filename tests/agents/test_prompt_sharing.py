@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from agents.text import sampling
@@ -30,6 +31,21 @@ def tiny_lm(tok, seed: int = 0):
 
     torch.manual_seed(seed)
     return GPT2LMHeadModel(tiny_gpt2_config(len(tok), n_layer=2, n_embd=32, n_head=2)).eval()
+
+
+def small_llama(tok, sliding_window: int | None = None):
+    """A tiny Llama, or with ``sliding_window`` a tiny Mistral whose window is shorter than a
+    prompt plus its completion (so the shared cache must respect the window)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)  # fmt: skip
+    if sliding_window is None:
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    return MistralForCausalLM(MistralConfig(sliding_window=sliding_window, **common)).eval()
 
 
 def full_forward_logps(model, samples) -> torch.Tensor:
@@ -55,9 +71,11 @@ def test_distinct_rows_finds_the_groups_and_ignores_padding() -> None:
     assert bool((inverse[first] == torch.arange(3)).all())
 
 
-def test_shared_prompt_logps_and_gradients_equal_the_full_forward() -> None:
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral_window_6"])
+def test_shared_prompt_logps_and_gradients_equal_the_full_forward(arch: str) -> None:
     tok = default_tokenizer()
-    model = tiny_lm(tok)
+    model = {"gpt2": lambda: tiny_lm(tok), "llama": lambda: small_llama(tok),
+             "mistral_window_6": lambda: small_llama(tok, sliding_window=6)}[arch]()  # fmt: skip
     samples = sample_completions(model, tok, PROMPTS, max_new_tokens=7, seed=1)
     assert len(distinct_rows(samples.prompt_ids, samples.prompt_mask)[0]) == 3  # shared path
     weights = torch.linspace(-1.0, 2.0, len(PROMPTS))[:, None]
@@ -76,7 +94,9 @@ def test_shared_prompt_logps_and_gradients_equal_the_full_forward() -> None:
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
     # The token embeddings of the prompts get gradient through the shared keys and values.
-    assert float(grads["transformer.wte.weight"][samples.prompt_ids[0, -1]].abs().sum()) > 0
+    embeddings = model.get_input_embeddings().weight
+    name = next(n for n, p in model.named_parameters() if p is embeddings)
+    assert float(grads[name][samples.prompt_ids[0, -1]].abs().sum()) > 0
 
 
 def test_grouped_sampler_draws_from_the_distributions_the_logps_score(monkeypatch) -> None:
