@@ -125,30 +125,29 @@ class RandomLearner:
             self.num_timesteps += self.env.num_envs
 
 
-def _stored_segments(tmp_path, cut_at_termination: bool) -> list:
+def _wobble_loop(
+    path, teacher: str, config: PreferenceLoopConfig, n_members: int = 1
+) -> PreferenceLoop:
+    """A loop over 4 Wobble envs, a random learner and a small reward ensemble."""
     venv = gym.vector.SyncVectorEnv([Wobble for _ in range(4)])
     model = RewardEnsemble.for_spaces(
-        venv.single_observation_space, venv.single_action_space, n_members=1, hidden_sizes=(8,)
-    )
+        venv.single_observation_space, venv.single_action_space, n_members=n_members,
+        hidden_sizes=(8,),
+    )  # fmt: skip
     reward_env = VectorPreferenceReward(venv, model)
     env = TrajectoryRecorder(reward_env)
-    loop = PreferenceLoop(
-        env=env,
-        agent=RandomLearner(env),
-        teacher=make_teacher("oracle", np.random.default_rng(0)),
-        store=ComparisonStore(tmp_path / f"cut{cut_at_termination}.sqlite"),
-        reward_model=model,
-        reward_env=reward_env,
-        config=PreferenceLoopConfig(
-            total_timesteps=2_400,
-            total_queries=60,
-            n_rounds=1,
-            initial_timesteps=1_200,
-            segment_length=15,
-            cut_at_termination=cut_at_termination,
-            reward_train=RewardTrainConfig(max_epochs=2),
-        ),
-    )
+    return PreferenceLoop(env=env, agent=RandomLearner(env), store=ComparisonStore(path),
+                          teacher=make_teacher(teacher, np.random.default_rng(0)),
+                          reward_model=model, reward_env=reward_env, config=config)  # fmt: skip
+
+
+def _stored_segments(tmp_path, cut_at_termination: bool) -> list:
+    config = PreferenceLoopConfig(
+        total_timesteps=2_400, total_queries=60, n_rounds=1, initial_timesteps=1_200,
+        segment_length=15, cut_at_termination=cut_at_termination,
+        reward_train=RewardTrainConfig(max_epochs=2),
+    )  # fmt: skip
+    loop = _wobble_loop(tmp_path / f"cut{cut_at_termination}.sqlite", "oracle", config)
     loop.run()
     return [s for c in loop.store.load() for s in (c.segment0, c.segment1)]
 
@@ -165,28 +164,20 @@ def test_loop_asks_about_windows_cut_at_the_fall_by_default(tmp_path):
 def test_loop_keeps_rimes_filters_across_refits_and_in_its_state(tmp_path):
     """One noise filter per ensemble member lives for the run: its epoch count spans every refit,
     and a resumed loop continues from the saved statistics."""
-    venv = gym.vector.SyncVectorEnv([Wobble for _ in range(4)])
-    model = RewardEnsemble.for_spaces(
-        venv.single_observation_space, venv.single_action_space, n_members=2, hidden_sizes=(8,)
-    )
-    reward_env = VectorPreferenceReward(venv, model)
-    env = TrajectoryRecorder(reward_env)
     config = PreferenceLoopConfig(
         total_timesteps=3_600, total_queries=60, n_rounds=2, initial_timesteps=1_200,
         segment_length=15,
         reward_train=RewardTrainConfig(max_epochs=3, patience=3, robust=RobustLabels()),
     )  # fmt: skip
-    loop = PreferenceLoop(env=env, agent=RandomLearner(env), store=ComparisonStore(tmp_path / "c.sqlite"),
-                          teacher=make_teacher("mistake", np.random.default_rng(0)),
-                          reward_model=model, reward_env=reward_env, config=config)  # fmt: skip
+    loop = _wobble_loop(tmp_path / "c.sqlite", "mistake", config, n_members=2)
     loop.run()
     refits = len(loop.history)
     assert refits == 3
     epochs = [f.epoch for f in loop._noise_filters]
     assert len(epochs) == 2 and all(e == 3 * refits for e in epochs), epochs
     state = json.loads(json.dumps(loop.state_dict()))
-    resumed = PreferenceLoop(env=env, agent=None, teacher=loop.teacher, store=loop.store,
-                             reward_model=model, config=config)  # type: ignore[arg-type]  # fmt: skip
+    resumed = PreferenceLoop(env=loop.env, agent=None, teacher=loop.teacher, store=loop.store,
+                             reward_model=loop.reward_model, config=config)  # type: ignore[arg-type]  # fmt: skip
     assert [f.epoch for f in resumed._noise_filters] == [0, 0]
     resumed.load_state_dict(state)
     assert [f.state_dict() for f in resumed._noise_filters] == [

@@ -1,8 +1,7 @@
-"""A group's prompt runs once: in the sampler's prefill and in the log-prob forward (GRPO's loss).
-
-The shared paths must give what one full forward per row gives: the same sampling distributions,
-the same log-probs, and the same gradients (the shared keys and values carry every row's
-gradient back to the prompt).
+"""A group's prompt runs once in the log-prob forward (GRPO's loss): the same log-probs and
+gradients as one full forward per row (the shared keys and values carry every row's gradient back
+to the prompt). The sampler's shared prefill is tested with the sampling distributions in
+tests/prefenv/test_text_monitoring.py (its ``grouped`` case).
 """
 
 from __future__ import annotations
@@ -12,10 +11,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from agents.text import sampling
 from agents.text.grpo import token_logps
 from agents.text.kv_cache import distinct_rows, positions
-from agents.text.sampling import completion_token_logps, sample_completions
+from agents.text.sampling import sample_completions
 from envs.text.default_model import default_tokenizer, tiny_gpt2_config
 
 torch.set_num_threads(1)
@@ -97,33 +95,3 @@ def test_shared_prompt_logps_and_gradients_equal_the_full_forward(arch: str) -> 
     embeddings = model.get_input_embeddings().weight
     name = next(n for n, p in model.named_parameters() if p is embeddings)
     assert float(grads[name][samples.prompt_ids[0, -1]].abs().sum()) > 0
-
-
-def test_grouped_sampler_draws_from_the_distributions_the_logps_score(monkeypatch) -> None:
-    tok = default_tokenizer()
-    model = tiny_lm(tok, seed=2)
-    drawn: list[torch.Tensor] = []  # each step's distribution, as the sampler saw it
-
-    def spy(log_p: torch.Tensor) -> torch.Tensor:
-        drawn.append(log_p.clone())
-        return real(log_p)
-
-    real = sampling.sample_categorical
-    monkeypatch.setattr(sampling, "sample_categorical", spy)
-    samples = sample_completions(model, tok, PROMPTS, max_new_tokens=6, seed=4)
-    steps = torch.stack(drawn, 1)  # [N, T, V]
-    with torch.no_grad():
-        reference = full_forward_logps(model, samples)
-    sampled = steps.gather(-1, samples.completion_ids[:, : steps.shape[1], None])[..., 0]
-    sampled = sampled * samples.completion_mask[:, : steps.shape[1]]
-    torch.testing.assert_close(sampled, reference[:, : steps.shape[1]], atol=1e-5, rtol=0)
-    # Each row got its own prompt's distribution: rows of one group start identically...
-    torch.testing.assert_close(steps[0, 0], steps[2, 0])
-    # ...and different prompts differently.
-    assert float((steps[0, 0] - steps[1, 0]).abs().max()) > 1e-3
-    with torch.no_grad():
-        torch.testing.assert_close(
-            completion_token_logps(model, samples.prompt_ids, samples.prompt_mask,
-                                   samples.completion_ids, samples.completion_mask),
-            reference, atol=1e-5, rtol=0,
-        )  # fmt: skip

@@ -139,6 +139,16 @@ def _fit(
     return model, metrics
 
 
+def _losses(model: MLPRewardModel, comparisons: list[Comparison]) -> np.ndarray:
+    """``[N]`` per-pair losses of ``model`` against the comparisons' labels."""
+    with torch.no_grad():
+        return pair_losses(
+            model.segment_returns([c.segment0 for c in comparisons]),
+            model.segment_returns([c.segment1 for c in comparisons]),
+            torch.tensor([c.label for c in comparisons]),
+        ).numpy()
+
+
 def test_filter_catches_planted_flips_and_beats_training_on_them(one_thread) -> None:
     """20% of 400 labels flipped: the filter flags most of them, and accuracy on the truth rises.
 
@@ -159,12 +169,7 @@ def test_filter_catches_planted_flips_and_beats_training_on_them(one_thread) -> 
 
     member = metrics.members[0]
     assert member.flipped + member.dropped >= 40 and metrics.flipped == member.flipped
-    with torch.no_grad():
-        losses = pair_losses(
-            robust.segment_returns([c.segment0 for c in noisy]),
-            robust.segment_returns([c.segment1 for c in noisy]),
-            torch.tensor([c.label for c in noisy]),
-        ).numpy()
+    losses = _losses(robust, noisy)
     flagged = losses >= member.tau_lower
     caught = np.isin(np.flatnonzero(flagged), planted).sum()
     precision, recall = caught / flagged.sum(), caught / len(planted)
@@ -244,12 +249,7 @@ def test_a_kept_filter_starts_the_next_refit_calibrated(one_thread) -> None:
     kept_bound = filters[0].tau_lower
     assert fresh_bound > 18 and kept_bound < 5, (fresh_bound, kept_bound)
     # The next refit's first split, on the grown label set, already drops or flips pairs.
-    with torch.no_grad():
-        losses = pair_losses(
-            model.segment_returns([c.segment0 for c in noisy]),
-            model.segment_returns([c.segment1 for c in noisy]),
-            torch.tensor([c.label for c in noisy]),
-        ).numpy()
+    losses = _losses(model, noisy)
     assert int((losses >= kept_bound).sum()) >= 20
     second = train_reward_model(model, noisy, config, noise_filters=filters)
     assert filters[0].epoch == 15 + second.members[0].epochs

@@ -35,9 +35,11 @@ def _model(tok, seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
-def test_completion_logps_equal_the_sampling_distribution(tok, monkeypatch) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_completion_logps_equal_the_sampling_distribution(tok, monkeypatch, grouped) -> None:
+    """Distinct prompts, and groups of 3 repeats of each (prefilled once, keys and values shared)."""
     model = _model(tok)
-    prompts = generate_prompts(6)
+    prompts = generate_prompts(2) * 3 if grouped else generate_prompts(6)
     drawn: list[torch.Tensor] = []  # each step's distribution, as the cached sampler saw it
 
     def spy(log_p: torch.Tensor) -> torch.Tensor:
