@@ -136,6 +136,11 @@ class Grid:
                 _check_field(name, fields, f"arms.{arm}")
                 if name in self.axes:
                     raise GridError(f"[arms.{arm}] sets {name!r}, which is an axis: keep one")
+        if self.x == "seed":
+            raise GridError(
+                '[sweep] x = "seed": the report averages over seeds, so they cannot be the '
+                "figure's x axis; leave x out (one bar per arm) or name another numeric axis"
+            )
         if self.x is not None and self.x not in self.axis_names:
             raise GridError(f"[sweep] x = {self.x!r} is not an axis (axes: {self.axis_names})")
         if self.x is not None and not all(

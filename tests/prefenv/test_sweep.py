@@ -130,6 +130,7 @@ axes: {queries: [50, 250], seed: [0, 1]}
         ("[axes]\nseed = [0]\n[arms.a]\nseed = 3\n", "which is an axis"),
         ("[sweep]\nkind = 'text'\ntwin = true\n", "twin = true needs kind = 'train'"),
         ("[sweep]\nx = 'queries'\n[axes]\nseed = [0]\n", "is not an axis"),
+        ("[sweep]\nx = 'seed'\n[axes]\nseed = [0, 1]\n", "averages over seeds"),
         ("[sweep]\nx = 'teacher'\n[axes]\nteacher = ['oracle', 'noisy']\n", "needs numeric"),
         ("[axes\nseed = [0]\n", "cannot read grid file"),
     ],
