@@ -26,7 +26,6 @@ import numpy as np
 
 from prefenv.agent import Agent, RelabellingAgent, RewardFn
 from prefenv.intrinsic import StateEntropyReward
-from prefenv.label_noise import filters_for
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
 from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
@@ -256,11 +255,6 @@ class PreferenceLoop:
         self._queries = query_schedule(self.config)
         self._round_steps = step_schedule(self.config)
         self._restored: list[Trajectory] = []
-        # RIME's statistics live for the run (prefenv.label_noise): one filter per network.
-        robust = self.config.reward_train.robust
-        members = getattr(self.reward_model, "members", None)
-        n_networks = 1 if members is None else len(members)
-        self._noise_filters = None if robust is None else filters_for(robust, None, n_networks)
 
     @property
     def done(self) -> bool:
@@ -309,7 +303,7 @@ class PreferenceLoop:
         labelled = self.store.load(labelled_only=True)
         reward_metrics = train_reward_model(
             self.reward_model, labelled, self.config.reward_train,
-            unlabelled=self._unlabelled_pairs(len(labelled)), noise_filters=self._noise_filters,
+            unlabelled=self._unlabelled_pairs(len(labelled)),
         )  # fmt: skip
         if self.reward_env is not None:
             self.reward_env.set_predictor(self.reward_model.predictor())
@@ -429,7 +423,6 @@ class PreferenceLoop:
             "labels_used": self.labels_used,
             "stored": len(self.store),
             "rng": self._rng.bit_generator.state,
-            "noise_filters": [f.state_dict() for f in self._noise_filters or ()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -437,10 +430,6 @@ class PreferenceLoop:
         self.timesteps = int(state["timesteps"])
         self.labels_used = int(state["labels_used"])
         self._rng.bit_generator.state = state["rng"]
-        saved = state.get("noise_filters") or []  # none in checkpoints from before they were kept
-        if self._noise_filters is not None and len(saved) == len(self._noise_filters):
-            for noise_filter, filter_state in zip(self._noise_filters, saved, strict=True):
-                noise_filter.load_state_dict(filter_state)
 
 
 def whole_units(initial_timesteps: int, total_timesteps: int, unit: int) -> tuple[int, int]:

@@ -32,13 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prefenv.label_noise import (
-    LabelNoiseFilter,
-    LabelSplit,
-    RobustLabels,
-    filters_for,
-    pair_losses,
-)
+from prefenv.label_noise import LabelNoiseFilter, LabelSplit, RobustLabels, pair_losses
 from prefenv.predictors import RewardModelError
 from prefenv.records import Comparison, Segment
 from prefenv.sampling import MemberReturns
@@ -367,12 +361,12 @@ def _train_member(
     rng: np.random.Generator,
     progress: Any | None,
     unlabelled: Sequence[tuple[Segment, Segment]],
-    noise_filter: LabelNoiseFilter | None,
 ) -> MemberTrainMetrics:
     """Minibatch AdamW over ``train[sample]`` with early stopping on ``val`` (or train) loss."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    noise_filter = None if config.robust is None else LabelNoiseFilter(config.robust)
     surf = None
     if config.surf is not None:  # its own stream: the minibatch order stays as without SURF
         surf = UnlabelledBatches(config.surf, unlabelled, config.batch_size, rng.spawn(1)[0])
@@ -479,7 +473,6 @@ def train_reward_model(
     config: RewardTrainConfig = RewardTrainConfig(),  # noqa: B008 (frozen, immutable)
     val_comparisons: Sequence[Comparison] | None = None,
     unlabelled: Sequence[tuple[Segment, Segment]] | None = None,
-    noise_filters: Sequence[LabelNoiseFilter] | None = None,
 ) -> RewardTrainMetrics:
     """Fit ``model`` in place to labelled comparisons with the Bradley-Terry loss.
 
@@ -494,16 +487,12 @@ def train_reward_model(
     weights (nothing is re-initialised).
 
     With ``config.robust`` each network filters its labels every epoch
-    (:mod:`prefenv.label_noise`): through ``noise_filters``, one
-    :class:`~prefenv.label_noise.LabelNoiseFilter` per network that the caller keeps from refit to
-    refit (the preference loop does, as RIME does), or through fresh filters when None. With
-    ``config.surf`` every pair is cropped and the ``unlabelled`` segment pairs give pseudo-labels
-    (:mod:`prefenv.surf`).
+    (:mod:`prefenv.label_noise`); with ``config.surf`` every pair is cropped and the
+    ``unlabelled`` segment pairs give pseudo-labels (:mod:`prefenv.surf`).
 
     Raises:
-        ValueError: no labelled comparisons, ``unlabelled`` pairs without ``config.surf``,
-            ``noise_filters`` without ``config.robust`` or not one per network, or (text
-            models) a segment without text.
+        ValueError: no labelled comparisons, ``unlabelled`` pairs without ``config.surf``, or
+            (text models) a segment without text.
         TypeError: ``model`` is not an ``nn.Module`` :class:`PairSource`.
         RewardModelError: the predicted returns or the loss became NaN/inf.
     """
@@ -521,16 +510,13 @@ def train_reward_model(
 
     ensemble = isinstance(model, EnsemblePairSource)
     networks = list(model.members) if ensemble else [model]  # type: ignore[attr-defined]
-    filters = filters_for(config.robust, noise_filters, len(networks))
     progress = None
     if config.progress:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=config.max_epochs * len(networks), desc="reward model", unit="epoch")
     members = []
-    for network, member_rng, noise_filter in zip(
-        networks, rng.spawn(len(networks)), filters, strict=True
-    ):
+    for network, member_rng in zip(networks, rng.spawn(len(networks)), strict=True):
         n = len(train)
         sample = (
             member_rng.integers(0, n, size=n) if ensemble and config.bootstrap else np.arange(n)
@@ -540,16 +526,8 @@ def train_reward_model(
             torch.manual_seed(torch_seed)
             members.append(
                 _train_member(
-                    network,
-                    train,
-                    sample,
-                    val,
-                    config,
-                    member_rng,
-                    progress,
-                    unlabelled or [],
-                    noise_filter,
-                )  # fmt: skip
+                    network, train, sample, val, config, member_rng, progress, unlabelled or []
+                )
             )
     if progress is not None:
         progress.close()

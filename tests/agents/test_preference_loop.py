@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from agents.ppo_kl import PPOKL, PPOKLConfig
-from prefenv.label_noise import RobustLabels
 from prefenv.loop import PreferenceLoop, PreferenceLoopConfig
 from prefenv.recording import TrajectoryRecorder
 from prefenv.reward_models import RewardEnsemble
@@ -159,28 +156,3 @@ def test_loop_asks_about_windows_cut_at_the_fall_by_default(tmp_path):
     # a shorter segment is a window that ran into the fall: it ends outside [-1, 1]
     assert all(abs(float(s.obs[-1, 0])) > 1.0 for s in short)
     assert {len(s) for s in _stored_segments(tmp_path, cut_at_termination=False)} == {15}
-
-
-def test_loop_keeps_rimes_filters_across_refits_and_in_its_state(tmp_path):
-    """One noise filter per ensemble member lives for the run: its epoch count spans every refit,
-    and a resumed loop continues from the saved statistics."""
-    config = PreferenceLoopConfig(
-        total_timesteps=3_600, total_queries=60, n_rounds=2, initial_timesteps=1_200,
-        segment_length=15,
-        reward_train=RewardTrainConfig(max_epochs=3, patience=3, robust=RobustLabels()),
-    )  # fmt: skip
-    loop = _wobble_loop(tmp_path / "c.sqlite", "mistake", config, n_members=2)
-    loop.run()
-    refits = len(loop.history)
-    assert refits == 3
-    epochs = [f.epoch for f in loop._noise_filters]
-    assert len(epochs) == 2 and all(e == 3 * refits for e in epochs), epochs
-    state = json.loads(json.dumps(loop.state_dict()))
-    resumed = PreferenceLoop(env=loop.env, agent=None, teacher=loop.teacher, store=loop.store,
-                             reward_model=loop.reward_model, config=config)  # type: ignore[arg-type]  # fmt: skip
-    assert [f.epoch for f in resumed._noise_filters] == [0, 0]
-    resumed.load_state_dict(state)
-    assert [f.state_dict() for f in resumed._noise_filters] == [
-        f.state_dict() for f in loop._noise_filters
-    ]
-    loop.store.close()

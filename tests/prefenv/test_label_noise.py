@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from prefenv.label_noise import LabelNoiseFilter, RobustLabels, filters_for, pair_losses
+from prefenv.label_noise import LabelNoiseFilter, RobustLabels, pair_losses
 from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.reward_models import MLPRewardModel, RewardEnsemble
 from prefenv.reward_training import (
@@ -213,43 +212,3 @@ def test_text_like_pair_sources_filter_too() -> None:
     config = RewardTrainConfig(lr=0.1, batch_size=32, max_epochs=40, robust=RobustLabels())
     train_reward_model(model, comparisons, config)
     assert (model.scores.diff() > 0).all(), model.scores
-
-
-# ---------------------------------------------------------------- the filter across refits
-
-
-def test_filter_state_round_trips_and_filters_are_checked() -> None:
-    noise_filter = LabelNoiseFilter(RobustLabels())
-    for losses in ([0.1, 0.3, 9.0], [0.2, 0.5, 0.4], [0.05, 1.5, 0.3]):
-        noise_filter.split(np.array(losses))
-    again = LabelNoiseFilter(RobustLabels())
-    again.load_state_dict(json.loads(json.dumps(noise_filter.state_dict())))
-    assert again.tau_lower == noise_filter.tau_lower and again.epoch == 3
-    assert filters_for(None, None, 2) == [None, None]
-    assert len(filters_for(RobustLabels(), None, 3)) == 3
-    with pytest.raises(ValueError, match="config.robust is None"):
-        filters_for(None, [noise_filter], 1)
-    with pytest.raises(ValueError, match="1 noise_filters for 3 networks"):
-        filters_for(RobustLabels(), [noise_filter], 3)
-
-
-def test_a_kept_filter_starts_the_next_refit_calibrated(one_thread) -> None:
-    """RIME's statistics carry over refits: the second refit's first epoch uses the bound the
-    first refit reached, not a fresh filter's trust-everything bound (-ln 1e-8 ~ 18.4)."""
-    clean = _comparisons(0, 300)
-    noisy = _flip(clean, np.random.default_rng(7).choice(len(clean), 60, replace=False))
-    config = RewardTrainConfig(lr=3e-3, batch_size=64, max_epochs=15, patience=15,
-                               val_fraction=0.0, robust=RobustLabels())  # fmt: skip
-    torch.manual_seed(0)
-    model = MLPRewardModel(2, 1, hidden_sizes=(32, 32), output_activation=None)
-    filters = filters_for(config.robust, None, 1)
-    first = train_reward_model(model, noisy[:150], config, noise_filters=filters)
-    assert filters[0].epoch == first.members[0].epochs == 15
-    fresh_bound = LabelNoiseFilter(RobustLabels()).tau_lower
-    kept_bound = filters[0].tau_lower
-    assert fresh_bound > 18 and kept_bound < 5, (fresh_bound, kept_bound)
-    # The next refit's first split, on the grown label set, already drops or flips pairs.
-    losses = _losses(model, noisy)
-    assert int((losses >= kept_bound).sum()) >= 20
-    second = train_reward_model(model, noisy, config, noise_filters=filters)
-    assert filters[0].epoch == 15 + second.members[0].epochs
