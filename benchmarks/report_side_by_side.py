@@ -1,12 +1,16 @@
 """The side-by-side table: prefenv (bench_preferences.py) vs imitation (peers/imitation_preferences.py).
 
-Reads the per-seed result files the two benchmarks write and prints one markdown table: per seed
-the deterministic and sampled final true returns (10 episodes each, lengths in brackets) and the
-wall-clock of each library, then the means, the seeds prefenv wins, and the worst seed of each.
+Reads the per-seed result files the two benchmarks write (or their copies in
+``benchmarks/results/side_by_side/``: ``prefenv_seed*.json`` beside the imitation files) and
+prints one markdown table: per seed the deterministic and sampled final true returns (10 episodes
+each, lengths in brackets) and the wall-clock of each library, then the means, the seeds prefenv
+wins, and the worst seed of each.
 
     python benchmarks/report_side_by_side.py \\
         --prefenv benchmarks/out/side_by_side/prefenv_HalfCheetah-v0/ppo-kl-noisy-preset \\
         --imitation benchmarks/out/side_by_side --imitation-glob 'imitation_HalfCheetah-v4_t1_seed*.json'
+    python benchmarks/report_side_by_side.py --prefenv benchmarks/results/side_by_side \\
+        --imitation benchmarks/results/side_by_side
 """
 
 from __future__ import annotations
@@ -25,9 +29,8 @@ def _seed(path: Path) -> int:
 
 def load(prefenv_dir: Path, imitation_dir: Path, pattern: str) -> dict[int, dict[str, dict]]:
     """``{seed: {"prefenv": result, "imitation": result}}`` for the seeds both have finished."""
-    ours = {
-        _seed(p): json.loads(p.read_text()) for p in prefenv_dir.glob("seed*/bench_result.json")
-    }
+    files = [*prefenv_dir.glob("seed*/bench_result.json"), *prefenv_dir.glob("prefenv_seed*.json")]
+    ours = {_seed(p): json.loads(p.read_text()) for p in files}
     peer = {_seed(p): json.loads(p.read_text()) for p in imitation_dir.glob(pattern)}
     return {
         s: {"prefenv": ours[s], "imitation": peer[s]} for s in sorted(ours.keys() & peer.keys())
