@@ -5,9 +5,9 @@ Python-level tensor operations, each a kernel launch and, in training, a saved t
 backward pass. ``torch.nn.functional.gelu(x, approximate="tanh")`` computes the same formula,
 ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))``, in one kernel (Hugging Face ships it as
 the ``gelu_pytorch_tanh`` activation). In float32 the two differ by at most 5e-7 on inputs in
-[-16, 16] (tested). On the tiny default GPT-2 (one CPU thread, 32 rows of 31 tokens) the swap
-cuts a forward-and-backward from 180 to 143 ms and a one-token decoding forward from 5.3 to 4.3
-ms.
+[-16, 16] (tested). On the tiny default GPT-2 DPO trains 89 pairs/s with the swap against 74
+without (``benchmarks/bench_dpo_speed.py``, benchmarks/RESULTS.md "Text speed after per-group
+prompt sharing and the fused GELU"); GRPO's throughput moved by less than its run-to-run spread.
 
 The text training loops (:func:`~agents.text.sft.train_text_sft`,
 :func:`~agents.text.dpo.train_dpo`, :func:`~agents.text.grpo.train_grpo`, the PPO-KL policy

@@ -232,7 +232,7 @@ def token_logps(model: nn.Module, samples: SampledCompletions) -> Tensor:
     # New tensors (the sampler's are inference-mode tensors, which autograd cannot save).
     tensors = (samples.prompt_ids, samples.prompt_mask, samples.completion_ids,
                samples.completion_mask)  # fmt: skip
-    return completion_token_logps(model, *(t.clone().to(device) for t in tensors))
+    return completion_token_logps(model, *(t.to(device, copy=True) for t in tensors))
 
 
 @dataclass(frozen=True)

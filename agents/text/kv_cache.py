@@ -20,8 +20,8 @@ one CPU thread (batch 32, prompts of ~6 tokens) the merged forward takes ~11 ms 
 forced ``generate`` against 0.54x separate, ``--device cuda``; benchmarks/RESULTS.md).
 
 The cache lives in preallocated buffers ``[N, heads, capacity, head_dim]`` per layer
-(:class:`~agents.text.kv_buffers.BufferLayer`) that the model writes in place (Hugging Face's ``DynamicCache``
-concatenates, copying the whole cache at every token). The model sees the live columns
+(:class:`~agents.text.kv_buffers.BufferLayer`) that the model writes in place (Hugging Face's
+``DynamicCache`` concatenates, copying the whole cache at every token). The model sees the live columns
 ``[start, end)``; keys and values are right-aligned there (row ``i``'s real entries are its last
 ``lengths[i] - 1`` live columns, the columns before them are masked) and the step writes column
 ``end``. When the buffers are full the live columns move back to end at column ``L - 1`` (at
@@ -84,8 +84,9 @@ class KVState:
     Attributes:
         ids: ``[N, L]`` the observation the cache covers (masked ids, 0 on padding).
         lengths: ``[N]`` real tokens per row (all but the last are in the cache after a call).
-        layers: one :class:`~agents.text.kv_buffers.BufferLayer` per attention layer; ``cache`` (the ``transformers``
-            ``Cache`` passed to the model, which extends it in place) holds them.
+        layers: one :class:`~agents.text.kv_buffers.BufferLayer` per attention layer; ``cache``
+            (the ``transformers`` ``Cache`` passed to the model, which extends it in place) holds
+            them.
         span: the live columns ``[start, end)`` of the buffers.
         mask_buf: ``[N, capacity]`` 1 where the buffers hold a row's real token; 0 outside
             ``span``.

@@ -12,7 +12,8 @@ Iterative DPO samples its pairs here, and the application layer's evaluation
 (:mod:`prefenv.app.text_eval`) its held-out completions.
 
 Works with any causal LM whose ``forward(input_ids, attention_mask, position_ids)`` takes a
-key/value cache (``cache``, or ``past_key_values`` before transformers 5.2x) and returns ``logits`` (every Hugging Face causal LM, peft-wrapped ones too).
+key/value cache (``cache``, or ``past_key_values`` before transformers 5.2x) and returns
+``logits`` (every Hugging Face causal LM, peft-wrapped ones too).
 """
 
 from __future__ import annotations
@@ -113,13 +114,13 @@ def sample_tokens(
     its keys and values copied to the rows that repeat it (a group's ``G`` samples)."""
     from transformers import DynamicCache
 
-    cache = {cache_kwarg(model): DynamicCache()}  # ``cache`` from transformers 5.2x on
+    cache = DynamicCache()
+    pass_cache = {cache_kwarg(model): cache}  # ``cache`` from transformers 5.2x on
     first, inverse = distinct_rows(ids, mask)
     position = positions(mask)
-    out = model(input_ids=ids[first], attention_mask=mask[first], position_ids=position[first],
-                use_cache=True, **cache)  # fmt: skip
-    logits = out.logits[inverse, -1]
-    next(iter(cache.values())).batch_select_indices(inverse)  # the rows of ``first`` -> ``ids``
+    logits = model(input_ids=ids[first], attention_mask=mask[first], position_ids=position[first],
+                   use_cache=True, **pass_cache).logits[inverse, -1]  # fmt: skip
+    cache.batch_select_indices(inverse)  # the rows of ``first`` -> the rows of ``ids``
     position = position[:, -1:]
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     tokens: list[Tensor] = []
@@ -132,7 +133,7 @@ def sample_tokens(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         position = position + 1
         logits = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=position,
-                       use_cache=True, **cache).logits[:, -1]  # fmt: skip
+                       use_cache=True, **pass_cache).logits[:, -1]  # fmt: skip
 
 
 @torch.inference_mode()
@@ -212,16 +213,16 @@ def completion_token_logps(
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        head = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
-                     position_ids=position[first, :n_prompt], use_cache=True,
-                     **{cache_kwarg(model): cache}).logits[inverse, -1:]  # fmt: skip
-        logits = head
-        if n_new > 1:
+        pass_cache = {cache_kwarg(model): cache}
+        logits = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
+                       position_ids=position[first, :n_prompt], use_cache=True,
+                       **pass_cache).logits[inverse, -1:]  # fmt: skip
+        if n_new > 1:  # the last completion token predicts nothing: it is not run
             cache.batch_select_indices(inverse)
             tail = model(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
                          position_ids=position[:, n_prompt:-1], use_cache=True,
-                         **{cache_kwarg(model): cache}).logits  # fmt: skip
-            logits = torch.cat([head, tail], 1)
+                         **pass_cache).logits  # fmt: skip
+            logits = torch.cat([logits, tail], 1)
     logits = logits.float()  # position t predicts token t + 1
     picked = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
     return picked * completion_mask
@@ -229,15 +230,16 @@ def completion_token_logps(
 
 @torch.inference_mode()
 def completion_logps(model: Any, samples: SampledCompletions, batch_size: int = 64) -> np.ndarray:
-    """Sum of log p(completion token | prefix) over each completion's tokens (EOS included), ``[N]``."""
+    """``[N]`` sums of log p(completion token | prefix) over each completion's tokens (EOS
+    included)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
+    tensors = (samples.prompt_ids, samples.prompt_mask, samples.completion_ids,
+               samples.completion_mask)  # fmt: skip
     for start in range(0, len(samples.prompts), batch_size):
         rows = slice(start, start + batch_size)
-        tensors = (samples.prompt_ids, samples.prompt_mask, samples.completion_ids,
-                   samples.completion_mask)  # fmt: skip
         token_logp = completion_token_logps(model, *(t[rows].to(device) for t in tensors))
         out.append(token_logp.sum(1).float().cpu())
     model.train(was_training)
