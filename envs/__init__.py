@@ -24,6 +24,7 @@ _MUJOCO_TASK = "envs.mujoco.tasks:MujocoTask"
 _TEXT_TASK = "envs.text.tasks:TextTask"
 _RECOMMENDATION = "envs.recommendation.env:RecommendationEnv"
 _RECOMMENDATION_VEC = "envs.recommendation.env:RecommendationVectorEnv"
+_TEXT_VEC = "envs.text.vector_env:text_task_vector_env"
 
 # (id, lazy entry point, constructor kwargs, max_episode_steps, lazy vector entry point or None).
 # Horizons match Gymnasium's MuJoCo v5 registrations (1000 steps; Reacher 50).
@@ -37,10 +38,11 @@ _REGISTRY: tuple[tuple[str, str, dict[str, Any], int | None, str | None], ...] =
     # native vector env steps all users in one numpy call (NEXT_STEP or SAME_STEP autoreset).
     ("prefenv/RecSlate-v0", _RECOMMENDATION, {"slate_size": 3}, None, _RECOMMENDATION_VEC),
     ("prefenv/RecSingle-v0", _RECOMMENDATION, {"slate_size": None}, None, _RECOMMENDATION_VEC),
-    # Text: the env truncates after its own `max_new_tokens` (default 48), so no TimeLimit.
-    ("prefenv/TextSentiment-v0", _TEXT_TASK, {"task": "sentiment"}, None, None),
-    ("prefenv/TextKeyword-v0", _TEXT_TASK, {"task": "keyword"}, None, None),
-    ("prefenv/TextConcise-v0", _TEXT_TASK, {"task": "concise"}, None, None),
+    # Text: the env truncates after its own `max_new_tokens` (default 48), so no TimeLimit; the
+    # native vector env shifts every row's window in one numpy call.
+    ("prefenv/TextSentiment-v0", _TEXT_TASK, {"task": "sentiment"}, None, _TEXT_VEC),
+    ("prefenv/TextKeyword-v0", _TEXT_TASK, {"task": "keyword"}, None, _TEXT_VEC),
+    ("prefenv/TextConcise-v0", _TEXT_TASK, {"task": "concise"}, None, _TEXT_VEC),
     # Multi-turn: the env ends the dialogue itself (goal met, user left, or its max_turns).
     ("prefenv/TextDialogue-v0", "envs.text.dialogue:DialogueEnv", {}, None, None),
 )

@@ -186,7 +186,7 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         self.vocab_size = len(self.tokenizer)
         self.window = max_prompt_tokens + max_new_tokens
         self.prompts = load_prompts(prompts)
-        self._prompt_ids = self._encode(self.prompts)
+        self.prompt_ids = self.encode_prompts(self.prompts)
         self.observation_space = spaces.Dict(
             {
                 "input_ids": spaces.Box(0, self.vocab_size - 1, (self.window,), np.int64),
@@ -204,7 +204,7 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
 
     # ------------------------------------------------------------------ prompts
 
-    def _encode(self, prompts: list[str]) -> list[list[int]]:
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of every prompt (BOS first when enabled); checks they fit the window."""
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
@@ -241,7 +241,7 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
         if "prompt" in options:
             index = -1
             self._prompt = str(options["prompt"])
-            ids = self._encode([self._prompt])[0]
+            ids = self.encode_prompts([self._prompt])[0]
         else:
             if "prompt_index" in options:
                 index = int(options["prompt_index"])
@@ -252,7 +252,7 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
             else:
                 index = int(self.np_random.integers(len(self.prompts)))
             self._prompt = self.prompts[index]
-            ids = self._prompt_ids[index]
+            ids = self.prompt_ids[index]
         self._ids.fill(self.pad_token_id)
         self._mask.fill(0)
         self._ids[-len(ids) :] = ids

@@ -343,18 +343,17 @@ def _ppo_agent(config: TextPipelineConfig, out: Path, tokenizer: Any, env: Any, 
 def _reward_env(config: TextPipelineConfig, out: Path, tokenizer: Any, episodes: list) -> Any:
     """The vector text env whose ``VectorPreferenceReward`` scores every episode that ends in a
     vector step in one batched call (whitened with the rm stage's statistics, clipped to
-    ``reward_clip``), with the :class:`~prefenv.app.text_monitor.EpisodeLog` above it."""
-    import gymnasium as gym
-
+    ``reward_clip``), with the :class:`~prefenv.app.text_monitor.EpisodeLog` above it. The
+    native :class:`~envs.text.vector_env.TextVectorEnv`: the same episodes as a
+    ``SyncVectorEnv`` of the task, in one numpy step."""
     from envs.text import TextTask
+    from envs.text.vector_env import TextVectorEnv
     from prefenv.app.text_monitor import EpisodeLog
     from prefenv.wrappers import VectorPreferenceReward
 
     prompts = _train_prompts(config)
-    venv = gym.vector.SyncVectorEnv(
-        [lambda: TextTask(config.task, tokenizer, prompts, max_new_tokens=config.max_new_tokens)]
-        * config.n_envs
-    )
+    task = TextTask(config.task, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
+    venv = TextVectorEnv(task, config.n_envs)
     predictor = _reward_predictor(
         config, out, tokenizer, venv.single_observation_space, venv.single_action_space
     )
