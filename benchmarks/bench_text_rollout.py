@@ -9,13 +9,15 @@ method), same prompts, batch 32, 48 new tokens, sampling at temperature 1:
 - ``generate_nocache``: the same with ``use_cache=False`` (recomputes the prefix every token);
 - ``generate_eos``: rows may stop at EOS; counts tokens up to each row's EOS
   (the batch still runs until its longest row ends: the rollout-shaped use of ``generate``);
-- ``env``: 32 ``prefenv/TextSentiment-v0`` envs in a ``SyncVectorEnv`` stepped with
-  ``CausalLMPolicy.act`` (KV cache across steps; the prompts of rows that autoreset are prefilled
-  the policy's default way for the device: a forward of their own on a CPU, merged into the
-  step's forward on an accelerator); the count is generated tokens (valid env steps, EOS
-  included), time includes env stepping and scoring;
-- ``env_merged`` / ``env_separate`` (with ``--model``): ``env`` with the other prefill mode
-  (``merged_prefill``), to check the device default;
+- ``env``: 32 rows of ``prefenv/TextSentiment-v0`` in its native vector env
+  (:class:`envs.text.vector_env.TextVectorEnv`, what ``prefenv.make_vec`` and the text pipeline's
+  PPO-KL stage step) stepped with ``CausalLMPolicy.act`` (KV cache across steps; the prompts of
+  rows that autoreset are packed into the step's forward beside the other rows' newest tokens,
+  the policy's default, :mod:`agents.text.kv_cache`); the count is generated tokens (valid env
+  steps, EOS included), time includes env stepping and scoring;
+- ``env_sync``: ``env`` through a ``SyncVectorEnv`` of 32 single envs (the same episodes);
+- ``env_separate`` / ``env_padded``: ``env`` with the other prefill modes (a forward of their
+  own for the new prompts; the new prompts padded into the step's forward);
 - ``sampler``: :func:`agents.text.sampling.sample_completions` (its own KV-cache loop, rows
   stop at EOS: compare with ``generate_eos``), what the rm, eval and GRPO stages sample with;
 - ``env+ref``: as ``env`` plus the frozen reference's ``log_prob`` each step, what the PPO-KL
@@ -49,6 +51,7 @@ from agents.text.lm_policy import CausalLMPolicy, frozen_reference
 from agents.text.sampling import sample_completions
 from envs.text import TextTask, default_tokenizer, load_lm, tiny_gpt2_config
 from envs.text.corpus import generate_prompts
+from envs.text.vector_env import TextVectorEnv
 
 BATCH = 32
 NEW_TOKENS = 48
@@ -128,14 +131,19 @@ def run_sampler(model, tok, prompts: list[str]) -> tuple[float, float]:
 
 
 def run_env(
-    model, tok, prompts: list[str], with_ref: bool, merged_prefill: bool | None = None
+    model,
+    tok,
+    prompts: list[str],
+    with_ref: bool,
+    prefill: str | None = None,
+    sync: bool = False,
 ) -> tuple[float, float]:
-    """Generated tokens per (wall, CPU) second of ``NEW_TOKENS`` vector steps of ``policy.act``."""
-    env = gym.vector.SyncVectorEnv(
-        [lambda: TextTask("sentiment", tok, prompts, max_new_tokens=NEW_TOKENS)] * BATCH
-    )
+    """Generated tokens per (wall, CPU) second of ``NEW_TOKENS`` vector steps of ``policy.act``
+    (``sync``: through a ``SyncVectorEnv`` of single envs instead of the native vector env)."""
+    task = lambda: TextTask("sentiment", tok, prompts, max_new_tokens=NEW_TOKENS)  # noqa: E731
+    env = gym.vector.SyncVectorEnv([task] * BATCH) if sync else TextVectorEnv(task(), BATCH)
     device = _device(model)
-    policy = CausalLMPolicy(model, action_dim=len(tok), merged_prefill=merged_prefill).to(device)
+    policy = CausalLMPolicy(model, action_dim=len(tok), prefill=prefill).to(device)
     ref = frozen_reference(policy) if with_ref else None
     obs, _ = env.reset(seed=0)
     done = np.zeros(BATCH, dtype=bool)
@@ -173,14 +181,12 @@ def main(argv: list[str] | None = None) -> None:
         "generate": lambda: run_generate(model, tok, prompts, use_cache=True),
         "env": lambda: run_env(model, tok, prompts, with_ref=False),
         "env+ref": lambda: run_env(model, tok, prompts, with_ref=True),
+        "env_sync": lambda: run_env(model, tok, prompts, with_ref=False, sync=True),
     }
     methods["generate_eos"] = lambda: run_generate(model, tok, prompts, True, True)
     methods["sampler"] = lambda: run_sampler(model, tok, prompts)
-    if args.model is not None:  # a trained LM ends episodes early: the other prefill mode too
-        merged = _device(model).type == "cpu"  # the mode the policy does not pick by default
-        methods["env_merged" if merged else "env_separate"] = lambda: run_env(
-            model, tok, prompts, with_ref=False, merged_prefill=merged
-        )
+    for mode in ("separate", "padded"):  # a trained LM ends episodes early: prefills matter
+        methods[f"env_{mode}"] = lambda mode=mode: run_env(model, tok, prompts, False, mode)
     if not args.skip_nocache:
         methods["generate_nocache"] = lambda: run_generate(model, tok, prompts, use_cache=False)
     for fn in methods.values():  # warm-up

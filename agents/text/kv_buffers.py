@@ -1,22 +1,82 @@
 """The key/value buffers of :mod:`agents.text.kv_cache`: a ``transformers`` cache layer that
-the model writes in place.
+the model writes in place, and the attention function of a packed step.
 
 A module of its own so that importing :mod:`agents.text.kv_cache` (and the policy and LoRA
 modules above it, which the command line imports) needs no ``transformers``: the text extra is
 imported only where a cache is built.
+
+**Packed steps.** A rollout step where some rows restarted feeds the model one flat sequence
+``[1, T]``: each continuing row's newest token and each restarted row's whole prompt, ``T`` real
+tokens and no padding. Every part of a decoder but attention works token by token, so only
+attention needs to know which row a token belongs to. :data:`PACKED` names an attention
+implementation (registered with ``transformers.AttentionInterface``) that the step selects for
+its forward: it attends each row's newest token to that row's cached keys and values (one query
+per row), and the earlier tokens of the new prompts, placed in a small grid of their own rows,
+causally within each prompt. The linear layers, which dominate a forward, see ``T`` tokens.
 """
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
+from torch.nn import functional as F
+from transformers import AttentionInterface
 from transformers.cache_utils import DynamicLayer
 
 if TYPE_CHECKING:
-    from agents.text.kv_cache import _Span
+    from agents.text.kv_cache import _Packing, _Span
 
-__all__ = ["BufferLayer"]
+__all__ = ["PACKED", "BufferLayer", "packing"]
+
+PACKED = "prefenv_packed"
+"""The attention implementation a packed step sets on the model's config for its forward."""
+
+packing: contextvars.ContextVar[_Packing | None] = contextvars.ContextVar("packing", default=None)
+"""The running packed step's layout, read by :func:`packed_attention`."""
+
+
+def packed_attention(
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """Attention of the packed queries ``[1, heads, T, d]`` against each row's keys and values
+    ``[N, kv_heads, C, d]`` (what :meth:`BufferLayer.update` returned); ``[1, T, heads, d]``.
+
+    Two calls: every row's newest token (one query per row, all live columns), then the earlier
+    tokens of new prompts, causally, against their own rows only.
+    """
+    plan = packing.get()
+    if plan is None:
+        raise RuntimeError(f"the {PACKED!r} attention runs only inside a packed cache step")
+    tokens = query[0].transpose(0, 1)  # [T, heads, d]
+    rows, heads, dim = plan.visible.shape[0], tokens.shape[1], tokens.shape[2]
+    gqa = key.shape[1] != heads
+    newest = F.scaled_dot_product_attention(
+        tokens[:rows].unsqueeze(2), key, value, attn_mask=plan.visible, scale=scaling,
+        enable_gqa=gqa,
+    ).squeeze(2)  # fmt: skip
+    if plan.prompt_rows is None:
+        return newest.unsqueeze(0), None
+    k, width, q = len(plan.prompt_rows), plan.queries - 1, plan.queries
+    grid = tokens[plan.prompt_grid].view(k, width, heads, dim).transpose(1, 2)
+    earlier = F.scaled_dot_product_attention(
+        grid, key[plan.prompt_rows, :, -q:], value[plan.prompt_rows, :, -q:],
+        attn_mask=plan.prompt_visible, scale=scaling, enable_gqa=gqa,
+    )  # fmt: skip
+    earlier = earlier.transpose(1, 2).reshape(k * width, heads, dim)[plan.prompt_slots]
+    return torch.cat([newest, earlier]).unsqueeze(0), None
+
+
+AttentionInterface.register(PACKED, packed_attention)
 
 
 class BufferLayer(DynamicLayer):
@@ -47,7 +107,11 @@ class BufferLayer(DynamicLayer):
         """Store the new tokens ``[N, heads, q, head_dim]``; return the live keys and values."""
         span = self.span
         buffers = self._allocated(key_states, value_states)
+        plan = packing.get()
         for buf, new in zip(buffers, (key_states, value_states), strict=True):
+            if plan is not None:  # a packed step: token t goes to (rows[t], columns[t])
+                buf[plan.rows, :, plan.columns] = new[0].transpose(0, 1)
+                continue
             buf[:, :, span.end] = new[:, :, -1]
             if span.restarted is not None and span.queries > 1:
                 rows, first = span.restarted, span.end - span.queries + 1

@@ -3,21 +3,24 @@
 A :class:`KVState` follows a batch of left-padded episodes (rows of the text env's observation)
 across steps. :func:`extend_cache` brings it up to date with the next observation and runs each
 row's newest token. A row that is the cached one plus one token costs that token only; a row that
-started a new episode (vector-env autoreset) needs its prompt prefilled, in one of two ways:
+started a new episode (vector-env autoreset) needs its prompt prefilled, in one of three ways
+(``prefill``):
 
-- **separate** (the default on a CPU): one forward over the restarted rows' prompts but the last
-  token, written into their rows of the cache, then the step's forward over every row;
-- **merged** (the default on an accelerator): a single forward over ``[N, prompt length]`` where
-  restarted rows feed their prompts and continuing rows their last tokens (recomputed, their
-  keys/values not stored), so every step costs one forward.
+- **packed** (the default where the model supports it: Hugging Face models that route attention
+  through ``AttentionInterface``, e.g. GPT-2, Llama, Mistral): a single forward over the step's
+  real tokens, flat, ``[1, T]``: each continuing row's newest token and each restarted row's
+  whole prompt (:mod:`agents.text.kv_buffers` explains the attention). One forward a step and no
+  padded tokens;
+- **separate**: one forward over the restarted rows' prompts but the last token, written into
+  their rows of the cache, then the step's forward over every row;
+- **padded**: a single forward over ``[N, prompt length]`` where restarted rows feed their prompts
+  and continuing rows their last tokens (recomputed, their keys/values not stored).
 
-Which is faster depends on the hardware: merging saves a forward's fixed cost (Python and kernel
-launches, which dominate a small model's forward on a GPU, where the extra tokens are nearly free)
-but computes ``prompt length - 1`` extra tokens per continuing row. On the default tiny GPT-2 on
-one CPU thread (batch 32, prompts of ~6 tokens) the merged forward takes ~11 ms where the step
-(~5 ms) plus a ``[2, 6]`` prefill (~3 ms) take ~8 ms, and env rollouts run 10-25% slower merged
-(benchmarks/bench_text_rollout.py, method ``env_merged``). On an H200 the merged mode won (0.70x
-forced ``generate`` against 0.54x separate, ``--device cuda``; benchmarks/RESULTS.md).
+On the default tiny GPT-2 on one CPU thread (batch 32, prompts of ~6 tokens) a forward's fixed
+cost (~2 ms of Python and dispatch) outweighs its arithmetic: the step takes ~4 ms, a separate
+``[2, 6]`` prefill ~2.5 ms more, the padded forward ~9 ms, the packed one little more than the
+step (benchmarks/bench_text_rollout.py; RESULTS.md). Padded is the fallback on accelerators for
+models without the attention interface, separate on a CPU.
 
 The cache lives in preallocated buffers ``[N, heads, capacity, head_dim]`` per layer
 (:class:`~agents.text.kv_buffers.BufferLayer`) that the model writes in place (Hugging Face's
@@ -43,7 +46,19 @@ if TYPE_CHECKING:  # transformers is imported where a cache is built: the text e
 
     from agents.text.kv_buffers import BufferLayer
 
-__all__ = ["Extended", "KVState", "cache_kwarg", "distinct_rows", "extend_cache", "positions"]
+__all__ = [
+    "PREFILL_MODES",
+    "Extended",
+    "KVState",
+    "cache_kwarg",
+    "distinct_rows",
+    "extend_cache",
+    "packable",
+    "positions",
+]
+
+PREFILL_MODES = ("packed", "separate", "padded")
+"""Where :func:`extend_cache` prefills the prompts of restarted rows (see the module docstring)."""
 
 
 def positions(mask: Tensor) -> Tensor:
@@ -60,6 +75,32 @@ def distinct_rows(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     rows = torch.arange(len(ids), device=ids.device)
     first = torch.full((int(inverse.max()) + 1,), len(ids), device=ids.device)
     return first.scatter_reduce(0, inverse, rows, "amin"), inverse
+
+
+@dataclass
+class _Packing:
+    """The layout of a packed step's ``T`` tokens (:mod:`agents.text.kv_buffers`): first every
+    row's newest token (token ``i`` is row ``i``'s), then the new prompts' earlier tokens.
+
+    Attributes:
+        rows, columns: ``[T]`` the cache row and column each token's keys/values go to.
+        visible: ``[N, 1, 1, live]`` bool, the live cache columns of each row.
+        queries: the longest new prompt ``q``; its tokens sit in the last ``q`` live columns.
+        prompt_rows: ``[k]`` the restarted rows whose prompts have more than one token, or None.
+        prompt_grid: ``[k * (q - 1)]`` the token in each slot of their ``[k, q - 1]`` grid of
+            earlier tokens (right-aligned; an empty slot repeats its row's newest token).
+        prompt_slots: ``[T - N]`` the grid slot of each of those earlier tokens, in token order.
+        prompt_visible: ``[k, 1, q - 1, q]`` bool, causal inside each prompt.
+    """
+
+    rows: Tensor
+    columns: Tensor
+    visible: Tensor
+    queries: int = 1
+    prompt_rows: Tensor | None = None
+    prompt_grid: Tensor | None = None
+    prompt_slots: Tensor | None = None
+    prompt_visible: Tensor | None = None
 
 
 @dataclass
@@ -161,8 +202,18 @@ def _continuing(state: KVState, ids: Tensor, mask: Tensor) -> Tensor:
     return same_prefix & (mask.sum(-1) == state.lengths + 1)
 
 
+def packable(base: nn.Module) -> bool:
+    """Whether ``base`` can run packed steps: its attention goes through ``transformers``'
+    ``AttentionInterface`` (the model class says so with ``_supports_attention_backend``)."""
+    return bool(getattr(type(base), "_supports_attention_backend", False))
+
+
 def extend_cache(
-    base: nn.Module, state: KVState | None, ids: Tensor, mask: Tensor, merged: bool = False
+    base: nn.Module,
+    state: KVState | None,
+    ids: Tensor,
+    mask: Tensor,
+    prefill: str = "separate",
 ) -> Extended:
     """Bring the cache up to ``ids[:, :-1]`` for every row, then run the last token of each.
 
@@ -171,13 +222,15 @@ def extend_cache(
         state: the cache after the previous call on this batch, or None.
         ids: ``[N, L]`` the left-padded observation's token ids.
         mask: ``[N, L]`` its attention mask (``mask[:, -1]`` all 1).
-        merged: prefill restarted rows inside the step's forward instead of a forward of their
-            own (see the module docstring for when each is faster).
+        prefill: where restarted rows' prompts run, one of :data:`PREFILL_MODES` (see the module
+            docstring); ``"packed"`` needs :func:`packable` ``(base)``.
 
     Returns:
         The hidden states ``[N, D]`` of each row's last token, and the cache covering ``ids``
         (``state`` itself, updated in place, when it could be reused).
     """
+    if prefill not in PREFILL_MODES:
+        raise ValueError(f"prefill={prefill!r}: choose one of {PREFILL_MODES}")
     if state is None or not _reusable(state, ids):
         state = _new_state(base, ids)
         restarted = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
@@ -189,8 +242,22 @@ def extend_cache(
         _forget(state, index)
     if span.end == state.mask_buf.shape[1]:
         _move_back(state)
-    queries = 1
-    if index is not None and merged:
+    if index is not None and prefill == "packed":
+        hidden = _packed_step(base, state, index, ids, mask)
+    else:
+        hidden = _step(base, state, index, ids, mask, prefill)
+    span.end += 1
+    state.ids, state.lengths = ids * mask, lengths
+    return Extended(hidden, state)
+
+
+def _step(
+    base: nn.Module, state: KVState, index: Tensor | None, ids: Tensor, mask: Tensor, prefill: str
+) -> Tensor:
+    """A step over ``[N, q]`` tokens: the newest of each row (``q = 1``), after a separate
+    prefill of the restarted rows ``index``, or with their prompts padded in (``"padded"``)."""
+    span, queries = state.span, 1
+    if index is not None and prefill == "padded":
         queries = _place_prompts(state, index, mask)
     elif index is not None:
         _prefill(base, state, index, ids, mask)
@@ -205,9 +272,58 @@ def extend_cache(
         )
     finally:
         span.queries, span.restarted = 1, None
-    span.end += 1
-    state.ids, state.lengths = ids * mask, lengths
-    return Extended(out.last_hidden_state[:, -1], state)
+    return out.last_hidden_state[:, -1]
+
+
+def _packed_step(
+    base: nn.Module, state: KVState, index: Tensor, ids: Tensor, mask: Tensor
+) -> Tensor:
+    """One forward over the step's real tokens, flat: every row's newest token, then the earlier
+    tokens of the restarted rows' prompts (``index``, forgotten before), whose keys/values end
+    at column ``end`` like every other row's newest token. Returns the hidden states ``[N, D]``
+    of the newest tokens."""
+    from agents.text.kv_buffers import PACKED, packing
+
+    span, (n, width), device = state.span, ids.shape, ids.device
+    lengths = mask.sum(-1)
+    queries = int(lengths[index].max())
+    first = span.end - queries + 1
+    state.mask_buf[index, first : span.end + 1] = mask[index, width - queries :]
+    state.mask_buf[:, span.end] = 1
+    span.start = min(span.start, first)
+    rows = torch.arange(n, device=device)
+    plan = _Packing(
+        rows, torch.full_like(rows, span.end),
+        state.mask_buf[:, span.start : span.end + 1].bool()[:, None, None], queries,
+    )  # fmt: skip
+    tokens, places = ids[:, -1], lengths - 1
+    long = index[lengths[index] > 1]
+    if len(long):  # earlier prompt tokens: [k, q - 1] grids, right-aligned
+        real = mask[long, width - queries : -1].bool()
+        slot = torch.arange(queries - 1, device=device)
+        order = real.flatten().cumsum(0).view(real.shape) - 1 + n
+        plan.prompt_rows, plan.prompt_slots = long, torch.nonzero(real.flatten()).squeeze(-1)
+        plan.prompt_grid = torch.where(real, order, long[:, None]).flatten()
+        prompt = mask[long, width - queries :].bool()[:, None]  # [k, 1, q]
+        causal = slot[:, None] >= torch.arange(queries, device=device)  # [q - 1, q]
+        plan.prompt_visible = torch.where(real[:, :, None], prompt & causal, prompt)[:, None]
+        plan.rows = torch.cat([rows, long[:, None].expand(real.shape)[real]])
+        plan.columns = torch.cat([plan.columns, (first + slot).expand(real.shape)[real]])
+        tokens = torch.cat([tokens, ids[long, width - queries : -1][real]])
+        places = torch.cat([places, (lengths[long, None] - queries + slot)[real]])
+    config = base.config
+    attention = config._attn_implementation
+    context = packing.set(plan)
+    config._attn_implementation = PACKED
+    try:
+        out = base(
+            input_ids=tokens[None], position_ids=places[None], use_cache=True,
+            **{cache_kwarg(base): state.cache},
+        )  # fmt: skip
+    finally:
+        config._attn_implementation = attention
+        packing.reset(context)
+    return out.last_hidden_state[0, :n]
 
 
 def _place_prompts(state: KVState, index: Tensor, mask: Tensor) -> int:

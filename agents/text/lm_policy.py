@@ -13,8 +13,9 @@ Two forward paths, equal up to float rounding (tested to 1e-5):
   :func:`frozen_reference`): a key/value cache (:mod:`agents.text.kv_cache`) follows a batch of
   episodes across steps. A row whose observation is the previous one plus one token costs one
   token of compute; a row that started a new episode (vector-env autoreset) has its prompt
-  prefilled, in a forward of its own or inside the step's (``merged_prefill``). So rollouts never
-  recompute the whole prefix per token.
+  prefilled inside the step's forward, its tokens packed beside the other rows' newest ones
+  (``prefill``; :mod:`agents.text.kv_cache`). So rollouts never recompute the whole prefix per
+  token, and a step is one forward.
 - **Full** (:meth:`~CausalLMPolicy.evaluate`, :meth:`~CausalLMPolicy.value` and ``log_prob``
   with gradients): one forward over the (trimmed) window, for PPO minibatches in any order.
   Rows that are prefixes of another row in the batch (earlier steps of the same episode) are
@@ -25,8 +26,7 @@ The value is a linear head on the LM's final hidden state at the last position (
 Quick start (any local model directory; ``envs.text.load_lm`` checks the tokenizer/model pair)::
 
     model, tokenizer = envs.text.load_lm("runs/default_lm")
-    env = gym.make_vec("prefenv/TextSentiment-v0", num_envs=8, vectorization_mode="sync",
-                       tokenizer=tokenizer)
+    env = prefenv.make_vec("prefenv/TextSentiment-v0", 8, tokenizer=tokenizer)
     policy = CausalLMPolicy(model, action_dim=env.single_action_space.n)
     agent = PPOKL(env, PPOKLConfig(kl_coef=0.1, gamma=1.0), policy=policy,
                   ref_policy=frozen_reference(policy))
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from agents.policies import Obs, categorical_log_prob_entropy
 from agents.text.activations import fuse_activations
-from agents.text.kv_cache import KVState, extend_cache, positions
+from agents.text.kv_cache import PREFILL_MODES, KVState, extend_cache, packable, positions
 from agents.text.sampling import sample_categorical
 
 __all__ = ["CausalLMPolicy", "frozen_reference", "sample_categorical"]
@@ -86,10 +86,10 @@ class CausalLMPolicy(nn.Module):
         incremental_log_prob: let :meth:`log_prob` use the key/value cache when called without
             gradients (what the trainer does with the frozen reference at every rollout step).
             :func:`frozen_reference` turns it on.
-        merged_prefill: run the prompts of rows that restarted (vector-env autoreset) inside the
-            step's forward rather than in a forward of their own; None: merged on accelerators,
-            separate on a CPU, where the padding costs more than the second forward
-            (:mod:`agents.text.kv_cache`).
+        prefill: where the prompts of rows that restarted (vector-env autoreset) run, one of
+            ``"packed"``, ``"separate"``, ``"padded"`` (:mod:`agents.text.kv_cache`); None:
+            packed where the model supports it, else padded on accelerators and separate on a
+            CPU.
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class CausalLMPolicy(nn.Module):
         model: nn.Module,
         action_dim: int | None = None,
         incremental_log_prob: bool = False,
-        merged_prefill: bool | None = None,
+        prefill: str | None = None,
     ) -> None:
         super().__init__()
         from agents.text.lora import is_lora
@@ -124,7 +124,15 @@ class CausalLMPolicy(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.incremental_log_prob = incremental_log_prob
-        self.merged_prefill = merged_prefill
+        if prefill is not None and prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill={prefill!r}: choose one of {PREFILL_MODES} or None")
+        if prefill == "packed" and not packable(self.base):
+            raise ValueError(
+                f"prefill='packed' needs a model whose attention goes through transformers' "
+                f"AttentionInterface; {type(self.base).__name__} does not: use 'separate' or "
+                "'padded'"
+            )
+        self.prefill = prefill
         self._act_state: KVState | None = None
         self._log_prob_state: KVState | None = None
 
@@ -208,11 +216,16 @@ class CausalLMPolicy(nn.Module):
         self._check_window(mask)
         attr = "_act_state" if which == "act" else "_log_prob_state"
         with torch.no_grad():
-            merged = self.merged_prefill
-            merged = ids.device.type != "cpu" if merged is None else merged
-            state = extend_cache(self.base, getattr(self, attr), ids, mask, merged)
+            state = extend_cache(self.base, getattr(self, attr), ids, mask, self._prefill(ids))
             setattr(self, attr, state.state)
         return state.hidden
+
+    def _prefill(self, ids: Tensor) -> str:
+        if self.prefill is not None:
+            return self.prefill
+        if packable(self.base):
+            return "packed"
+        return "separate" if ids.device.type == "cpu" else "padded"
 
     def _logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden)[:, : self.action_dim].float()

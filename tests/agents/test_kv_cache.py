@@ -1,4 +1,4 @@
-"""The rollout key/value cache: cached hidden states equal the full forward in both prefill modes,
+"""The rollout key/value cache: cached hidden states equal the full forward in every prefill mode,
 across autoresets, buffer moves, architectures and inference-mode switches; exact sampling."""
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ def _roll(policy: CausalLMPolicy, env, steps: int, seed: int = 0):
         obs, *_ = env.step(actions.numpy())
 
 
-@pytest.mark.parametrize("merged", [False, True], ids=["separate", "merged"])
+@pytest.mark.parametrize("prefill", ["packed", "separate", "padded"])
 @pytest.mark.parametrize("arch", [_gpt2, _llama, _mistral_sliding], ids=["gpt2", "llama", "swa"])
-def test_cached_hidden_equals_full_forward(tok, merged: bool, arch) -> None:
-    policy = CausalLMPolicy(arch(tok), action_dim=len(tok), merged_prefill=merged)
+def test_cached_hidden_equals_full_forward(tok, prefill: str, arch) -> None:
+    policy = CausalLMPolicy(arch(tok), action_dim=len(tok), prefill=prefill)
     env = _vector_env(tok)
     ends, restarts, previous = [], 0, None
     for obs_t, hidden in _roll(policy, env, steps=40):
@@ -102,12 +102,49 @@ def test_cached_hidden_equals_full_forward(tok, merged: bool, arch) -> None:
     assert any(b < a for a, b in zip(ends, ends[1:], strict=False)), "the buffers never moved"
 
 
-def test_merged_and_separate_prefill_agree(tok) -> None:
+def test_the_three_prefill_modes_agree(tok) -> None:
     model = _gpt2(tok)
-    separate = CausalLMPolicy(model, action_dim=len(tok), merged_prefill=False)
-    merged = CausalLMPolicy(model, action_dim=len(tok), merged_prefill=True)
+    separate = CausalLMPolicy(model, action_dim=len(tok), prefill="separate")
+    others = [CausalLMPolicy(model, action_dim=len(tok), prefill=p) for p in ("packed", "padded")]
     for obs_t, hidden in _roll(separate, _vector_env(tok), steps=20, seed=3):
-        torch.testing.assert_close(merged.cached_hidden(obs_t, "act"), hidden, atol=1e-5, rtol=0)
+        for policy in others:
+            torch.testing.assert_close(
+                policy.cached_hidden(obs_t, "act"), hidden, atol=1e-5, rtol=0
+            )
+
+
+def _forwards(policy: CausalLMPolicy, env, steps: int) -> int:
+    """Trunk forwards during ``steps`` cached steps (after the first, which prefills every row)."""
+    calls = []
+    rollout = _roll(policy, env, steps=steps)
+    next(rollout)
+    hook = policy.base.register_forward_hook(lambda *_: calls.append(1))
+    for _ in rollout:
+        pass
+    hook.remove()
+    return len(calls)
+
+
+def test_a_packed_step_is_one_forward_and_restores_the_attention(tok) -> None:
+    model = _gpt2(tok)
+    attention = model.config._attn_implementation
+    packed = CausalLMPolicy(model, action_dim=len(tok))  # the default where the model allows it
+    separate = CausalLMPolicy(model, action_dim=len(tok), prefill="separate")
+    assert _forwards(packed, _vector_env(tok), steps=30) == 29
+    assert model.config._attn_implementation == attention  # generate etc. see the model as it was
+    assert _forwards(separate, _vector_env(tok), steps=30) > 29 + 10  # restarts cost a forward
+
+
+def test_packing_needs_the_attention_interface(tok, monkeypatch) -> None:
+    from transformers import GPT2Model
+
+    monkeypatch.setattr(GPT2Model, "_supports_attention_backend", False)
+    with pytest.raises(ValueError, match="AttentionInterface.*use 'separate' or 'padded'"):
+        CausalLMPolicy(_gpt2(tok), action_dim=len(tok), prefill="packed")
+    with pytest.raises(ValueError, match="prefill='fast'"):
+        CausalLMPolicy(_gpt2(tok), action_dim=len(tok), prefill="fast")
+    policy = CausalLMPolicy(_gpt2(tok), action_dim=len(tok))  # falls back to a separate prefill
+    assert _forwards(policy, _vector_env(tok), steps=30) > 29 + 10
 
 
 def test_cache_built_in_inference_mode_is_rebuilt_outside_it(tok) -> None:
