@@ -243,7 +243,7 @@ def extend_cache(
     if span.end == state.mask_buf.shape[1]:
         _move_back(state)
     if index is not None and prefill == "packed":
-        hidden = _packed_step(base, state, index, ids, mask)
+        hidden = _packed_step(base, state, index, ids, mask, lengths)
     else:
         hidden = _step(base, state, index, ids, mask, prefill)
     span.end += 1
@@ -276,16 +276,15 @@ def _step(
 
 
 def _packed_step(
-    base: nn.Module, state: KVState, index: Tensor, ids: Tensor, mask: Tensor
+    base: nn.Module, state: KVState, index: Tensor, ids: Tensor, mask: Tensor, lengths: Tensor
 ) -> Tensor:
     """One forward over the step's real tokens, flat: every row's newest token, then the earlier
     tokens of the restarted rows' prompts (``index``, forgotten before), whose keys/values end
     at column ``end`` like every other row's newest token. Returns the hidden states ``[N, D]``
-    of the newest tokens."""
+    of the newest tokens (``lengths`` ``[N]``: each row's real tokens)."""
     from agents.text.kv_buffers import PACKED, packing
 
     span, (n, width), device = state.span, ids.shape, ids.device
-    lengths = mask.sum(-1)
     queries = int(lengths[index].max())
     first = span.end - queries + 1
     state.mask_buf[index, first : span.end + 1] = mask[index, width - queries :]
