@@ -11,8 +11,9 @@ tokens and no padding. Every part of a decoder but attention works token by toke
 attention needs to know which row a token belongs to. :data:`PACKED` names an attention
 implementation (registered with ``transformers.AttentionInterface``) that the step selects for
 its forward: it attends each row's newest token to that row's cached keys and values (one query
-per row), and the earlier tokens of the new prompts, placed in a small grid of their own rows,
-causally within each prompt. The linear layers, which dominate a forward, see ``T`` tokens.
+per row), and the earlier tokens of the new prompts, laid out as a grid at the end of the
+sequence, causally to each other (a restarted row's cache holds nothing older). The linear
+layers, which dominate a forward, see ``T`` tokens.
 """
 
 from __future__ import annotations
@@ -51,28 +52,31 @@ def packed_attention(
     """Attention of the packed queries ``[1, heads, T, d]`` against each row's keys and values
     ``[N, kv_heads, C, d]`` (what :meth:`BufferLayer.update` returned); ``[1, T, heads, d]``.
 
-    Two calls: every row's newest token (one query per row, all live columns), then the earlier
-    tokens of new prompts, causally, against their own rows only.
+    Two calls: every row's newest token (one query per row, all live columns), then the grid of
+    the new prompts' earlier tokens against the grid's own keys (:class:`~agents.text.kv_cache.
+    _Packing`), causally.
     """
     plan = packing.get()
     if plan is None:
         raise RuntimeError(f"the {PACKED!r} attention runs only inside a packed cache step")
-    tokens = query[0].transpose(0, 1)  # [T, heads, d]
-    rows, heads, dim = plan.visible.shape[0], tokens.shape[1], tokens.shape[2]
+    rows, heads, dim = plan.visible.shape[0], query.shape[1], query.shape[-1]
     gqa = key.shape[1] != heads
     newest = F.scaled_dot_product_attention(
-        tokens[:rows].unsqueeze(2), key, value, attn_mask=plan.visible, scale=scaling,
-        enable_gqa=gqa,
+        query[0, :, :rows].transpose(0, 1).unsqueeze(2), key, value, attn_mask=plan.visible,
+        scale=scaling, enable_gqa=gqa,
     ).squeeze(2)  # fmt: skip
-    if plan.prompt_rows is None:
+    if not plan.prompts:
         return newest.unsqueeze(0), None
-    k, width, q = len(plan.prompt_rows), plan.queries - 1, plan.queries
-    grid = tokens[plan.prompt_grid].view(k, width, heads, dim).transpose(1, 2)
+    k = plan.prompts
+
+    def grid(states: Tensor) -> Tensor:  # [1, h, T, d] -> the prompt grid [k, h, q - 1, d]
+        return states[0, :, rows:].unflatten(1, (k, -1)).transpose(0, 1)
+
     earlier = F.scaled_dot_product_attention(
-        grid, key[plan.prompt_rows, :, -q:], value[plan.prompt_rows, :, -q:],
-        attn_mask=plan.prompt_visible, scale=scaling, enable_gqa=gqa,
+        grid(query), grid(plan.new_keys), grid(plan.new_values), attn_mask=plan.prompt_visible,
+        scale=scaling, enable_gqa=gqa,
     )  # fmt: skip
-    earlier = earlier.transpose(1, 2).reshape(k * width, heads, dim)[plan.prompt_slots]
+    earlier = earlier.transpose(1, 2).reshape(-1, heads, dim)
     return torch.cat([newest, earlier]).unsqueeze(0), None
 
 
@@ -108,6 +112,8 @@ class BufferLayer(DynamicLayer):
         span = self.span
         buffers = self._allocated(key_states, value_states)
         plan = packing.get()
+        if plan is not None:
+            plan.new_keys, plan.new_values = key_states, value_states
         for buf, new in zip(buffers, (key_states, value_states), strict=True):
             if plan is not None:  # a packed step: token t goes to (rows[t], columns[t])
                 buf[plan.rows, :, plan.columns] = new[0].transpose(0, 1)

@@ -80,27 +80,27 @@ def distinct_rows(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 @dataclass
 class _Packing:
     """The layout of a packed step's ``T`` tokens (:mod:`agents.text.kv_buffers`): first every
-    row's newest token (token ``i`` is row ``i``'s), then the new prompts' earlier tokens.
+    row's newest token (token ``i`` is row ``i``'s), then a ``[k, q - 1]`` grid, row-major, of
+    the earlier tokens of the ``k`` new prompts longer than one token (right-aligned; a shorter
+    prompt's empty slots hold padding whose keys go to columns masked for its row).
 
     Attributes:
         rows, columns: ``[T]`` the cache row and column each token's keys/values go to.
         visible: ``[N, 1, 1, live]`` bool, the live cache columns of each row.
-        queries: the longest new prompt ``q``; its tokens sit in the last ``q`` live columns.
-        prompt_rows: ``[k]`` the restarted rows whose prompts have more than one token, or None.
-        prompt_grid: ``[k * (q - 1)]`` the token in each slot of their ``[k, q - 1]`` grid of
-            earlier tokens (right-aligned; an empty slot repeats its row's newest token).
-        prompt_slots: ``[T - N]`` the grid slot of each of those earlier tokens, in token order.
-        prompt_visible: ``[k, 1, q - 1, q]`` bool, causal inside each prompt.
+        prompts: ``k``, the rows of the grid (0: no grid).
+        prompt_visible: ``[k, 1, q - 1, q - 1]`` bool: causal inside each prompt, its real
+            tokens only (an empty slot sees itself, so no query row is empty).
+        new_keys, new_values: the running layer's keys/values of the ``T`` tokens, set by
+            :meth:`~agents.text.kv_buffers.BufferLayer.update` (the grid attends to these).
     """
 
     rows: Tensor
     columns: Tensor
     visible: Tensor
-    queries: int = 1
-    prompt_rows: Tensor | None = None
-    prompt_grid: Tensor | None = None
-    prompt_slots: Tensor | None = None
+    prompts: int = 0
     prompt_visible: Tensor | None = None
+    new_keys: Tensor | None = None
+    new_values: Tensor | None = None
 
 
 @dataclass
@@ -293,23 +293,21 @@ def _packed_step(
     rows = torch.arange(n, device=device)
     plan = _Packing(
         rows, torch.full_like(rows, span.end),
-        state.mask_buf[:, span.start : span.end + 1].bool()[:, None, None], queries,
+        state.mask_buf[:, span.start : span.end + 1].bool()[:, None, None],
     )  # fmt: skip
     tokens, places = ids[:, -1], lengths - 1
     long = index[lengths[index] > 1]
-    if len(long):  # earlier prompt tokens: [k, q - 1] grids, right-aligned
-        real = mask[long, width - queries : -1].bool()
-        slot = torch.arange(queries - 1, device=device)
-        order = real.flatten().cumsum(0).view(real.shape) - 1 + n
-        plan.prompt_rows, plan.prompt_slots = long, torch.nonzero(real.flatten()).squeeze(-1)
-        plan.prompt_grid = torch.where(real, order, long[:, None]).flatten()
-        prompt = mask[long, width - queries :].bool()[:, None]  # [k, 1, q]
-        causal = slot[:, None] >= torch.arange(queries, device=device)  # [q - 1, q]
-        plan.prompt_visible = torch.where(real[:, :, None], prompt & causal, prompt)[:, None]
-        plan.rows = torch.cat([rows, long[:, None].expand(real.shape)[real]])
-        plan.columns = torch.cat([plan.columns, (first + slot).expand(real.shape)[real]])
-        tokens = torch.cat([tokens, ids[long, width - queries : -1][real]])
-        places = torch.cat([places, (lengths[long, None] - queries + slot)[real]])
+    if len(long):  # the grid of earlier prompt tokens, padding included
+        k, slot = len(long), torch.arange(queries - 1, device=device)
+        real = mask[long, width - queries : -1].bool()  # [k, q - 1]
+        causal = slot[:, None] >= slot  # [q - 1, q - 1]
+        self_only = (slot[:, None] == slot) & ~real[:, :, None]
+        plan.prompts, plan.prompt_visible = k, ((causal & real[:, None]) | self_only)[:, None]
+        plan.rows = torch.cat([rows, long.repeat_interleave(queries - 1)])
+        plan.columns = torch.cat([plan.columns, (first + slot).repeat(k)])
+        tokens = torch.cat([tokens, ids[long, width - queries : -1].flatten()])
+        at = (lengths[long, None] - queries + slot).clamp(min=0)
+        places = torch.cat([places, at.flatten()])
     config = base.config
     attention = config._attn_implementation
     context = packing.set(plan)

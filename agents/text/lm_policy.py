@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from agents.policies import Obs, categorical_log_prob_entropy
 from agents.text.activations import fuse_activations
 from agents.text.kv_cache import PREFILL_MODES, KVState, extend_cache, packable, positions
-from agents.text.sampling import sample_categorical
+from agents.text.sampling import sample_categorical, sample_probs
 
 __all__ = ["CausalLMPolicy", "frozen_reference", "sample_categorical"]
 
@@ -236,9 +236,9 @@ class CausalLMPolicy(nn.Module):
     def act(self, obs: Obs, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Next tokens ``[N]``, their log-probs ``[N]`` and values ``[N]`` (cached path)."""
         hidden = self.cached_hidden(obs, "act")
-        log_p = torch.log_softmax(self._logits(hidden), -1)
-        actions = log_p.argmax(-1) if deterministic else sample_categorical(log_p)
-        log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        probs = torch.softmax(self._logits(hidden), -1)
+        actions = probs.argmax(-1) if deterministic else sample_probs(probs)
+        log_probs = probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1).log()
         return actions, log_probs, self.value_head(hidden.float()).squeeze(-1)
 
     def evaluate(self, obs: Obs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -40,6 +40,7 @@ __all__ = [
     "completion_token_logps",
     "encode_prompts",
     "sample_categorical",
+    "sample_probs",
     "sample_completions",
     "sample_tokens",
 ]
@@ -94,13 +95,20 @@ def encode_prompts(
 
 
 def sample_categorical(log_p: Tensor) -> Tensor:
-    """One draw ``[N]`` from each row of normalized log-probs ``[N, K]``, by the inverse CDF.
+    """One draw ``[N]`` from each row of normalized log-probs ``[N, K]``, by the inverse CDF
+    (:func:`sample_probs` of ``log_p.exp()``)."""
+    return sample_probs(log_p.exp())
+
+
+def sample_probs(probs: Tensor) -> Tensor:
+    """One draw ``[N]`` from each row of probabilities ``[N, K]`` (summing to ~1), by the
+    inverse CDF.
 
     Exact sampling from one uniform per row (``torch.multinomial`` costs ~5x more per step on a
     CPU). ``u`` lies in ``(0, total]``, and the first index whose cumulative probability reaches
     it has positive probability, so a zero-probability token is never drawn.
     """
-    cdf = log_p.exp().cumsum(-1)
+    cdf = probs.cumsum(-1)
     u = (1.0 - torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(-1)
 
@@ -125,7 +133,7 @@ def sample_tokens(
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     tokens: list[Tensor] = []
     while True:
-        token = sample_categorical(torch.log_softmax(logits.float(), -1))
+        token = sample_probs(torch.softmax(logits.float(), -1))
         tokens.append(token.masked_fill(done, pad))
         done |= token == eos
         if len(tokens) == max_new_tokens or bool(done.all()):
