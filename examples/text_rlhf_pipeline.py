@@ -23,7 +23,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -38,6 +37,7 @@ from envs.text.feedback import make_text_teacher
 from envs.text.reward_config import text_reward_config
 from envs.text.reward_model import TextRewardModel
 from envs.text.reward_predictor import Whitening
+from envs.text.vector_env import TextVectorEnv
 from prefenv.app.text_eval import evaluate_text_model
 from prefenv.app.text_monitor import EpisodeLog, TextMonitor
 from prefenv.reward_training import train_reward_model
@@ -84,10 +84,10 @@ def main() -> None:
 
     # 4. PPO-KL on the learned reward, KL leash to the SFT model. The wrapper scores the episodes
     # that end at each vector step in one batch, whitened by the scores of the SFT samples.
-    venv = gym.vector.SyncVectorEnv([
-        lambda: TextTask("sentiment", tokenizer, generate_prompts(400),
-                         max_new_tokens=args.max_new_tokens)
-    ] * args.n_envs)  # fmt: skip
+    task = TextTask(
+        "sentiment", tokenizer, generate_prompts(400), max_new_tokens=args.max_new_tokens
+    )
+    venv = TextVectorEnv(task, args.n_envs)  # all rows in one numpy step
     whitening = Whitening.fit(reward.predict(prompts, first.texts), clip=5.0)
     predictor = reward.predictor(venv.single_observation_space, venv.single_action_space,
                                  tokenizer, whitening)  # fmt: skip
