@@ -231,6 +231,15 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
             )
         return [list(map(int, ids)) for ids in encoded]
 
+    def pool_index(self, index: Any) -> int:
+        """``index`` as a position in the prompt pool (``reset(options={"prompt_index": i})``)."""
+        index = int(index)
+        if not 0 <= index < len(self.prompts):
+            raise IndexError(
+                f"prompt_index {index} is outside the pool of {len(self.prompts)} prompts"
+            )
+        return index
+
     # ------------------------------------------------------------------ Gymnasium API
 
     def reset(
@@ -244,11 +253,7 @@ class TextGenerationEnv(gym.Env[ObsDict, np.int64]):
             ids = self.encode_prompts([self._prompt])[0]
         else:
             if "prompt_index" in options:
-                index = int(options["prompt_index"])
-                if not 0 <= index < len(self.prompts):
-                    raise IndexError(
-                        f"prompt_index {index} is outside the pool of {len(self.prompts)} prompts"
-                    )
+                index = self.pool_index(options["prompt_index"])
             else:
                 index = int(self.np_random.integers(len(self.prompts)))
             self._prompt = self.prompts[index]

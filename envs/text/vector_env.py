@@ -177,12 +177,7 @@ class TextVectorEnv(VectorEnv):
             texts, encoded = [text] * len(rows), [ids] * len(rows)
         else:
             if "prompt_index" in options:
-                i = int(options["prompt_index"])
-                if not 0 <= i < len(self.prompts):
-                    raise IndexError(
-                        f"prompt_index {i} is outside the pool of {len(self.prompts)} prompts"
-                    )
-                index = np.full(len(rows), i)
+                index = np.full(len(rows), env.pool_index(options["prompt_index"]))
             else:
                 index = np.array([self._rngs[r].integers(len(self.prompts)) for r in rows])
             texts = [self.prompts[i] for i in index]
