@@ -91,6 +91,10 @@ def main() -> None:
     parser.add_argument(
         "--preset", default="auto", help="auto: the task's tuned agent settings; none: defaults"
     )
+    parser.add_argument(
+        "--reward-output", default="auto",
+        help="the reward network's output (tanh, linear; auto: the task's presets entry)",
+    )  # fmt: skip
     parser.add_argument("--true-reward", action="store_true", help="train on the true reward")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core a run)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preferences"))
@@ -102,6 +106,8 @@ def main() -> None:
         tag = "true-reward"  # the folder name earlier runs used
     if args.preset != "none":
         tag += "-preset"  # earlier runs (the agents' defaults) keep their folders
+    if args.reward_output != "auto":
+        tag += f"-{args.reward_output}"
     rows = []
     for seed in args.seeds:
         spec = TrainSpec(
@@ -117,6 +123,7 @@ def main() -> None:
             initial_steps=args.initial_steps,
             seed=seed,
             preset=args.preset,
+            reward_output=args.reward_output,
             eval_episodes=0,  # evaluated below with --eval-episodes: not twice
         ).with_preset()  # as prefenv train: the task's tuned settings unless --preset none
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
