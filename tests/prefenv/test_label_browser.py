@@ -147,9 +147,11 @@ def _check_shown(page: Any, kind: str, media: dict[str, Any]) -> None:
 
 
 def _look(page: Any, kind: str) -> None:
-    """Look at the pair before answering: clips first load (the page times a label from then)."""
+    """Look at the pair before answering: wait until the page has it on screen (clips loaded,
+    text laid out), where it starts timing the label (``#pair[data-shown]``)."""
     if kind == "clips":
         page.wait_for_function(f"() => {VIDEOS}.every(v => v.readyState >= 2)")
+    page.wait_for_function("() => document.querySelector('#pair').dataset.shown !== undefined")
 
 
 def _console_error(message: Any, errors: list[str]) -> None:

@@ -42,12 +42,12 @@ def test_completion_logps_equal_the_sampling_distribution(tok, monkeypatch, grou
     prompts = generate_prompts(2) * 3 if grouped else generate_prompts(6)
     drawn: list[torch.Tensor] = []  # each step's distribution, as the cached sampler saw it
 
-    def spy(log_p: torch.Tensor) -> torch.Tensor:
-        drawn.append(log_p.clone())
-        return real(log_p)
+    def spy(probs: torch.Tensor) -> torch.Tensor:
+        drawn.append(probs.log())
+        return real(probs)
 
-    real = sampling.sample_categorical
-    monkeypatch.setattr(sampling, "sample_categorical", spy)
+    real = sampling.sample_probs
+    monkeypatch.setattr(sampling, "sample_probs", spy)
     samples = sample_completions(model, tok, prompts, max_new_tokens=8, seed=3)
     steps = torch.stack(drawn, 1)  # [N, T, V]
     picked = steps.gather(-1, samples.completion_ids[:, : steps.shape[1], None])[..., 0]

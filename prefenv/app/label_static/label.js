@@ -139,6 +139,7 @@
     stopMedia();
     state.query = null;
     state.shownAt = null;
+    delete $("pair").dataset.shown;
     $("pair").hidden = true;
     $("choose-skip").hidden = true;
     $("waiting").hidden = false;
@@ -149,6 +150,7 @@
     stopMedia();
     state.query = query;
     state.shownAt = null;
+    delete $("pair").dataset.shown;
     state.render += 1;
     $("waiting").hidden = true;
     $("pair").hidden = false;
@@ -166,7 +168,10 @@
   }
 
   function markShown(render) {
-    if (render === state.render && state.shownAt === null) state.shownAt = performance.now();
+    if (render === state.render && state.shownAt === null) {
+      state.shownAt = performance.now();
+      $("pair").dataset.shown = String(render); // the label's response time runs from here
+    }
   }
 
   function stopMedia() {
