@@ -95,6 +95,10 @@ def main() -> None:
         "--reward-output", default="auto",
         help="the reward network's output (tanh, linear; auto: the task's presets entry)",
     )  # fmt: skip
+    parser.add_argument(
+        "--query-window", type=int, default=0,
+        help="queries from the N most recent episodes only (QPA: 10); 0: every episode",
+    )  # fmt: skip
     parser.add_argument("--true-reward", action="store_true", help="train on the true reward")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core a run)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preferences"))
@@ -108,6 +112,8 @@ def main() -> None:
         tag += "-preset"  # earlier runs (the agents' defaults) keep their folders
     if args.reward_output != "auto":
         tag += f"-{args.reward_output}"
+    if args.query_window:
+        tag += f"-window{args.query_window}"
     rows = []
     for seed in args.seeds:
         spec = TrainSpec(
@@ -124,6 +130,7 @@ def main() -> None:
             seed=seed,
             preset=args.preset,
             reward_output=args.reward_output,
+            query_window=args.query_window,
             eval_episodes=0,  # evaluated below with --eval-episodes: not twice
         ).with_preset()  # as prefenv train: the task's tuned settings unless --preset none
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
