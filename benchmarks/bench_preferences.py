@@ -99,6 +99,9 @@ def main() -> None:
         "--query-window", type=int, default=0,
         help="queries from the N most recent episodes only (QPA: 10); 0: every episode",
     )  # fmt: skip
+    parser.add_argument(
+        "--rune", action="store_true", help="RUNE's decaying ensemble-disagreement bonus"
+    )
     parser.add_argument("--true-reward", action="store_true", help="train on the true reward")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core a run)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/preferences"))
@@ -114,6 +117,8 @@ def main() -> None:
         tag += f"-{args.reward_output}"
     if args.query_window:
         tag += f"-window{args.query_window}"
+    if args.rune:
+        tag += "-rune"
     rows = []
     for seed in args.seeds:
         spec = TrainSpec(
@@ -131,6 +136,7 @@ def main() -> None:
             preset=args.preset,
             reward_output=args.reward_output,
             query_window=args.query_window,
+            rune=args.rune,
             eval_episodes=0,  # evaluated below with --eval-episodes: not twice
         ).with_preset()  # as prefenv train: the task's tuned settings unless --preset none
         out = args.out / args.env.replace("/", "_") / tag / f"seed{seed}"
