@@ -13,13 +13,13 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.recommendation.catalog import Catalog, SimConfig
 from envs.recommendation.simulator import UserBatchSimulator
 from envs.recommendation.task import TaskSetup
+from envs.vector_seeding import seed_rows
 
 __all__ = ["RecommendationEnv", "RecommendationVectorEnv"]
 
@@ -219,21 +219,7 @@ class RecommendationVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        n = self.num_envs
-        if seed is None:
-            seeds: list[int | None] = [None] * n
-        elif isinstance(seed, (int, np.integer)):
-            # Gymnasium's vector-env convention (SyncVectorEnv): sub-env i is seeded seed + i
-            seeds = [int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"got {len(seeds)} seeds for {n} sub-envs")
-        mask = None if options is None else options.get("reset_mask")
-        users = np.arange(n) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
-        for u in users:
-            if seeds[u] is not None or self.sim.rngs[u] is None:
-                self.sim.rngs[u] = seeding.np_random(seeds[u])[0]
+        users = seed_rows(self.sim.rngs, seed, options)
         self.sim.reset_users(users)
         self._needs_reset[users] = False
         self._started = True

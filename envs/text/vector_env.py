@@ -16,12 +16,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.text.tasks import TextTask
 from envs.text.token_env import TextGenerationEnv, decode_completions
+from envs.vector_seeding import seed_rows
 
 __all__ = ["TextVectorEnv", "text_task_vector_env"]
 
@@ -87,8 +87,9 @@ class TextVectorEnv(VectorEnv):
         self._ids = np.full((n, width), env.pad_token_id, dtype=np.int64)
         self._mask = np.zeros((n, width), dtype=np.int8)
         self._prompt_length = np.ones((n, 1), dtype=np.int64)
+        self._arrays = {"attention_mask": self._mask, "input_ids": self._ids,
+                        "prompt_length": self._prompt_length}  # fmt: skip
         self._generated = np.zeros(n, dtype=np.int64)
-        self._prompt_index = np.zeros(n, dtype=np.int64)
         self._prompt_text = np.full(n, "", dtype=object)
         self._rngs: list[np.random.Generator | None] = [None] * n
         self._needs_reset = np.zeros(n, dtype=bool)
@@ -99,22 +100,8 @@ class TextVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        n = self.num_envs
-        if seed is None:
-            seeds: list[int | None] = [None] * n
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(n)]  # SyncVectorEnv: sub-env i gets seed + i
-        else:
-            seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"got {len(seeds)} seeds for {n} sub-envs")
-        options = dict(options or {})
-        mask = options.pop("reset_mask", None)
-        rows = np.arange(n) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
-        for i in rows:
-            if seeds[i] is not None or self._rngs[i] is None:
-                self._rngs[i] = seeding.np_random(seeds[i])[0]
-        infos = self._reset_rows(rows, options)
+        rows = seed_rows(self._rngs, seed, options)
+        infos = self._reset_rows(rows, options or {})
         self._needs_reset[rows] = False
         self._started = True
         return self._obs(), infos
@@ -189,7 +176,6 @@ class TextVectorEnv(VectorEnv):
             self._mask[r, -len(ids) :] = 1
             self._prompt_length[r, 0] = len(ids)
         self._generated[rows] = 0
-        self._prompt_index[rows] = index
         self._prompt_text[rows] = texts
         reset = np.zeros(self.num_envs, dtype=bool)
         reset[rows] = True
@@ -220,21 +206,10 @@ class TextVectorEnv(VectorEnv):
                 "completion_tokens": tokens, "_completion_tokens": mask.copy()}  # fmt: skip
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {
-            "attention_mask": self._mask.copy(),
-            "input_ids": self._ids.copy(),
-            "prompt_length": self._prompt_length.copy(),
-        }
+        return {key: array.copy() for key, array in self._arrays.items()}
 
     def _row_obs(self, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
-        return [
-            {
-                "attention_mask": self._mask[i].copy(),
-                "input_ids": self._ids[i].copy(),
-                "prompt_length": self._prompt_length[i].copy(),
-            }  # fmt: skip
-            for i in rows
-        ]
+        return [{key: array[i].copy() for key, array in self._arrays.items()} for i in rows]
 
 
 def _true_reward(rows: np.ndarray) -> dict[str, Any]:
@@ -246,10 +221,12 @@ def _merge(infos: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Masked info arrays of disjoint rows, merged key by key (as ``SyncVectorEnv._add_info``)."""
     out = dict(infos)
     for key, value in extra.items():
-        if key.startswith("_") or key not in out:
-            out[key] = value if key not in out else out[key] | value
-            continue
-        out[key] = np.where(extra[f"_{key}"], value, out[key]).astype(out[key].dtype)
+        if key not in out:
+            out[key] = value
+        elif key.startswith("_"):  # a mask: the rows of both
+            out[key] = out[key] | value
+        else:
+            out[key] = np.where(extra[f"_{key}"], value, out[key]).astype(out[key].dtype)
     return out
 
 
