@@ -59,6 +59,13 @@ def packed_attention(
     plan = packing.get()
     if plan is None:
         raise RuntimeError(f"the {PACKED!r} attention runs only inside a packed cache step")
+    for option in ("softcap", "s_aux"):  # logit soft-capping (Gemma 2), attention sinks
+        if kwargs.get(option) is not None:
+            raise NotImplementedError(
+                f"{type(module).__name__} passes {option!r} to its attention, which packed "
+                "rollout steps do not implement: build the policy with "
+                "CausalLMPolicy(model, prefill='separate')"
+            )
     rows, heads, dim = plan.visible.shape[0], query.shape[1], query.shape[-1]
     gqa = key.shape[1] != heads
     newest = F.scaled_dot_product_attention(
@@ -112,10 +119,10 @@ class BufferLayer(DynamicLayer):
         span = self.span
         buffers = self._allocated(key_states, value_states)
         plan = packing.get()
-        if plan is not None:
+        if plan is not None:  # a packed step: token t goes to (rows[t], columns[t])
             plan.new_keys, plan.new_values = key_states, value_states
         for buf, new in zip(buffers, (key_states, value_states), strict=True):
-            if plan is not None:  # a packed step: token t goes to (rows[t], columns[t])
+            if plan is not None:
                 buf[plan.rows, :, plan.columns] = new[0].transpose(0, 1)
                 continue
             buf[:, :, span.end] = new[:, :, -1]

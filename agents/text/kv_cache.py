@@ -16,11 +16,11 @@ started a new episode (vector-env autoreset) needs its prompt prefilled, in one 
 - **padded**: a single forward over ``[N, prompt length]`` where restarted rows feed their prompts
   and continuing rows their last tokens (recomputed, their keys/values not stored).
 
-On the default tiny GPT-2 on one CPU thread (batch 32, prompts of ~6 tokens) a forward's fixed
-cost (~2 ms of Python and dispatch) outweighs its arithmetic: the step takes ~4 ms, a separate
-``[2, 6]`` prefill ~2.5 ms more, the padded forward ~9 ms, the packed one little more than the
-step (benchmarks/bench_text_rollout.py; RESULTS.md). Padded is the fallback on accelerators for
-models without the attention interface, separate on a CPU.
+On the default tiny GPT-2 on one CPU thread a forward's fixed cost (Python and dispatch)
+outweighs its arithmetic, so the second forward of a separate prefill and the padding of a padded
+one both cost more than packing: env rollouts at 0.84x forced ``generate`` packed, 0.70x separate,
+0.53x padded (benchmarks/bench_text_rollout.py, idle, benchmarks/RESULTS.md). Padded is the
+fallback on accelerators for models without the attention interface, separate on a CPU.
 
 The cache lives in preallocated buffers ``[N, heads, capacity, head_dim]`` per layer
 (:class:`~agents.text.kv_buffers.BufferLayer`) that the model writes in place (Hugging Face's
@@ -196,10 +196,11 @@ def _reusable(state: KVState, ids: Tensor) -> bool:
     return not (state.mask_buf.is_inference() and not torch.is_inference_mode_enabled())
 
 
-def _continuing(state: KVState, ids: Tensor, mask: Tensor) -> Tensor:
-    """``[N]`` bool: rows whose observation is the cached one plus exactly one new token."""
-    same_prefix = ((ids * mask)[:, :-1] == state.ids[:, 1:]).all(-1)
-    return same_prefix & (mask.sum(-1) == state.lengths + 1)
+def _continuing(state: KVState, masked: Tensor, lengths: Tensor) -> Tensor:
+    """``[N]`` bool: rows whose observation (``masked`` ids ``[N, L]``, 0 on padding, with
+    ``lengths`` ``[N]`` real tokens) is the cached one plus exactly one new token."""
+    same_prefix = (masked[:, :-1] == state.ids[:, 1:]).all(-1)
+    return same_prefix & (lengths == state.lengths + 1)
 
 
 def packable(base: nn.Module) -> bool:
@@ -231,12 +232,13 @@ def extend_cache(
     """
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill={prefill!r}: choose one of {PREFILL_MODES}")
+    masked, lengths = ids * mask, mask.sum(-1)
     if state is None or not _reusable(state, ids):
         state = _new_state(base, ids)
         restarted = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
     else:
-        restarted = ~_continuing(state, ids, mask)
-    lengths, span = mask.sum(-1), state.span
+        restarted = ~_continuing(state, masked, lengths)
+    span = state.span
     index = torch.nonzero(restarted).squeeze(-1) if bool(restarted.any()) else None
     if index is not None:
         _forget(state, index)
@@ -247,7 +249,7 @@ def extend_cache(
     else:
         hidden = _step(base, state, index, ids, mask, prefill)
     span.end += 1
-    state.ids, state.lengths = ids * mask, lengths
+    state.ids, state.lengths = masked, lengths
     return Extended(hidden, state)
 
 

@@ -126,7 +126,8 @@ class CausalLMPolicy(nn.Module):
         self.incremental_log_prob = incremental_log_prob
         if prefill is not None and prefill not in PREFILL_MODES:
             raise ValueError(f"prefill={prefill!r}: choose one of {PREFILL_MODES} or None")
-        if prefill == "packed" and not packable(self.base):
+        self._packable = packable(self.base)
+        if prefill == "packed" and not self._packable:
             raise ValueError(
                 f"prefill='packed' needs a model whose attention goes through transformers' "
                 f"AttentionInterface; {type(self.base).__name__} does not: use 'separate' or "
@@ -223,7 +224,7 @@ class CausalLMPolicy(nn.Module):
     def _prefill(self, ids: Tensor) -> str:
         if self.prefill is not None:
             return self.prefill
-        if packable(self.base):
+        if self._packable:
             return "packed"
         return "separate" if ids.device.type == "cpu" else "padded"
 

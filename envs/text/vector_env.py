@@ -1,12 +1,12 @@
 """The text tasks' native vector env: ``num_envs`` prompts stepped together in numpy.
 
 A ``SyncVectorEnv`` of :class:`~envs.text.token_env.TextGenerationEnv` steps each sub-env in
-Python and merges its info dict key by key: about 25 us per sub-env per step here, so 0.8 ms of
-every 32-row step of an env-stepping rollout, next to a model forward of 4 ms
-(``benchmarks/bench_text_rollout.py``). :class:`TextVectorEnv` shifts all windows in one array
-operation and scores the episodes that ended together (one ``batch_decode``), with the same
+Python and merges its info dict key by key. :class:`TextVectorEnv` shifts all windows in one
+array operation and scores the episodes that ended together (one ``batch_decode``), with the same
 observations, rewards, flags and info arrays as that ``SyncVectorEnv`` (tested step for step,
-both autoreset modes). It is the text ids' ``vector_entry_point``: ``gym.make_vec(id, n,
+both autoreset modes): env-stepping rollouts of the tiny default LM run at 0.84x forced
+``generate`` through it and 0.81x through the ``SyncVectorEnv`` (``bench_text_rollout.py``,
+methods ``env`` and ``env_sync``; benchmarks/RESULTS.md). It is the text ids' ``vector_entry_point``: ``gym.make_vec(id, n,
 vectorization_mode="vector_entry_point")``, and ``prefenv.make_vec`` picks it by default.
 """
 

@@ -147,6 +147,26 @@ def test_packing_needs_the_attention_interface(tok, monkeypatch) -> None:
     assert _forwards(policy, _vector_env(tok), steps=30) > 29 + 10
 
 
+def test_packed_attention_refuses_what_it_does_not_implement() -> None:
+    from agents.text.kv_buffers import packed_attention, packing
+    from agents.text.kv_cache import _Packing
+
+    q = torch.zeros(1, 2, 3, 4)
+    kv = torch.zeros(3, 2, 5, 4)
+    with pytest.raises(RuntimeError, match="only inside a packed cache step"):
+        packed_attention(None, q, kv, kv, None)
+    plan = _Packing(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.ones(3, 1, 1, 5) > 0)
+    context = packing.set(plan)
+    try:
+        out, _ = packed_attention(None, q, kv, kv, None, softcap=None)  # None: nothing asked
+        assert out.shape == (1, 3, 2, 4)
+        for option in ("softcap", "s_aux"):
+            with pytest.raises(NotImplementedError, match=f"{option}.*prefill='separate'"):
+                packed_attention(None, q, kv, kv, None, **{option: torch.ones(2)})
+    finally:
+        packing.reset(context)
+
+
 def test_cache_built_in_inference_mode_is_rebuilt_outside_it(tok) -> None:
     # The trainer rolls out under torch.inference_mode; an evaluation may then step the same
     # policy under no_grad, where inference tensors cannot be written in place.
