@@ -11,7 +11,9 @@ and the metrics live here once, which is why the module is over 400 lines: split
 config, metrics and pair-source protocol from the loop that uses them would scatter one
 algorithm.
 
-Two options, off by default, change what each epoch trains on: ``config.robust``
+``config.label_noise`` (off by default) fits the labels as a teacher's who is wrong with that
+probability (:func:`bradley_terry_loss`). Two more options, off by default, change what each epoch
+trains on: ``config.robust``
 (:mod:`prefenv.label_noise`, RIME) trusts, flips or drops each labelled pair by its loss before
 the epoch, and ``config.surf`` (:mod:`prefenv.surf`, SURF) crops every pair and adds confident
 pseudo-labels on unlabelled pairs to every step. The trainer never re-initialises the model: a
@@ -21,6 +23,7 @@ refit continues from the current weights (a fresh optimiser, the normaliser refi
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -58,6 +61,7 @@ def bradley_terry_loss(
     labels: Tensor,
     margin: float | Tensor = 0.0,
     centering_coef: float = 0.0,
+    label_noise: float = 0.0,
 ) -> Tensor:
     """Mean Bradley-Terry cross-entropy over a batch of pairs.
 
@@ -66,20 +70,35 @@ def bradley_terry_loss(
     For a hard label this is ``-log sigmoid(R_w - R_l - m)``; a tie (p = 0.5) pulls R0 and R1
     together. The centring term (TRL uses c = 1e-2) keeps returns near zero.
 
+    With ``label_noise = e > 0`` the likelihood is that of a teacher who answers at random with
+    probability ``2e`` (so the label is wrong with probability ``e`` whatever the two returns):
+    ``sigmoid(x)`` becomes ``e + (1 - 2e) sigmoid(x)`` on both sides. A label the model is sure is
+    wrong then costs at most ``-log e`` and its gradient vanishes, where the plain loss grows
+    linearly with the model's confidence and keeps pulling the model towards the wrong label.
+    (B-Pref's ``mistake`` teacher is exactly this noise model; cDPO's label smoothing is the
+    same idea for DPO.)
+
     Args:
         returns0: ``[B]`` predicted returns of the first segments.
         returns1: ``[B]`` predicted returns of the second segments.
         labels: ``[B]`` soft labels in [0, 1].
         margin: the preferred segment must win by this much (scalar or ``[B]``).
         centering_coef: weight ``c`` of the centring term.
+        label_noise: assumed probability ``e`` in [0, 0.5) that a label is wrong.
     """
     logits = returns1 - returns0
     labels = labels.to(logits.dtype)
-    loss = -labels * F.logsigmoid(logits - margin) - (1.0 - labels) * F.logsigmoid(-logits - margin)
+    log_p = F.logsigmoid if not label_noise else functools.partial(_noisy_logsigmoid, e=label_noise)
+    loss = -labels * log_p(logits - margin) - (1.0 - labels) * log_p(-logits - margin)
     loss = loss.mean()
     if centering_coef:
         loss = loss + centering_coef * ((returns0 + returns1) ** 2).mean()
     return loss
+
+
+def _noisy_logsigmoid(x: Tensor, e: float) -> Tensor:
+    """``log(e + (1 - 2e) sigmoid(x))``, stable for any ``x``."""
+    return torch.logaddexp(torch.full_like(x, math.log(e)), math.log1p(-2.0 * e) + F.logsigmoid(x))
 
 
 def _accuracy(returns0: Tensor, returns1: Tensor, labels: Tensor) -> float:
@@ -129,6 +148,10 @@ class RewardTrainConfig:
     eval_batch_size: int = 1024
     """Pairs per no-grad ``segment_returns`` call when evaluating (lower it for large text
     models)."""
+    label_noise: float = 0.0
+    """Assumed probability that a label is wrong, in [0, 0.5): the Bradley-Terry likelihood of a
+    teacher who makes such mistakes (see :func:`bradley_terry_loss`); 0 is the plain loss. The
+    validation loss that early stopping watches uses the same likelihood."""
     robust: RobustLabels | None = None
     """RIME's label-noise filter (:mod:`prefenv.label_noise`): each epoch, trust, flip or drop
     every labelled pair by its loss. None trains on every label as given."""
@@ -147,6 +170,11 @@ class RewardTrainConfig:
                 raise ValueError(
                     f"RewardTrainConfig: {name} must be >= 0, got {getattr(self, name)}"
                 )
+        if not 0 <= self.label_noise < 0.5:
+            raise ValueError(
+                f"RewardTrainConfig: label_noise must be in [0, 0.5), got {self.label_noise}: it is "
+                "the probability that a label is wrong (0.5 would be a teacher who answers at random)"
+            )
         if not self.lr > 0:
             raise ValueError(f"RewardTrainConfig: lr must be > 0, got {self.lr}")
         if self.min_val < 0:
@@ -291,7 +319,9 @@ class _Pairs:
             )
         ]
         returns0, returns1, labels = (torch.cat([p[i] for p in parts]) for i in range(3))
-        loss = bradley_terry_loss(returns0, returns1, labels, config.margin, config.centering_coef)
+        loss = bradley_terry_loss(
+            returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise
+        )
         return float(loss), _accuracy(returns0, returns1, labels)
 
 
@@ -315,7 +345,7 @@ def _training_step(
     """
     returns0, returns1, labels = pairs.returns(model, index, labels, surf)  # type: ignore[arg-type]
     labelled_loss = bradley_terry_loss(
-        returns0, returns1, labels, config.margin, config.centering_coef
+        returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise
     )
     loss, n_pseudo = labelled_loss, 0
     if surf is not None:

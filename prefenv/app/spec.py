@@ -142,6 +142,11 @@ class TrainSpec:
     robust_labels: bool = False
     """RIME's noise-robust reward training: each epoch, pairs whose loss is far above a dynamic
     threshold are flipped and those between the bounds dropped (Cheng et al. 2024)."""
+    label_noise: float = 0.0
+    """Assumed probability that a label is wrong, in [0, 0.5): the reward model fits the labels
+    with the likelihood of a teacher who makes such mistakes, so a label it is sure is wrong costs
+    at most -ln(label_noise) and stops pulling it (0: the plain Bradley-Terry loss). Estimate it
+    from gold queries or annotator agreement; combines with --robust-labels."""
     surf: bool = False
     """SURF: confident pseudo-labels on unlabelled segment pairs from the query pool, and
     temporal crops of labelled pairs, in every refit (Park et al. 2022)."""
@@ -285,6 +290,7 @@ class TrainSpec:
             reward_train=RewardTrainConfig(
                 max_epochs=self.reward_epochs,
                 seed=seeds.reward_model,
+                label_noise=self.label_noise,
                 robust=RobustLabels() if self.robust_labels else None,
                 surf=Surf() if self.surf else None,
             ),
@@ -320,6 +326,11 @@ def _check_values(spec: TrainSpec) -> None:
         raise ValueError(
             "--rune scores k_t * std across ensemble members: it needs --ensemble 2 or more and "
             f"replaces --shaping (got --ensemble {spec.ensemble}, --shaping {spec.shaping})"
+        )
+    if not 0.0 <= spec.label_noise < 0.5:
+        raise ValueError(
+            f"--label-noise must be in [0, 0.5), got {spec.label_noise}: it is the probability "
+            "that a label is wrong (e.g. 0.1 for one label in ten; 0 turns it off)"
         )
     if spec.query_window < 0:
         raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
