@@ -69,6 +69,7 @@ def _final_state(out: Path) -> dict:
 
 METHODS = [
     "--rune", "--query-window", "3", "--unsupervised", "--robust-labels", "--surf",
+    "--label-noise", "0.1",
 ]  # fmt: skip  # issue 14's switchable methods, all on
 
 

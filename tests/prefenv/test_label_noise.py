@@ -212,3 +212,79 @@ def test_text_like_pair_sources_filter_too() -> None:
     config = RewardTrainConfig(lr=0.1, batch_size=32, max_epochs=40, robust=RobustLabels())
     train_reward_model(model, comparisons, config)
     assert (model.scores.diff() > 0).all(), model.scores
+
+
+# ---------------------------------------------------------------- the noise-aware likelihood
+
+
+def test_label_noise_likelihood_by_hand() -> None:
+    """``sigmoid`` becomes ``e + (1 - 2e) sigmoid``: a sure-wrong label costs at most ``-ln e``."""
+    t = torch.tensor
+    logits = t([-3.0, 0.0, 2.0])
+    labels = t([1.0, 1.0, 0.0])
+    e = 0.2
+    expected = -np.mean([
+        math.log(e + (1 - 2 * e) / (1 + math.exp(3.0))),
+        math.log(e + (1 - 2 * e) * 0.5),
+        math.log(e + (1 - 2 * e) / (1 + math.exp(2.0))),
+    ])  # fmt: skip
+    zeros = torch.zeros(3)
+    assert bradley_terry_loss(zeros, logits, labels, label_noise=e).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+    assert bradley_terry_loss(zeros, logits, labels, label_noise=0.0).item() == pytest.approx(
+        bradley_terry_loss(zeros, logits, labels).item()
+    )
+    # the model is sure segment 1 wins by 60; the label says segment 0
+    sure = t([60.0], requires_grad=True)
+    plain = bradley_terry_loss(t([0.0]), sure, t([0.0]))
+    noisy = bradley_terry_loss(t([0.0]), sure, t([0.0]), label_noise=0.1)
+    assert plain.item() == pytest.approx(60.0, rel=1e-3)
+    assert noisy.item() == pytest.approx(-math.log(0.1), rel=1e-6)
+    (grad,) = torch.autograd.grad(noisy, sure)
+    assert abs(grad.item()) < 1e-12  # no pull towards the wrong label any more
+    (grad,) = torch.autograd.grad(bradley_terry_loss(t([0.0]), sure, t([0.0])), sure)
+    assert grad.item() == pytest.approx(1.0)  # the plain loss keeps pulling at full strength
+    # a right label the model is sure of costs -ln(1 - e), not 0
+    right = bradley_terry_loss(t([0.0]), t([60.0]), t([1.0]), label_noise=0.1)
+    assert right.item() == pytest.approx(-math.log(0.9), rel=1e-6)
+    with pytest.raises(ValueError, match="label_noise must be in"):
+        RewardTrainConfig(label_noise=0.5)
+
+
+def test_label_noise_beats_plain_training_on_planted_flips(one_thread) -> None:
+    """20% of 400 labels flipped: assuming that rate orders held-out pairs better than ignoring it.
+
+    Measured (planting seeds 7, 8, 9 of this setup, held-out accuracy against the true labels):
+    plain 0.850, 0.836, 0.820; ``label_noise=0.2`` 0.880, 0.950, 0.914; ``0.1`` 0.878, 0.910,
+    0.884. (RIME's filter reaches 0.944 on all three here; on HalfCheetah's stored labels it did
+    not, see benchmarks/RESULTS.md.)
+    """
+    clean, held_out = _comparisons(0, 400), _comparisons(100, 500)
+
+    def fit(noisy: list[Comparison], label_noise: float) -> float:
+        torch.manual_seed(0)
+        model = MLPRewardModel(2, 1, hidden_sizes=(32, 32), output_activation=None)
+        config = RewardTrainConfig(
+            lr=3e-3, batch_size=64, max_epochs=60, patience=60, val_fraction=0.0,
+            label_noise=label_noise,
+        )  # fmt: skip
+        train_reward_model(model, noisy, config)
+        return evaluate_reward_model(model, held_out)[1]
+
+    plain, matched, low = [], [], []
+    for seed in (7, 8, 9):
+        noisy = _flip(clean, np.random.default_rng(seed).choice(len(clean), 80, replace=False))
+        plain.append(fit(noisy, 0.0))
+        matched.append(fit(noisy, 0.2))
+        low.append(fit(noisy, 0.1))
+    assert all(m >= p + 0.02 for m, p in zip(matched, plain, strict=True)), (plain, matched)
+    assert np.mean(matched) >= np.mean(plain) + 0.05, (plain, matched)
+    assert np.mean(low) >= np.mean(plain) + 0.03, (plain, low)
+
+
+def test_train_spec_passes_label_noise_to_every_refit() -> None:
+    from prefenv.app.spec import TrainSpec
+
+    assert TrainSpec(label_noise=0.1).loop_config().reward_train.label_noise == 0.1
+    assert TrainSpec().loop_config().reward_train.label_noise == 0.0
