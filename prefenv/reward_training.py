@@ -74,9 +74,7 @@ def bradley_terry_loss(
     probability ``2e`` (so the label is wrong with probability ``e`` whatever the two returns):
     ``sigmoid(x)`` becomes ``e + (1 - 2e) sigmoid(x)`` on both sides. A label the model is sure is
     wrong then costs at most ``-log e`` and its gradient vanishes, where the plain loss grows
-    linearly with the model's confidence and keeps pulling the model towards the wrong label.
-    (B-Pref's ``mistake`` teacher is exactly this noise model; cDPO's label smoothing is the
-    same idea for DPO.)
+    with the model's confidence and keeps pulling. (B-Pref's ``mistake`` teacher is this model.)
 
     Args:
         returns0: ``[B]`` predicted returns of the first segments.
