@@ -123,12 +123,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                  warning.lineno)  # fmt: skip
     spec, plan = run.spec, plan_budget(run.spec)
     settings = ", ".join(f"{k}={v}" for k, v in spec.hparams.items()) or "the agent's defaults"
+    methods = [name for on, name in (
+        (spec.unsupervised, "PEBBLE pre-training"), (spec.rune, "RUNE bonus"),
+        (spec.query_window, f"QPA window {spec.query_window}"), (spec.surf, "SURF"),
+        (spec.robust_labels, "RIME filter"), (spec.label_noise, f"label noise {spec.label_noise:g}"),
+    ) if on]  # fmt: skip
     print(
         f"prefenv train: {spec.env} | agent {spec.agent} | teacher {spec.teacher} | seed "
         f"{spec.seed}\n  run folder  {args.out}\n  budget      {spec.rounds} rounds, "
         f"{plan.total:,} env steps (whole rollouts of {plan.unit:,}), {spec.queries} labels\n"
         f"  agent       {settings} (preset: {spec.preset})\n"
         f"  reward      {spec.ensemble}-member ensemble, {spec.reward_output} output\n"
+        f"  feedback    {', '.join(methods) or 'every method off'}\n"
         f"  watch       tensorboard --logdir {args.out / LOG_DIR}\n"
         f"  if killed   prefenv resume --out {args.out}",
         flush=True,

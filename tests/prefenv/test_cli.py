@@ -79,10 +79,15 @@ METHODS = [
     ids=["ppo-kl", "sb3-ppo", "ppo-kl-methods-on"],
 )
 def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(
-    tmp_path, agent, methods, monkeypatch
+    tmp_path, agent, methods, monkeypatch, capsys
 ):
     argv = ["train", *TINY, "--rounds", "4", "--agent", agent, *methods]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    banner = "  feedback    " + (
+        "PEBBLE pre-training, RUNE bonus, QPA window 3, SURF, RIME filter, label noise 0.1"
+        if methods else "every method off"
+    )  # fmt: skip
+    assert banner + "\n" in capsys.readouterr().out
     checkpoint = TrainingRun.checkpoint
 
     def checkpoint_then_die(run: TrainingRun) -> None:
