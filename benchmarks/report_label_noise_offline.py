@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import os
 import time
@@ -37,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 from prefenv.app.runs import make_vector_env, new_reward_model
 from prefenv.app.spec import TrainSpec
-from prefenv.label_noise import RobustLabels
+from prefenv.label_noise import RobustLabels, pair_losses
 from prefenv.records import Comparison
 from prefenv.reward_training import train_reward_model
 from prefenv.store import ComparisonStore
@@ -70,8 +71,11 @@ def replay(run: Path, test: list[Comparison], spec: TrainSpec, trainer: str) -> 
         config = dataclasses.replace(config, label_noise=float(trainer.split("=", 1)[1]))
     elif trainer not in ("plain", "clean"):
         raise SystemExit(f"unknown trainer {trainer!r}: plain, clean, rime or noise=E")
-    model = new_reward_model(spec, make_vector_env(spec))
-    counts = [int(row.split(",")[2]) for row in (run / "rounds.csv").read_text().splitlines()[1:]]
+    env = make_vector_env(spec)
+    model = new_reward_model(spec, env)
+    env.close()
+    with open(run / "rounds.csv", newline="") as rounds:
+        counts = [int(row["labels_used"]) for row in csv.DictReader(rounds)]
     started = time.perf_counter()
     for n in counts:  # the run's refits: the labels it had at each round, warm-started
         train_reward_model(model, comparisons[:n], config)
@@ -79,14 +83,13 @@ def replay(run: Path, test: list[Comparison], spec: TrainSpec, trainer: str) -> 
     r0, r1, true = _returns(model, test)
     held_out = np.mean((r1 > r0) == np.array([_true_label(c) == 1.0 for c in test]))
     t0, t1, _ = _returns(model, comparisons)
-    given = np.array([c.label for c in comparisons])
-    logits = t1 - t0
-    losses = given * np.logaddexp(0, -logits) + (1 - given) * np.logaddexp(0, logits)
+    given = torch.tensor([c.label for c in comparisons])
+    losses = pair_losses(torch.from_numpy(t0), torch.from_numpy(t1), given).numpy()
     truth = np.array([_true_label(c) == 1.0 for c in comparisons])
     return {
         "held_out_accuracy": float(held_out),
         "held_out_spearman": float(spearmanr(np.concatenate([r0, r1]), true)[0]),
-        "train_accuracy": float(np.mean((logits > 0) == truth)),
+        "train_accuracy": float(np.mean((t1 > t0) == truth)),
         "auc_wrong": float(roc_auc_score(wrong, losses)) if 0 < wrong.sum() < len(wrong) else 0.0,
         "wrong_labels": int(wrong.sum()),
         "seconds": seconds,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from prefenv.agent import agent_factory
+from prefenv.app.reports import episode_returns
 from prefenv.app.runs import make_vector_env
 from prefenv.app.spec import load_spec
 from prefenv.reward_models import load_reward_model
@@ -40,26 +41,21 @@ def posture(run: Path, episodes: int, seed: int = 12345) -> dict[str, float]:
     spaces = (env.single_observation_space, env.single_action_space)
     reward_env = VectorPreferenceReward(env, load_reward_model(run / "reward_model", *spaces))
     agent = agent_factory(spec.agent).load(spec, reward_env, run / "agent", log_dir=None)
-    returns, pitch, height = [], [], []
-    for episode in range(episodes):
-        obs, _ = reward_env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            action = agent.predict(obs, True)
-            obs, _, terminated, truncated, info = reward_env.step(action)
-            total += float(info["true_reward"][0])
-            done = bool(terminated[0] or truncated[0])
-            if not done:
-                height.append(float(obs[0, 0]))
-                pitch.append(float(obs[0, 1]))
-        returns.append(total)
+    seen: list[np.ndarray] = []
+
+    def predict(obs: np.ndarray) -> np.ndarray:  # every observation the agent acts on
+        seen.append(obs[0, :2].copy())  # torso height and pitch
+        return agent.predict(obs, True)
+
+    returns = episode_returns(reward_env, predict, episodes, seed).true
     reward_env.close()
-    pitch_array = np.abs(np.array(pitch))
+    height, pitch = np.array(seen).T
+    pitch_array = np.abs(pitch)
     return {
         "return": float(np.mean(returns)),
         "upside_down": float(np.mean(pitch_array > np.pi / 2)),
         "mean_abs_pitch": float(pitch_array.mean()),
-        "mean_height": float(np.mean(height)),
+        "mean_height": float(height.mean()),
     }
 
 

@@ -6,8 +6,9 @@ array operation and scores the episodes that ended together (one ``batch_decode`
 observations, rewards, flags and info arrays as that ``SyncVectorEnv`` (tested step for step,
 both autoreset modes): env-stepping rollouts of the tiny default LM run at 0.84x forced
 ``generate`` through it and 0.81x through the ``SyncVectorEnv`` (``bench_text_rollout.py``,
-methods ``env`` and ``env_sync``; benchmarks/RESULTS.md). It is the text ids' ``vector_entry_point``: ``gym.make_vec(id, n,
-vectorization_mode="vector_entry_point")``, and ``prefenv.make_vec`` picks it by default.
+methods ``env`` and ``env_sync``; benchmarks/RESULTS.md). It is the text ids'
+``vector_entry_point``: ``gym.make_vec(id, n, vectorization_mode="vector_entry_point")``, and
+``prefenv.make_vec`` picks it by default.
 """
 
 from __future__ import annotations
