@@ -344,7 +344,7 @@ class HumanPreferenceLoop(PreferenceLoop):
         rng = np.random.default_rng([self.config.seed, _GOLD_STREAM, self.round])
         candidates = sample_segment_pairs(
             self.query_pool(), 4 * n, self.config.segment_length, rng=rng,
-            cut_at_termination=self.config.cut_at_termination,
+            cut_at_termination=self.config.cut_at_termination, draw=self.config.segment_draw,
         )  # fmt: skip
         gaps = np.array([b.true_rewards.sum() - a.true_rewards.sum() for a, b in candidates])
         order = [i for i in np.argsort(-np.abs(gaps)) if gaps[i] != 0][:n]

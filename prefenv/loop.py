@@ -29,7 +29,7 @@ from prefenv.intrinsic import StateEntropyReward
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
 from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
-from prefenv.sampling import QUERY_METHODS, sample_segment_pairs, select_queries
+from prefenv.sampling import QUERY_METHODS, SEGMENT_DRAWS, sample_segment_pairs, select_queries
 from prefenv.store import ComparisonStore
 from prefenv.teachers import Teacher
 from prefenv.wrappers import VectorPreferenceReward
@@ -68,6 +68,9 @@ class PreferenceLoopConfig:
         query_window: draw queries from the newest ``query_window`` finished episodes only
             (QPA's policy-aligned queries, :data:`prefenv.sampling.QPA_WINDOW`); None: all of
             the query pool.
+        segment_draw: how a segment's episode is drawn from the pool: "episode" (each equally
+            likely, B-Pref) or "step" (each window equally likely, so the many short falls of
+            a run's start do not outnumber its long episodes; :data:`prefenv.sampling.SEGMENT_DRAWS`).
         step_unit: the env steps an ``agent.learn`` call comes in whole multiples of (an
             on-policy agent's rollout, ``n_envs * n_steps``); every learn call asks a multiple
             of it, so the run never takes more than ``total_timesteps`` (see
@@ -89,6 +92,7 @@ class PreferenceLoopConfig:
     seed: int = 0
     step_unit: int = 1
     query_window: int | None = None
+    segment_draw: str = "episode"
 
     def __post_init__(self) -> None:
         if self.total_timesteps <= self.initial_timesteps:
@@ -107,6 +111,10 @@ class PreferenceLoopConfig:
         if self.query_method not in QUERY_METHODS:
             raise ValueError(
                 f"query_method must be one of {QUERY_METHODS}, got {self.query_method!r}"
+            )
+        if self.segment_draw not in SEGMENT_DRAWS:
+            raise ValueError(
+                f"segment_draw must be one of {SEGMENT_DRAWS}, got {self.segment_draw!r}"
             )
         if self.segment_length < 1 or self.oversample < 1 or self.step_unit < 1:
             raise ValueError("segment_length, oversample and step_unit must be >= 1")
@@ -383,6 +391,7 @@ class PreferenceLoop:
             self.config.segment_length,
             rng=rng,
             cut_at_termination=self.config.cut_at_termination,
+            draw=self.config.segment_draw,
         )
 
     def _ask(self, n_queries: int) -> list[Comparison]:
@@ -413,6 +422,7 @@ class PreferenceLoop:
             rng=self._rng,
             cut_at_termination=self.config.cut_at_termination,
             window=self.config.query_window,
+            draw=self.config.segment_draw,
         )
 
     def state_dict(self) -> dict[str, Any]:

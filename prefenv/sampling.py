@@ -9,6 +9,16 @@ of ``oversample`` times more candidates and keeps the ones a reward ensemble is 
   ``P_k(sigma1 > sigma0) = sigmoid(R1_k - R0_k)``.
 - ``"entropy"``: top-k by the binary entropy of the member-mean probability.
 
+How a segment's episode is drawn (``draw``):
+
+- ``"episode"`` (B-Pref): every eligible episode equally likely, then a uniform start in it.
+- ``"step"``: every eligible window equally likely, i.e. an episode in proportion to its number of
+  starts. The two agree when all episodes have one length (HalfCheetah, DMControl). Where episodes
+  end early (Walker2d and Hopper falling) they do not: the query pool keeps every episode of the
+  run, and the initial policy's and the early agents' many short falls outnumber the later long
+  runs, so per episode most queries are about falling; per step, a query lands on a stretch of
+  behaviour as often as the pool holds it.
+
 B-Pref uses uniform selection for the first round (no reward model yet); the preference loop
 decides that, not this module.
 
@@ -35,6 +45,7 @@ from prefenv.records import Segment, Trajectory
 __all__ = [
     "QPA_WINDOW",
     "QUERY_METHODS",
+    "SEGMENT_DRAWS",
     "MemberReturns",
     "recent_trajectories",
     "sample_segment_pairs",
@@ -43,6 +54,9 @@ __all__ = [
 
 QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy")
 """Names accepted by :func:`select_queries`."""
+
+SEGMENT_DRAWS: tuple[str, ...] = ("episode", "step")
+"""How :func:`sample_segment_pairs` draws each segment's episode (see the module docstring)."""
 
 QPA_WINDOW: int = 10  # QPA run_QPA.sh max_reward_buffer_size for every DMControl task
 """QPA's policy-aligned window on DMControl: queries come from the 10 most recent episodes."""
@@ -76,12 +90,14 @@ def sample_segment_pairs(
     rng: np.random.Generator,
     cut_at_termination: bool = False,
     window: int | None = None,
+    draw: str = "episode",
 ) -> list[tuple[Segment, Segment]]:
     """Cut random segment pairs out of recorded trajectories.
 
-    Each segment comes from a trajectory drawn uniformly with replacement among those with at least
-    ``segment_length`` steps, starting at a uniform ``start`` in ``[0, T - H]`` (every step can be
-    covered; BPref's ``[0, T - H)`` never shows an episode's last window).
+    Each segment comes from a trajectory drawn with replacement among those with at least
+    ``segment_length`` steps (uniformly, or for ``draw="step"`` in proportion to its number of
+    starts), starting at a uniform ``start`` in ``[0, T - H]`` (every step can be covered; BPref's
+    ``[0, T - H)`` never shows an episode's last window).
 
     With ``cut_at_termination``, episodes that *terminated* (a fall in Hopper, a user leaving) also
     start anywhere in ``[0, T - 1]``, and a window that reaches the terminal step is cut there: a
@@ -102,13 +118,18 @@ def sample_segment_pairs(
         window: QPA's policy-aligned selection: only the ``window`` most recent trajectories
             (the last ones of ``trajectories``, which is ordered oldest first) are eligible;
             ``None`` keeps them all. See :func:`recent_trajectories`.
+        draw: ``"episode"`` (every eligible episode equally likely) or ``"step"`` (every
+            window equally likely); see :data:`SEGMENT_DRAWS`.
 
     Returns:
         ``N`` pairs of segments of ``H`` steps each (or shorter, ending at a termination).
 
     Raises:
-        ValueError: no eligible trajectory has ``H`` steps, ``window < 1``, or invalid sizes.
+        ValueError: no eligible trajectory has ``H`` steps, ``window < 1``, an unknown ``draw``,
+            or invalid sizes.
     """
+    if draw not in SEGMENT_DRAWS:
+        raise ValueError(f"draw must be one of {', '.join(SEGMENT_DRAWS)}, got {draw!r}")
     if n_pairs < 0:
         raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
     if segment_length < 1:
@@ -136,7 +157,10 @@ def sample_segment_pairs(
     start_end = np.array(
         [len(t) if cut(t) else len(t) - segment_length + 1 for t in eligible], dtype=np.int64
     )
-    index = rng.integers(0, len(eligible), size=(n_pairs, 2))
+    if draw == "episode":
+        index = rng.integers(0, len(eligible), size=(n_pairs, 2))
+    else:
+        index = rng.choice(len(eligible), size=(n_pairs, 2), p=start_end / start_end.sum())
     starts = rng.integers(0, start_end[index])
     seg_lengths = np.minimum(segment_length, lengths[index] - starts)
     segments = [
@@ -208,9 +232,10 @@ def select_queries(
     rng: np.random.Generator,
     cut_at_termination: bool = False,
     window: int | None = None,
+    draw: str = "episode",
 ) -> list[tuple[Segment, Segment]]:
-    """Choose the segment pairs to show the teacher (``cut_at_termination`` and ``window``: see
-    :func:`sample_segment_pairs`).
+    """Choose the segment pairs to show the teacher (``cut_at_termination``, ``window`` and
+    ``draw``: see :func:`sample_segment_pairs`).
 
     Args:
         trajectories: recorded episodes.
@@ -244,6 +269,7 @@ def select_queries(
             rng=rng,
             cut_at_termination=cut_at_termination,
             window=window,
+            draw=draw,
         )
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
@@ -255,6 +281,7 @@ def select_queries(
         rng=rng,
         cut_at_termination=cut_at_termination,
         window=window,
+        draw=draw,
     )
     if not candidates:
         return []

@@ -28,7 +28,7 @@ from prefenv.human import ON_TIMEOUT, HumanFeedbackConfig
 from prefenv.label_noise import RobustLabels
 from prefenv.loop import PreferenceLoopConfig, whole_units
 from prefenv.reward_training import RewardTrainConfig
-from prefenv.sampling import QUERY_METHODS
+from prefenv.sampling import QUERY_METHODS, SEGMENT_DRAWS
 from prefenv.surf import Surf
 from prefenv.teachers import make_teacher
 
@@ -153,6 +153,11 @@ class TrainSpec:
     query_window: int = 0
     """QPA's policy-aligned queries: draw each round's pairs from the newest N finished episodes
     only (QPA: 10); 0 = every episode in the query pool."""
+    segment_draw: str = "episode"
+    """How each compared segment's episode is drawn from the query pool: episode (every episode
+    equally likely, B-Pref) or step (every window equally likely: where episodes end early, as
+    Walker2d's and Hopper's falls do, the run's many short early episodes then stop outnumbering
+    its long ones in the queries)."""
     vectorization: str = "auto"
     """auto (the id's native vector env when it registers one, e.g. the recommendation ids; else
     sync), sync, async or vector_entry_point."""
@@ -297,6 +302,7 @@ class TrainSpec:
             seed=seeds.queries,
             step_unit=self.step_unit(),
             query_window=self.query_window or None,
+            segment_draw=self.segment_draw,
         )
 
 
@@ -358,6 +364,9 @@ def _check_values(spec: TrainSpec) -> None:
             "initial policy runs --initial-steps before the first queries, and the rounds train "
             "on the rest; raise --steps or lower --initial-steps"
         )
+    if spec.segment_draw not in SEGMENT_DRAWS:
+        raise ValueError(f"unknown --segment-draw {spec.segment_draw!r}: choose one of "
+                         f"{', '.join(SEGMENT_DRAWS)}")  # fmt: skip
     if spec.query_method not in QUERY_METHODS:
         raise ValueError(
             f"unknown --query-method {spec.query_method!r}: choose one of {', '.join(QUERY_METHODS)}"

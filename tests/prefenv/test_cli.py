@@ -69,7 +69,7 @@ def _final_state(out: Path) -> dict:
 
 METHODS = [
     "--rune", "--query-window", "3", "--unsupervised", "--robust-labels", "--surf",
-    "--label-noise", "0.1",
+    "--label-noise", "0.1", "--segment-draw", "step",
 ]  # fmt: skip  # issue 14's switchable methods, all on
 
 
@@ -84,8 +84,8 @@ def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(
     argv = ["train", *TINY, "--rounds", "4", "--agent", agent, *methods]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     banner = "  feedback    " + (
-        "PEBBLE pre-training, RUNE bonus, QPA window 3, SURF, RIME filter, label noise 0.1"
-        if methods else "every method off"
+        "PEBBLE pre-training, RUNE bonus, QPA window 3, SURF, RIME filter, label noise 0.1, "
+        "segments drawn per step" if methods else "every method off"
     )  # fmt: skip
     assert banner + "\n" in capsys.readouterr().out
     checkpoint = TrainingRun.checkpoint

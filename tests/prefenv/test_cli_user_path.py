@@ -72,6 +72,10 @@ def test_a_run_with_no_finished_episode_says_so_in_its_summary(tmp_path, capsys)
         (["--queries", "0"], "--queries must be at least 2, got 0"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--label-noise", "0.5"], "--label-noise must be in [0, 0.5), got 0.5"),
+        (
+            ["--segment-draw", "steps"],
+            "unknown --segment-draw 'steps': choose one of episode, step",
+        ),
         (["--env", "prefenv/HalfCheeta-v0"], "did you mean prefenv/HalfCheetah-v0"),
         (["--import", "no_such_pkg"], "cannot import module 'no_such_pkg'"),
     ],
