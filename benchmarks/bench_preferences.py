@@ -96,8 +96,14 @@ def main() -> None:
         help="the reward network's output (tanh, linear; auto: the task's presets entry)",
     )  # fmt: skip
     parser.add_argument(
-        "--query-window", type=int, default=0,
-        help="queries from the N most recent episodes only (QPA: 10); 0: every episode",
+        "--query-method", default="auto",
+        help="uniform, disagreement, entropy (auto: the task's presets entry; HalfCheetah's "
+        "runs before its disagreement entry were uniform)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--query-window", type=int, default=None,
+        help="queries from the N most recent episodes only (QPA: 10); 0: every episode; unset: "
+        "the task's presets entry (HalfCheetah's runs before its entry used every episode)",
     )  # fmt: skip
     parser.add_argument(
         "--rune", action="store_true", help="RUNE's decaying ensemble-disagreement bonus"
@@ -115,6 +121,8 @@ def main() -> None:
         tag += "-preset"  # earlier runs (the agents' defaults) keep their folders
     if args.reward_output != "auto":
         tag += f"-{args.reward_output}"
+    if args.query_method != "auto":
+        tag += f"-{args.query_method}"
     if args.query_window:
         tag += f"-window{args.query_window}"
     if args.rune:
@@ -135,6 +143,7 @@ def main() -> None:
             seed=seed,
             preset=args.preset,
             reward_output=args.reward_output,
+            query_method=args.query_method,
             query_window=args.query_window,
             rune=args.rune,
             eval_episodes=0,  # evaluated below with --eval-episodes: not twice

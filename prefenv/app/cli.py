@@ -134,7 +134,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{spec.seed}\n  run folder  {args.out}\n  budget      {spec.rounds} rounds, "
         f"{plan.total:,} env steps (whole rollouts of {plan.unit:,}), {spec.queries} labels\n"
         f"  agent       {settings} (preset: {spec.preset})\n"
-        f"  reward      {spec.ensemble}-member ensemble, {spec.reward_output} output\n"
+        f"  reward      {spec.ensemble}-member ensemble, {spec.reward_output} output, "
+        f"{spec.query_method} queries\n"
         f"  feedback    {', '.join(methods) or 'every method off'}\n"
         f"  watch       tensorboard --logdir {args.out / LOG_DIR}\n"
         f"  if killed   prefenv resume --out {args.out}",

@@ -109,8 +109,10 @@ class TrainSpec:
     sampling and the reward model (prefenv.app.spec.RunSeeds)."""
     segment_length: int = 50
     """Steps per compared segment (B-Pref: 50)."""
-    query_method: str = "uniform"
-    """uniform, disagreement or entropy."""
+    query_method: str = "auto"
+    """uniform, disagreement or entropy (the first round is uniform either way), or auto: the
+    task's reward-model entry in the presets table (query_method; HalfCheetah: disagreement),
+    else uniform."""
     ensemble: int = 3
     """Reward-model ensemble members (B-Pref: 3)."""
     initial_steps: int = 10_240
@@ -150,9 +152,10 @@ class TrainSpec:
     surf: bool = False
     """SURF: confident pseudo-labels on unlabelled segment pairs from the query pool, and
     temporal crops of labelled pairs, in every refit (Park et al. 2022)."""
-    query_window: int = 0
+    query_window: int | None = None
     """QPA's policy-aligned queries: draw each round's pairs from the newest N finished episodes
-    only (QPA: 10); 0 = every episode in the query pool."""
+    only (QPA: 10); 0 = every episode in the query pool; unset: the task's reward-model entry in
+    the presets table (query_window; HalfCheetah: 10), else 0."""
     segment_draw: str = "episode"
     """How each compared segment's episode is drawn from the query pool: episode (every episode
     equally likely, B-Pref) or step (every window equally likely: where episodes end early, as
@@ -233,6 +236,10 @@ class TrainSpec:
         spec = self
         if spec.reward_output == "auto":  # recorded resolved in run.json, as the agent settings
             spec = dataclasses.replace(spec, reward_output=spec.resolved_reward_output())
+        if spec.query_method == "auto":
+            spec = dataclasses.replace(spec, query_method=spec.resolved_query_method())
+        if spec.query_window is None:
+            spec = dataclasses.replace(spec, query_window=spec.resolved_query_window())
         if spec.preset != "auto":
             return spec
         entry = preset_for(spec.env, spec.agent)
@@ -247,6 +254,22 @@ class TrainSpec:
             return self.reward_output
         entry = preset_for(self.env, REWARD_MODEL_PRESET)
         return str(entry.get("output", "tanh")) if entry is not None else "tanh"
+
+    def resolved_query_method(self) -> str:
+        """``query_method`` with ``auto`` resolved: the task's ``reward-model`` entry in the
+        presets table (``query_method``), else ``uniform``."""
+        if self.query_method != "auto":
+            return self.query_method
+        entry = preset_for(self.env, REWARD_MODEL_PRESET)
+        return str(entry.get("query_method", "uniform")) if entry is not None else "uniform"
+
+    def resolved_query_window(self) -> int:
+        """``query_window`` with unset resolved: the task's ``reward-model`` entry in the presets
+        table (``query_window``), else 0 (every episode)."""
+        if self.query_window is not None:
+            return self.query_window
+        entry = preset_for(self.env, REWARD_MODEL_PRESET)
+        return int(entry.get("query_window", 0)) if entry is not None else 0
 
     def check_budget(self) -> None:
         """Refuse a new run whose every round cannot train one whole rollout within ``steps``.
@@ -291,7 +314,7 @@ class TrainSpec:
             n_rounds=self.rounds - 1,  # the loop counts the rounds after the initial one
             initial_timesteps=self.initial_steps,
             segment_length=self.segment_length,
-            query_method=self.query_method,
+            query_method=self.resolved_query_method(),
             reward_train=RewardTrainConfig(
                 max_epochs=self.reward_epochs,
                 seed=seeds.reward_model,
@@ -301,7 +324,7 @@ class TrainSpec:
             ),
             seed=seeds.queries,
             step_unit=self.step_unit(),
-            query_window=self.query_window or None,
+            query_window=self.resolved_query_window() or None,
             segment_draw=self.segment_draw,
         )
 
@@ -338,7 +361,7 @@ def _check_values(spec: TrainSpec) -> None:
             f"--label-noise must be in [0, 0.5), got {spec.label_noise}: it is the probability "
             "that a label is wrong (e.g. 0.1 for one label in ten; 0 turns it off)"
         )
-    if spec.query_window < 0:
+    if spec.query_window is not None and spec.query_window < 0:
         raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
                          f"{spec.query_window}")  # fmt: skip
     if spec.on_timeout not in ON_TIMEOUT:
@@ -367,9 +390,10 @@ def _check_values(spec: TrainSpec) -> None:
     if spec.segment_draw not in SEGMENT_DRAWS:
         raise ValueError(f"unknown --segment-draw {spec.segment_draw!r}: choose one of "
                          f"{', '.join(SEGMENT_DRAWS)}")  # fmt: skip
-    if spec.query_method not in QUERY_METHODS:
+    if spec.query_method not in ("auto", *QUERY_METHODS):
         raise ValueError(
-            f"unknown --query-method {spec.query_method!r}: choose one of {', '.join(QUERY_METHODS)}"
+            f"unknown --query-method {spec.query_method!r}: choose one of auto, "
+            f"{', '.join(QUERY_METHODS)}"
         )
     _check_rollout_workers(spec)
     if spec.vectorization not in VECTORIZATIONS:

@@ -68,7 +68,7 @@ def test_a_run_with_no_finished_episode_says_so_in_its_summary(tmp_path, capsys)
     ("bad", "message"),
     [
         (["--steps", "-100"], "--steps (-100) must exceed --initial-steps"),
-        (["--query-method", "entropie"], "unknown --query-method 'entropie'"),
+        (["--query-method", "entropie"], "unknown --query-method 'entropie': choose one of auto,"),
         (["--queries", "0"], "--queries must be at least 2, got 0"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--label-noise", "0.5"], "--label-noise must be in [0, 0.5), got 0.5"),

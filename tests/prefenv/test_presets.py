@@ -14,6 +14,7 @@ from prefenv.app.api import start
 from prefenv.app.cli import main
 from prefenv.app.presets import Preset, parse_hparams, preset_for, presets, read_hparams_file
 from prefenv.app.spec import REWARD_MODEL_PRESET, REWARD_OUTPUTS, TrainSpec, load_spec
+from prefenv.sampling import QUERY_METHODS
 
 SMALL = {"steps": 16_384, "initial_steps": 2_048, "rounds": 2, "queries": 20, "n_envs": 2,
          "n_steps": 512}  # fmt: skip
@@ -26,8 +27,18 @@ def test_every_table_entry_names_its_source_and_is_accepted_by_its_agent():
         for agent, entry in agents.items():
             assert len(entry.source) > 40, f"{entry.name} says too little about its source"
             if agent == REWARD_MODEL_PRESET:  # the reward model's settings, for every agent
-                assert set(entry) == {"output"} and entry["output"] in REWARD_OUTPUTS
-                assert TrainSpec(env=env_id).with_preset().reward_output == entry["output"]
+                assert set(entry) <= {"output", "query_method", "query_window"}
+                resolved = TrainSpec(env=env_id).with_preset()
+                if "output" in entry:
+                    assert entry["output"] in REWARD_OUTPUTS
+                    assert resolved.reward_output == entry["output"]
+                if "query_method" in entry:
+                    assert entry["query_method"] in QUERY_METHODS
+                    assert resolved.query_method == entry["query_method"]
+                    assert resolved.loop_config().query_method == entry["query_method"]
+                if "query_window" in entry:
+                    assert resolved.query_window == entry["query_window"] >= 1
+                    assert resolved.loop_config().query_window == entry["query_window"]
                 continue
             spec = TrainSpec(env=env_id, agent=agent).with_preset()
             assert spec.preset == f"{env_id}:{agent}" and spec.hparams == dict(entry)
@@ -42,6 +53,12 @@ def test_with_preset_resolves_once_and_user_values_win():
     reacher = TrainSpec(env="prefenv/Reacher-v0").with_preset()  # no entry: agent defaults
     assert reacher.preset == "none" and reacher.hparams == {}
     assert reacher.reward_output == "tanh"  # no reward-model entry: B-Pref's tanh
+    assert reacher.query_method == "uniform"  # and B-Pref's uniform queries
+    assert reacher.loop_config().query_method == "uniform"
+    assert reacher.query_window == 0 and reacher.loop_config().query_window is None
+    chosen = TrainSpec(query_method="entropy", query_window=0).with_preset()  # the user's choice
+    assert chosen.query_method == "entropy" and chosen.loop_config().query_method == "entropy"
+    assert chosen.query_window == 0 and chosen.loop_config().query_window is None
     assert preset_for("envs:prefenv/HalfCheetah-v0", "ppo-kl") is not None  # module:Id form
     with pytest.raises(ValueError, match="--preset takes auto or none"):
         TrainSpec(preset="tuned")
@@ -56,6 +73,8 @@ def test_a_run_gets_the_preset_records_it_and_keeps_it_when_the_table_changes(tm
     run.store.close()
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())["spec"]
     assert recorded["reward_output"] == "linear"  # HalfCheetah's reward-model entry, resolved
+    assert recorded["query_method"] == "disagreement" and recorded["query_window"] == 10
+    assert run.loop.config.query_method == "disagreement" and run.loop.config.query_window == 10
     assert {m.output_activation for m in run.reward_model.members} == {None}
     assert recorded["preset"] == "prefenv/HalfCheetah-v0:ppo-kl"
     assert recorded["hparams"] == {"batch_size": 256, "log_std_init": -2.0}
