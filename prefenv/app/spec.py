@@ -247,29 +247,31 @@ class TrainSpec:
             return dataclasses.replace(spec, preset="none")
         return dataclasses.replace(spec, preset=entry.name, hparams={**entry, **spec.hparams})
 
+    def _reward_model_preset(self, key: str, default: Any) -> Any:
+        """``key`` of the task's ``reward-model`` entry in the presets table, else ``default``."""
+        entry = preset_for(self.env, REWARD_MODEL_PRESET)
+        return entry.get(key, default) if entry is not None else default
+
     def resolved_reward_output(self) -> str:
         """``reward_output`` with ``auto`` resolved: the task's ``reward-model`` entry in the
         presets table (``output``), else ``tanh``."""
         if self.reward_output != "auto":
             return self.reward_output
-        entry = preset_for(self.env, REWARD_MODEL_PRESET)
-        return str(entry.get("output", "tanh")) if entry is not None else "tanh"
+        return str(self._reward_model_preset("output", "tanh"))
 
     def resolved_query_method(self) -> str:
-        """``query_method`` with ``auto`` resolved: the task's ``reward-model`` entry in the
-        presets table (``query_method``), else ``uniform``."""
+        """``query_method`` with ``auto`` resolved: the entry's ``query_method``, else
+        ``uniform``."""
         if self.query_method != "auto":
             return self.query_method
-        entry = preset_for(self.env, REWARD_MODEL_PRESET)
-        return str(entry.get("query_method", "uniform")) if entry is not None else "uniform"
+        return str(self._reward_model_preset("query_method", "uniform"))
 
     def resolved_query_window(self) -> int:
-        """``query_window`` with unset resolved: the task's ``reward-model`` entry in the presets
-        table (``query_window``), else 0 (every episode)."""
+        """``query_window`` with unset resolved: the entry's ``query_window``, else 0 (every
+        episode)."""
         if self.query_window is not None:
             return self.query_window
-        entry = preset_for(self.env, REWARD_MODEL_PRESET)
-        return int(entry.get("query_window", 0)) if entry is not None else 0
+        return int(self._reward_model_preset("query_window", 0))
 
     def check_budget(self) -> None:
         """Refuse a new run whose every round cannot train one whole rollout within ``steps``.
