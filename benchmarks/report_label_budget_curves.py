@@ -59,6 +59,12 @@ def main() -> None:
         label, _, where = curve.partition("=")
         folder, _, arm = where.partition(":")
         data = fractions(Path(folder), arm or None)
+        if not data[MODES[0]]:
+            parser.error(
+                f"{curve}: no finished cell in {folder}/*.json"
+                + (f" with arm {arm!r}" if arm else "")
+                + ": check the folder and the arm's name"
+            )
         for mode, ax in zip(MODES, axes, strict=True):
             budgets = sorted(data[mode])
             mean = np.array([np.mean(data[mode][q]) for q in budgets])

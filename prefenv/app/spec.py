@@ -484,7 +484,12 @@ def load_spec(out: str | os.PathLike[str]) -> TrainSpec:
             f"{path} has schema {schema!r}, expected {RUN_SCHEMA!r}: it was written by another "
             "prefenv version; start a new run or use that version"
         )
-    return TrainSpec(**{"preset": "none", **payload["spec"]})  # no preset key: made before presets
+    return TrainSpec(**{**BEFORE_PRESETS, **payload["spec"]})
+
+
+BEFORE_PRESETS: dict[str, Any] = {"preset": "none", "reward_output": "tanh", "query_window": 0}
+"""What a run.json without these keys ran with (it was written before the field existed): such a
+run resumes as it started, not with today's presets entry for its task."""
 
 
 def _upgrade_v1(spec: dict[str, Any]) -> dict[str, Any]:

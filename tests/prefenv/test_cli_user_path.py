@@ -58,6 +58,7 @@ def test_a_run_with_no_finished_episode_says_so_in_its_summary(tmp_path, capsys)
     captured = capsys.readouterr()
     assert "warning: each round trains about" in captured.err  # said at the start, in one line
     assert "  feedback    every method off\n" in captured.out
+    assert "tanh output, uniform queries\n" in captured.out  # Reacher: no query entry
     assert "final true return: no episode finished" in captured.out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_true_return"] is None and "no episode finished" in summary["warning"]

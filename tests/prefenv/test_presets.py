@@ -130,3 +130,17 @@ def test_bad_hparams_are_one_line_and_leave_nothing(tmp_path, capsys, argv, mess
     assert main(["train", *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_run_json_from_before_the_preset_fields_resumes_with_what_it_ran(tmp_path):
+    start(TrainSpec(**SMALL), tmp_path / "run").store.close()
+    path = tmp_path / "run" / "run.json"
+    payload = json.loads(path.read_text())
+    assert payload["spec"]["query_window"] == 10  # today's HalfCheetah run records its window
+    for key in ("preset", "reward_output", "query_window", "hparams"):
+        payload["spec"].pop(key)  # as a run.json written before these fields existed
+    path.write_text(json.dumps(payload))
+    old = load_spec(tmp_path / "run")
+    assert (old.preset, old.reward_output, old.query_window) == ("none", "tanh", 0)
+    assert old.with_preset() == old  # resolving changes nothing: the run resumes as it started
+    assert old.loop_config().query_window is None
