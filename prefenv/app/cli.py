@@ -35,7 +35,7 @@ from prefenv.app import api
 from prefenv.app.budget import BudgetWarning, plan_budget
 from prefenv.app.fields import add_field_options, field_docs, from_options
 from prefenv.app.presets import parse_hparams, read_hparams_file
-from prefenv.app.runs import LOG_DIR, TrainingRun
+from prefenv.app.runs import FINAL_EVAL_FILE, LOG_DIR, TrainingRun
 from prefenv.app.spec import HUMAN, TrainSpec
 from prefenv.human import NoLabelsError
 
@@ -176,6 +176,10 @@ def _finish(run: TrainingRun, out: Path) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     run = api.reopen(args.out)
     loop = run.loop
+    if loop.done and run.spec.eval_episodes and not (args.out / FINAL_EVAL_FILE).exists():
+        print(f"prefenv resume: {args.out}: every round is done; the final evaluation was cut "
+              "short, running it", flush=True)  # fmt: skip
+        return _finish(run, args.out)
     if loop.done:
         print(f"{args.out} is already complete ({loop.round} rounds)")
         run.write_summary()

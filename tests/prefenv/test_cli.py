@@ -344,3 +344,21 @@ def test_reward_output_linear_gives_an_unbounded_reward_network(tmp_path):
         acts = torch.randn(64, venv.single_action_space.shape[0])
         assert linear(obs, acts, obs).abs().max() > 1.0
     venv.close()
+
+
+def test_resume_finishes_a_final_evaluation_a_kill_cut_short(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--eval-episodes", "1", "--out", str(out)]) == 0
+    evaluation = json.loads((out / "final_eval.json").read_text())
+    (out / "final_eval.json").unlink()  # killed during the evaluation, after the last round
+    summary = json.loads((out / "summary.json").read_text())
+    summary.pop("eval_deterministic_return")
+    (out / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["resume", "--out", str(out)]) == 0
+    assert "the final evaluation was cut short, running it" in capsys.readouterr().out
+    assert json.loads((out / "final_eval.json").read_text()) == evaluation  # same seed, same run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_deterministic_return"] == evaluation["deterministic"]["true_return_mean"]
+    assert main(["resume", "--out", str(out)]) == 0  # now it is complete
+    assert "is already complete" in capsys.readouterr().out
