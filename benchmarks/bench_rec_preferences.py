@@ -95,6 +95,7 @@ def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> Trai
         reward_epochs=args.reward_epochs,
         reward_width=args.reward_width,
         reward_depth=args.reward_depth,
+        reward_output=args.reward_output,
         reference=args.reference if leash else "",
     )
 
@@ -155,6 +156,10 @@ def main() -> None:
     parser.add_argument("--reward-epochs", type=int, default=50)
     parser.add_argument("--reward-width", type=int, default=64)
     parser.add_argument("--reward-depth", type=int, default=2)
+    parser.add_argument(
+        "--reward-output", default="auto", choices=["auto", "tanh", "linear"],
+        help="the reward network's output (auto: the task's presets entry, else tanh)",
+    )  # fmt: skip
     parser.add_argument("--teacher", default="oracle")
     parser.add_argument("--kl-coef", type=float, default=0.02)
     parser.add_argument("--reference", default="popularity", choices=["popularity", "greedy-click"])

@@ -37,12 +37,17 @@ from prefenv.wrappers import VectorPreferenceReward
 __all__ = [
     "PreferenceLoop",
     "PreferenceLoopConfig",
+    "QUERY_SCHEDULES",
     "RoundMetrics",
     "query_schedule",
     "hacking_alarm",
     "step_schedule",
     "whole_units",
 ]
+
+
+QUERY_SCHEDULES = ("hyperbolic", "constant")
+"""How the queries after the initial round spread over the rounds (:func:`query_schedule`)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,8 @@ class PreferenceLoopConfig:
             raise ValueError(f"n_rounds must be >= 0, got {self.n_rounds}")
         if not 0.0 < self.initial_query_fraction < 1.0:
             raise ValueError("initial_query_fraction must be in (0, 1)")
-        if self.schedule not in ("constant", "hyperbolic"):
-            raise ValueError(f"schedule must be 'constant' or 'hyperbolic', got {self.schedule!r}")
+        if self.schedule not in QUERY_SCHEDULES:
+            raise ValueError(f"schedule must be one of {QUERY_SCHEDULES}, got {self.schedule!r}")
         if self.query_method not in QUERY_METHODS:
             raise ValueError(
                 f"query_method must be one of {QUERY_METHODS}, got {self.query_method!r}"

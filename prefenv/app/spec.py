@@ -26,7 +26,7 @@ from prefenv.atomic import atomic_write
 from prefenv.errors import CheckpointError, CheckpointNotFoundError
 from prefenv.human import ON_TIMEOUT, HumanFeedbackConfig
 from prefenv.label_noise import RobustLabels
-from prefenv.loop import PreferenceLoopConfig, whole_units
+from prefenv.loop import QUERY_SCHEDULES, PreferenceLoopConfig, whole_units
 from prefenv.reward_training import RewardTrainConfig
 from prefenv.sampling import QUERY_METHODS, SEGMENT_DRAWS
 from prefenv.surf import Surf
@@ -109,6 +109,13 @@ class TrainSpec:
     sampling and the reward model (prefenv.app.spec.RunSeeds)."""
     segment_length: int = 50
     """Steps per compared segment (B-Pref: 50)."""
+    initial_query_fraction: float = 0.1
+    """Share of --queries asked in the initial round, on the initial policy's segments, in (0, 1);
+    the rest spread over the later rounds by --query-schedule."""
+    query_schedule: str = "hyperbolic"
+    """How the queries after the initial round spread over the rounds: hyperbolic (round i gets a
+    share in proportion to 1 / i, more while the reward is worst; imitation's default) or
+    constant (equal shares)."""
     query_method: str = "auto"
     """uniform, disagreement or entropy (the first round is uniform either way), or auto: the
     task's reward-model entry in the presets table (query_method; HalfCheetah: disagreement),
@@ -315,6 +322,8 @@ class TrainSpec:
             total_queries=self.queries,
             n_rounds=self.rounds - 1,  # the loop counts the rounds after the initial one
             initial_timesteps=self.initial_steps,
+            initial_query_fraction=self.initial_query_fraction,
+            schedule=self.query_schedule,
             segment_length=self.segment_length,
             query_method=self.resolved_query_method(),
             reward_train=RewardTrainConfig(
@@ -363,6 +372,14 @@ def _check_values(spec: TrainSpec) -> None:
             f"--label-noise must be in [0, 0.5), got {spec.label_noise}: it is the probability "
             "that a label is wrong (e.g. 0.1 for one label in ten; 0 turns it off)"
         )
+    if not 0.0 < spec.initial_query_fraction < 1.0:
+        raise ValueError(
+            f"--initial-query-fraction must be in (0, 1), got {spec.initial_query_fraction}: it is "
+            "the share of --queries asked in the initial round (e.g. 0.1 for one label in ten)"
+        )
+    if spec.query_schedule not in QUERY_SCHEDULES:
+        raise ValueError(f"unknown --query-schedule {spec.query_schedule!r}: choose one of "
+                         f"{', '.join(QUERY_SCHEDULES)}")  # fmt: skip
     if spec.query_window is not None and spec.query_window < 0:
         raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
                          f"{spec.query_window}")  # fmt: skip

@@ -69,7 +69,8 @@ def _final_state(out: Path) -> dict:
 
 METHODS = [
     "--rune", "--query-window", "3", "--unsupervised", "--robust-labels", "--surf",
-    "--label-noise", "0.1", "--segment-draw", "step",
+    "--label-noise", "0.1", "--segment-draw", "step", "--initial-query-fraction", "0.3",
+    "--query-schedule", "constant",
 ]  # fmt: skip  # issue 14's switchable methods, all on
 
 

@@ -77,6 +77,11 @@ def test_a_run_with_no_finished_episode_says_so_in_its_summary(tmp_path, capsys)
             ["--segment-draw", "steps"],
             "unknown --segment-draw 'steps': choose one of episode, step",
         ),
+        (["--initial-query-fraction", "1"], "--initial-query-fraction must be in (0, 1), got 1"),
+        (
+            ["--query-schedule", "linear"],
+            "unknown --query-schedule 'linear': choose one of hyperbolic, constant",
+        ),
         (["--env", "prefenv/HalfCheeta-v0"], "did you mean prefenv/HalfCheetah-v0"),
         (["--import", "no_such_pkg"], "cannot import module 'no_such_pkg'"),
     ],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
+from prefenv.app.spec import TrainSpec
 from prefenv.loop import PreferenceLoop, PreferenceLoopConfig, hacking_alarm, query_schedule
 from prefenv.recording import EpisodeStats, TrajectoryRecorder
 from prefenv.store import ComparisonStore
@@ -25,6 +27,15 @@ def test_query_schedule_spends_exactly_the_budget(schedule):
         assert counts[1] > counts[5] > counts[20]  # front-loaded while the reward is worst
     else:
         assert max(counts[1:]) - min(counts[1:]) <= 1
+
+
+def test_the_train_spec_hands_the_first_share_and_the_schedule_to_the_loop():
+    default = TrainSpec(env="prefenv/Hopper-v0", queries=50, rounds=11)
+    assert query_schedule(default.loop_config()) == [5, 15, 8, 5, 4, 3, 3, 2, 2, 2, 1]
+    spec = dataclasses.replace(default, initial_query_fraction=0.4, query_schedule="constant")
+    config = spec.loop_config()
+    assert (config.initial_query_fraction, config.schedule) == (0.4, "constant")
+    assert query_schedule(config) == [20, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]
 
 
 def _stats(true, learned):
