@@ -1,6 +1,7 @@
 """What each feedback-efficiency method costs in wall-clock: a sweep's cells side by side.
 
-Reads a finished sweep folder (``benchmarks/grids/method_cost.toml``'s, or any train sweep) and
+Reads a finished sweep folder (``benchmarks/grids/method_cost.toml``'s, or any train sweep; or
+its copy under ``benchmarks/results/sweeps/``, cell results beside ``cells/NAME/rounds.csv``) and
 prints, per cell: the whole run's seconds (the sweep's record: training, queries, refits and the
 final evaluation), the seconds of the reward-model refits (``rm_seconds`` summed over
 ``rounds.csv``), the rest (agent training, rollouts, query selection, evaluation), and the run's
@@ -21,9 +22,14 @@ import math
 from pathlib import Path
 
 
+def _results(sweep: Path) -> Path:
+    """Where a sweep's cell results lie: ``results/`` in a sweep's folder, the top in a copy."""
+    return sweep / "results" if (sweep / "results").is_dir() else sweep
+
+
 def cell_cost(sweep: Path, name: str) -> dict[str, float]:
     """``run_s`` (the sweep's seconds for the cell), ``refit_s`` and the final deterministic return."""
-    result = json.loads((sweep / "results" / f"{name}.json").read_text())
+    result = json.loads((_results(sweep) / f"{name}.json").read_text())
     if result["status"] != "done":
         raise SystemExit(f"{name} in {sweep} did not finish ({result['status']}): rerun the sweep")
     refit = 0.0
@@ -46,8 +52,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="", help="the cell the others are divided by "
                         "(default: the first cell named arm-off*)")  # fmt: skip
     args = parser.parse_args()
-    results = args.sweep / "results"
-    names = sorted(p.stem for p in results.glob("*.json")) if results.is_dir() else []
+    names = sorted(p.stem for p in _results(args.sweep).glob("*.json"))
     if not names:
         raise SystemExit(f"{args.sweep} has no finished cell: give a sweep's --out folder")
     costs = {name: cell_cost(args.sweep, name) for name in names}
