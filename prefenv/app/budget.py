@@ -81,7 +81,7 @@ def budget_warnings(spec: TrainSpec) -> list[str]:
         )
     shortest = min(plan.steps[1:]) // spec.n_envs
     if shortest < horizon:
-        needed = plan.steps[0] + spec.rounds * horizon * spec.n_envs
+        needed = plan.steps[0] + spec.resolved_rounds() * horizon * spec.n_envs
         messages.append(
             f"each round trains about {shortest:,} steps per sub-env, less than one "
             f"{horizon}-step episode: unless episodes end early, rounds finish no episode and "

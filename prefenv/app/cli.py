@@ -131,7 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ) if on]  # fmt: skip
     print(
         f"prefenv train: {spec.env} | agent {spec.agent} | teacher {spec.teacher} | seed "
-        f"{spec.seed}\n  run folder  {args.out}\n  budget      {spec.rounds} rounds, "
+        f"{spec.seed}\n  run folder  {args.out}\n  budget      {spec.resolved_rounds()} rounds, "
         f"{plan.total:,} env steps (whole rollouts of {plan.unit:,}), {spec.queries} labels\n"
         f"  agent       {settings} (preset: {spec.preset})\n"
         f"  reward      {spec.ensemble}-member ensemble, {spec.reward_output} output, "
@@ -155,7 +155,7 @@ def _finish(run: TrainingRun, out: Path) -> int:
     summary = run.run(progress=True)
     if run.paused:
         print(
-            f"\npaused after round {run.loop.round}/{run.spec.rounds}: its queries are still "
+            f"\npaused after round {run.loop.round}/{run.spec.resolved_rounds()}: its queries are still "
             f"waiting for people (--on-timeout pause). Label them (prefenv label --run {out}), "
             f"then: prefenv resume --out {out}"
         )
@@ -186,7 +186,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         run.store.close()
         return 0
     restored = (
-        f"restored round {loop.round}/{run.spec.rounds}, {loop.timesteps:,} env steps, "
+        f"restored round {loop.round}/{run.spec.resolved_rounds()}, {loop.timesteps:,} env steps, "
         f"{loop.labels_used} labels (store: {len(run.store)} comparisons)"
         if loop.round
         else f"no round had finished: starting again from run.json, {len(run.store)} stored "

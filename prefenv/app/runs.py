@@ -299,12 +299,12 @@ class TrainingRun:
         with events, tqdm(total=total, initial=self.loop.timesteps, disable=not progress,
                           unit="step", unit_scale=True, dynamic_ncols=True) as bar:  # fmt: skip
             self.progress.bar = bar
-            bar.set_postfix_str(f"round {self.loop.round + 1}/{self.spec.rounds}")
+            bar.set_postfix_str(f"round {self.loop.round + 1}/{self.spec.resolved_rounds()}")
             while not self.loop.done:
                 metrics = self.loop.step()
                 events.write(metrics)  # before the checkpoint names this round done
                 self.checkpoint()
-                bar.set_postfix_str(_round_postfix(metrics, self.spec.rounds))
+                bar.set_postfix_str(_round_postfix(metrics, self.spec.resolved_rounds()))
             self.progress.bar = None
         if self.rollouts is not None:
             self.rollouts.close()

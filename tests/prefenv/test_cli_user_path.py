@@ -29,9 +29,10 @@ TINY = [
 def test_steps_is_a_ceiling_and_the_reported_overshoot_is_refused_with_the_fix():
     """`--steps 16000` became 24,576 with no word (7 chunks each rounded up to a 2,048 rollout)."""
     with pytest.raises(ValueError, match=r"--steps 16000 leaves 2 whole rollouts of 2048 steps"):
-        TrainSpec(steps=16_000).check_budget()
+        TrainSpec(steps=16_000, rounds=7).check_budget()
     with pytest.raises(ValueError, match=r"raise --steps to 24576 or more"):
-        start(TrainSpec(steps=16_000), "never-written")
+        start(TrainSpec(steps=16_000, rounds=7), "never-written")
+    TrainSpec(steps=16_000).check_budget()  # unset, --rounds scales with --steps: one round
     assert not Path("never-written").exists()
     assert plan_budget(TrainSpec(steps=24_576)).total == 24_576
     for steps in (24_576, 30_000, 100_000, 1_000_000):  # never more than asked, whole rollouts
