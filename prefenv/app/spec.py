@@ -357,9 +357,10 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
 
 STEPS_PER_ROUND = 13_500
 """Env steps per feedback round when ``--rounds`` is unset. RESULTS.md "A reward refit every
-13,500 steps": on HalfCheetah at 300k steps, 21 rounds (one per 13,505 steps) against 11 took the
-50-label runs of seeds 24, 26 and 28 from 0.66, 0.62 and 0.24 of the true-reward twin to 0.93,
-0.80 and 1.03; the default 100k-step run's 7 rounds are one per 12,823."""
+13,500 steps": on HalfCheetah at 300k steps and 50 labels, 21 rounds (one per 13,505 steps) reach
+0.82 +- 0.10 of the true-reward twin over ten seeds (worst 0.65), where 11 rounds reached 0.74 +-
+0.26 over seven (worst 0.24); at 250 labels 0.94 +- 0.07 against 0.91 +- 0.06. The default
+100k-step run's 7 rounds are one per 12,823."""
 REWARD_OUTPUTS = {"tanh": "tanh", "linear": None}
 """``--reward-output`` choices (besides ``auto``) -> the reward network's ``output_activation``."""
 REWARD_MODEL_PRESET = "reward-model"
