@@ -102,8 +102,8 @@ class TrainSpec:
     """Total agent env steps (on-policy agents train in whole rollouts: see the start warning)."""
     rounds: int | None = None
     """Feedback rounds: each asks queries, refits the reward model, then trains the agent; unset:
-    one round per 13,500 env steps after --initial-steps (STEPS_PER_ROUND), 7 at the default
-    100k steps, 21 at 300k."""
+    the task's reward-model entry in the presets table (steps_per_round; HalfCheetah: one round
+    per 13,500 env steps after --initial-steps, 7 at 100k steps, 21 at 300k), else 7."""
     n_envs: int = 8
     """Parallel sub-envs."""
     seed: int = 0
@@ -259,11 +259,15 @@ class TrainSpec:
         return dataclasses.replace(spec, preset=entry.name, hparams={**entry, **spec.hparams})
 
     def resolved_rounds(self) -> int:
-        """``rounds`` with unset resolved: one round per :data:`STEPS_PER_ROUND` env steps after
-        the initial ones, at least 1."""
+        """``rounds`` with unset resolved: one round per ``steps_per_round`` env steps after the
+        initial ones (at least 1) where the task's ``reward-model`` entry sets it, else
+        :data:`DEFAULT_ROUNDS`."""
         if self.rounds is not None:
             return self.rounds
-        return max(1, round((self.steps - self.initial_steps) / STEPS_PER_ROUND))
+        per_round = self._reward_model_preset("steps_per_round", None)
+        if per_round is None:
+            return DEFAULT_ROUNDS
+        return max(1, round((self.steps - self.initial_steps) / int(per_round)))
 
     def _reward_model_preset(self, key: str, default: Any) -> Any:
         """``key`` of the task's ``reward-model`` entry in the presets table, else ``default``."""
@@ -355,12 +359,9 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
                  "reward_width", "reward_depth")  # fmt: skip
 
 
-STEPS_PER_ROUND = 13_500
-"""Env steps per feedback round when ``--rounds`` is unset. RESULTS.md "A reward refit every
-13,500 steps": on HalfCheetah at 300k steps and 50 labels, 21 rounds (one per 13,505 steps) reach
-0.82 +- 0.10 of the true-reward twin over ten seeds (worst 0.65), where 11 rounds reached 0.74 +-
-0.26 over seven (worst 0.24); at 250 labels 0.94 +- 0.07 against 0.91 +- 0.06. The default
-100k-step run's 7 rounds are one per 12,823."""
+DEFAULT_ROUNDS = 7
+"""Feedback rounds when ``--rounds`` is unset and the task's presets entry sets no
+``steps_per_round``."""
 REWARD_OUTPUTS = {"tanh": "tanh", "linear": None}
 """``--reward-output`` choices (besides ``auto``) -> the reward network's ``output_activation``."""
 REWARD_MODEL_PRESET = "reward-model"

@@ -40,18 +40,21 @@ def test_the_train_spec_hands_the_first_share_and_the_schedule_to_the_loop():
     assert query_schedule(config) == [20, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]
 
 
-def test_unset_rounds_refit_every_13500_steps_and_the_run_records_the_number(tmp_path):
+def test_unset_rounds_follow_the_presets_entry_and_the_run_records_the_number(tmp_path):
     assert TrainSpec().resolved_rounds() == 7  # the default 100k-step run keeps its 7 rounds
+    # HalfCheetah's entry: one round per 13,500 env steps after the initial ones
     assert TrainSpec(steps=300_000, initial_steps=16_384).resolved_rounds() == 21
     assert TrainSpec(steps=1_000_000, initial_steps=16_384).resolved_rounds() == 73
     assert TrainSpec(steps=12_000).resolved_rounds() == 1  # never fewer than one
     assert TrainSpec(steps=300_000, rounds=11).resolved_rounds() == 11  # a user's choice wins
     spec = TrainSpec(steps=300_000, initial_steps=16_384)
     assert spec.loop_config().n_rounds == 20 and spec.with_preset().rounds == 21
+    # no steps_per_round in the task's entry: 7 rounds, as before the entry existed
+    assert TrainSpec(env="prefenv/Walker2d-v0", steps=1_000_000).resolved_rounds() == 7
     tiny = TrainSpec(env="prefenv/Reacher-v0", steps=30_000, initial_steps=3_000, n_envs=2,
                      n_steps=100, queries=24)  # fmt: skip
     start(tiny, tmp_path / "run").store.close()
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["spec"]["rounds"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["spec"]["rounds"] == 7
 
 
 def _stats(true, learned):

@@ -27,7 +27,7 @@ def test_every_table_entry_names_its_source_and_is_accepted_by_its_agent():
         for agent, entry in agents.items():
             assert len(entry.source) > 40, f"{entry.name} says too little about its source"
             if agent == REWARD_MODEL_PRESET:  # the reward model's settings, for every agent
-                assert set(entry) <= {"output", "query_method", "query_window"}
+                assert set(entry) <= {"output", "query_method", "query_window", "steps_per_round"}
                 resolved = TrainSpec(env=env_id).with_preset()
                 if "output" in entry:
                     assert entry["output"] in REWARD_OUTPUTS
@@ -39,6 +39,10 @@ def test_every_table_entry_names_its_source_and_is_accepted_by_its_agent():
                 if "query_window" in entry:
                     assert resolved.query_window == entry["query_window"] >= 1
                     assert resolved.loop_config().query_window == entry["query_window"]
+                if "steps_per_round" in entry:  # 20 rounds after the initial steps
+                    steps = 2_048 + 20 * entry["steps_per_round"]
+                    long = TrainSpec(env=env_id, steps=steps, initial_steps=2_048).with_preset()
+                    assert long.rounds == 20 and long.loop_config().n_rounds == 19
                 continue
             spec = TrainSpec(env=env_id, agent=agent).with_preset()
             assert spec.preset == f"{env_id}:{agent}" and spec.hparams == dict(entry)
@@ -56,6 +60,7 @@ def test_with_preset_resolves_once_and_user_values_win():
     assert reacher.query_method == "uniform"  # and B-Pref's uniform queries
     assert reacher.loop_config().query_method == "uniform"
     assert reacher.query_window == 0 and reacher.loop_config().query_window is None
+    assert reacher.rounds == 7  # no steps_per_round: 7 rounds, whatever --steps
     chosen = TrainSpec(query_method="entropy", query_window=0).with_preset()  # the user's choice
     assert chosen.query_method == "entropy" and chosen.loop_config().query_method == "entropy"
     assert chosen.query_window == 0 and chosen.loop_config().query_window is None
