@@ -258,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, TypeError, gym.error.Error, NoLabelsError) as exc:
         print(f"prefenv {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command not in ("train", "resume"):
+            raise
+        print(f"\nprefenv {args.command}: interrupted. Every finished round is kept (the store, "
+              f"the checkpoint); continue with: prefenv resume --out {args.out}",
+              file=sys.stderr)  # fmt: skip
+        return 130  # the shell's code for a run stopped by Ctrl-C
 
 
 if __name__ == "__main__":

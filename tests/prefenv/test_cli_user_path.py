@@ -51,6 +51,31 @@ def test_the_reported_sac_budget_that_finished_no_episode_is_said_before_the_run
                 if "each round" in m]  # fmt: skip
 
 
+def test_ctrl_c_says_how_to_resume_in_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    from prefenv.loop import PreferenceLoop
+
+    step, calls = PreferenceLoop.step, []
+
+    def interrupted_in_round_two(loop: PreferenceLoop):
+        calls.append(loop.round)
+        if len(calls) in (2, 3):  # train's second round, then resume's first
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of a round
+        return step(loop)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(PreferenceLoop, "step", interrupted_in_round_two)
+    assert main(["train", *TINY, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "prefenv train: interrupted. Every finished round is kept" in err
+    assert f"continue with: prefenv resume --out {out}" in err and "Traceback" not in err
+    assert main(["resume", "--out", str(out)]) == 130  # interrupted again, in its first round
+    assert "prefenv resume: interrupted." in capsys.readouterr().err
+    monkeypatch.setattr(PreferenceLoop, "step", step)
+    assert main(["resume", "--out", str(out)]) == 0
+    assert "restored round 1/3" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["labels_used"] == 24
+
+
 def test_a_run_with_no_finished_episode_says_so_in_its_summary(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", *TINY, "--agent", "sb3-sac", "--n-envs", "8", "--steps", "640",
