@@ -97,8 +97,8 @@ def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(TrainingRun, "checkpoint", checkpoint_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        main([*argv, "--out", str(tmp_path / "killed")])
+    assert main([*argv, "--out", str(tmp_path / "killed")]) == 130  # Ctrl-C's exit code
+    assert "continue with: prefenv resume --out" in capsys.readouterr().err
     monkeypatch.undo()
     assert json.loads((tmp_path / "killed" / "loop_state.json").read_text())["loop"]["round"] == 2
     torch.manual_seed(12345)  # a fresh process: the global RNG state it starts with must not matter
