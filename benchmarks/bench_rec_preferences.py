@@ -46,7 +46,7 @@ from envs.recommendation.policies import (
 )
 from prefenv.agent import agent_factory
 from prefenv.app.runs import TrainingRun
-from prefenv.app.spec import TrainSpec, save_spec
+from prefenv.app.spec import REWARD_OUTPUTS, TrainSpec, save_spec
 
 EVAL_SEED = 12345
 ENV_ID = "prefenv/RecSlate-v0"
@@ -116,6 +116,7 @@ def preference_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.nd
     for stale in out.glob("comparisons.sqlite*"):
         stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    spec = spec.with_preset()  # run.json records what ran (rounds, reward output, queries)
     save_spec(spec, out)
     run = TrainingRun(spec, out)
     summary = run.run(progress=False)
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--reward-width", type=int, default=64)
     parser.add_argument("--reward-depth", type=int, default=2)
     parser.add_argument(
-        "--reward-output", default="auto", choices=["auto", "tanh", "linear"],
+        "--reward-output", default="auto", choices=["auto", *REWARD_OUTPUTS],
         help="the reward network's output (auto: the task's presets entry, else tanh)",
     )  # fmt: skip
     parser.add_argument("--teacher", default="oracle")

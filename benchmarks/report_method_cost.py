@@ -21,6 +21,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 
 def _results(sweep: Path) -> Path:
     """Where a sweep's cell results lie: ``results/`` in a sweep's folder, the top in a copy."""
@@ -32,12 +34,14 @@ def cell_cost(sweep: Path, name: str) -> dict[str, float]:
     result = json.loads((_results(sweep) / f"{name}.json").read_text())
     if result["status"] != "done":
         raise SystemExit(f"{name} in {sweep} did not finish ({result['status']}): rerun the sweep")
-    refit = 0.0
     rounds = sweep / "cells" / name / "rounds.csv"
-    if rounds.is_file():
+    if result["kind"] == "twin":
+        refit = 0.0  # the true reward: no reward model to refit
+    elif rounds.is_file():
         with rounds.open() as handle:
-            refit = sum(float(row["rm_seconds"]) for row in csv.DictReader(handle)
-                        if not math.isnan(float(row["rm_seconds"])))  # fmt: skip
+            refit = float(np.nansum([float(row["rm_seconds"]) for row in csv.DictReader(handle)]))
+    else:
+        refit = math.nan  # a copy without the cell's rounds.csv: unknown, not zero
     summary = result.get("summary") or {}
     return {
         "run_s": float(result["seconds"]),
