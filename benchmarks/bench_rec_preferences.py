@@ -120,7 +120,10 @@ def preference_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.nd
     save_spec(spec, out)
     run = TrainingRun(spec, out)
     summary = run.run(progress=False)
-    (out / "final_rm_accuracy.txt").write_text(f"{summary['reward_model_val_accuracy']:.3f}\n")
+    accuracy = summary["reward_model_val_accuracy"]  # None: too few labels to hold any out
+    (out / "final_rm_accuracy.txt").write_text(
+        "none\n" if accuracy is None else f"{accuracy:.3f}\n"
+    )
     return run.agent.predict
 
 
