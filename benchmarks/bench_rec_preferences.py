@@ -47,6 +47,7 @@ from envs.recommendation.policies import (
 from prefenv.agent import agent_factory
 from prefenv.app.runs import TrainingRun
 from prefenv.app.spec import REWARD_OUTPUTS, TrainSpec, save_spec
+from prefenv.sampling import QUERY_METHODS
 
 EVAL_SEED = 12345
 ENV_ID = "prefenv/RecSlate-v0"
@@ -96,6 +97,8 @@ def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> Trai
         reward_width=args.reward_width,
         reward_depth=args.reward_depth,
         reward_output=args.reward_output,
+        query_method=args.query_method,
+        query_window=args.query_window,
         reference=args.reference if leash else "",
     )
 
@@ -163,6 +166,14 @@ def main() -> None:
     parser.add_argument(
         "--reward-output", default="auto", choices=["auto", *REWARD_OUTPUTS],
         help="the reward network's output (auto: the task's presets entry, else tanh)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--query-method", default="auto", choices=["auto", *QUERY_METHODS],
+        help="how each round's pairs are chosen (auto: the task's presets entry, else uniform)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--query-window", type=int, default=None,
+        help="draw pairs from the newest N finished sessions only (unset: the presets entry, else 0)",
     )  # fmt: skip
     parser.add_argument("--teacher", default="oracle")
     parser.add_argument("--kl-coef", type=float, default=0.02)
