@@ -99,6 +99,7 @@ def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> Trai
         reward_output=args.reward_output,
         query_method=args.query_method,
         query_window=args.query_window,
+        surf=args.surf,
         reference=args.reference if leash else "",
     )
 
@@ -174,6 +175,10 @@ def main() -> None:
     parser.add_argument(
         "--query-window", type=int, default=None,
         help="draw pairs from the newest N finished sessions only (unset: the presets entry, else 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--surf", action="store_true",
+        help="SURF: pseudo-labels on unlabelled pairs and temporal crops in every refit",
     )  # fmt: skip
     parser.add_argument("--teacher", default="oracle")
     parser.add_argument("--kl-coef", type=float, default=0.02)
