@@ -1,10 +1,11 @@
 """Label-budget curves of several sweeps in one figure: final true return over the twin's.
 
 Each curve is ``LABEL=FOLDER`` (a sweep's results folder: its ``results/*.json``) or
-``LABEL=FOLDER:ARM`` (one arm of it), or several of those joined by ``+`` (one setting whose cells
-ran in more than one sweep); ``--seeds`` keeps only those seeds. Per curve and budget: every seed's fraction of its own
-true-reward twin, a line through the mean, and a band of one std over seeds; a panel for the
-deterministic policy and one for the sampled policy. Prints the table the figure shows.
+``LABEL=FOLDER:ARM`` (one arm of it), or several of those joined by ``+`` (one setting whose
+cells ran in more than one sweep); ``--seeds`` keeps only those seeds. Per curve and budget: every
+seed's fraction of its own true-reward twin, a line through the mean, and a band of one std over
+seeds; a panel for the deterministic policy and one for the sampled policy. Prints the table the
+figure shows.
 
     python benchmarks/report_label_budget_curves.py \
         uniform=benchmarks/results/sweeps/label_budget:off \
