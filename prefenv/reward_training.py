@@ -62,6 +62,7 @@ def bradley_terry_loss(
     margin: float | Tensor = 0.0,
     centering_coef: float = 0.0,
     label_noise: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Mean Bradley-Terry cross-entropy over a batch of pairs.
 
@@ -83,9 +84,12 @@ def bradley_terry_loss(
         margin: the preferred segment must win by this much (scalar or ``[B]``).
         centering_coef: weight ``c`` of the centring term.
         label_noise: assumed probability ``e`` in [0, 0.5) that a label is wrong.
+        label_smoothing: ``s`` in [0, 1): labels are pulled ``s`` of the way to 0.5.
     """
     logits = returns1 - returns0
     labels = labels.to(logits.dtype)
+    if label_smoothing:
+        labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
     log_p = F.logsigmoid if not label_noise else functools.partial(_noisy_logsigmoid, e=label_noise)
     loss = -labels * log_p(logits - margin) - (1.0 - labels) * log_p(-logits - margin)
     loss = loss.mean()
@@ -150,6 +154,10 @@ class RewardTrainConfig:
     """Assumed probability that a label is wrong, in [0, 0.5): the Bradley-Terry likelihood of a
     teacher who makes such mistakes (see :func:`bradley_terry_loss`); 0 is the plain loss. The
     validation loss that early stopping watches uses the same likelihood."""
+    label_smoothing: float = 0.0
+    """Train every label ``p`` as ``(1 - s) p + s / 2`` (see :func:`bradley_terry_loss`): the
+    returns of a pair stop moving apart once ``|R1 - R0|`` reaches ``log((2 - s) / s)``. 0 is the
+    plain loss; the validation loss uses the same labels."""
     robust: RobustLabels | None = None
     """RIME's label-noise filter (:mod:`prefenv.label_noise`): each epoch, trust, flip or drop
     every labelled pair by its loss. None trains on every label as given."""
@@ -172,6 +180,11 @@ class RewardTrainConfig:
             raise ValueError(
                 f"RewardTrainConfig: label_noise must be in [0, 0.5), got {self.label_noise}: it is "
                 "the probability that a label is wrong (0.5 would be a teacher who answers at random)"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(
+                f"RewardTrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}: "
+                "labels are pulled that share of the way to 0.5 (1 would make every label a tie)"
             )
         if not self.lr > 0:
             raise ValueError(f"RewardTrainConfig: lr must be > 0, got {self.lr}")
@@ -318,7 +331,8 @@ class _Pairs:
         ]
         returns0, returns1, labels = (torch.cat([p[i] for p in parts]) for i in range(3))
         loss = bradley_terry_loss(
-            returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise
+            returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise,
+            config.label_smoothing,
         )
         return float(loss), _accuracy(returns0, returns1, labels)
 
@@ -343,7 +357,8 @@ def _training_step(
     """
     returns0, returns1, labels = pairs.returns(model, index, labels, surf)  # type: ignore[arg-type]
     labelled_loss = bradley_terry_loss(
-        returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise
+        returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise,
+        config.label_smoothing,
     )
     loss, n_pseudo = labelled_loss, 0
     if surf is not None:

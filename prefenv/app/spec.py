@@ -158,6 +158,11 @@ class TrainSpec:
     with the likelihood of a teacher who makes such mistakes, so a label it is sure is wrong costs
     at most -ln(label_noise) and stops pulling it (0: the plain Bradley-Terry loss). Estimate it
     from gold queries or annotator agreement; combines with --robust-labels."""
+    label_smoothing: float | None = None
+    """Train every label p as (1 - s) p + s / 2, in [0, 1): the predicted returns of a pair stop
+    moving apart at |R1 - R0| = ln((2 - s) / s), so a bounded (tanh) output is not driven to its
+    ceiling on every step that did not fall; unset: the task's reward-model entry in the presets
+    table (label_smoothing), else 0 (the plain Bradley-Terry loss)."""
     surf: bool = False
     """SURF: confident pseudo-labels on unlabelled segment pairs from the query pool, and
     temporal crops of labelled pairs, in every refit (Park et al. 2022)."""
@@ -251,6 +256,8 @@ class TrainSpec:
             spec = dataclasses.replace(spec, query_method=spec.resolved_query_method())
         if spec.query_window is None:
             spec = dataclasses.replace(spec, query_window=spec.resolved_query_window())
+        if spec.label_smoothing is None:
+            spec = dataclasses.replace(spec, label_smoothing=spec.resolved_label_smoothing())
         if spec.preset != "auto":
             return spec
         entry = preset_for(spec.env, spec.agent)
@@ -294,6 +301,12 @@ class TrainSpec:
         if self.query_window is not None:
             return self.query_window
         return int(self._reward_model_preset("query_window", 0))
+
+    def resolved_label_smoothing(self) -> float:
+        """``label_smoothing`` with unset resolved: the entry's ``label_smoothing``, else 0."""
+        if self.label_smoothing is not None:
+            return self.label_smoothing
+        return float(self._reward_model_preset("label_smoothing", 0.0))
 
     def check_budget(self) -> None:
         """Refuse a new run whose every round cannot train one whole rollout within ``steps``.
@@ -345,6 +358,7 @@ class TrainSpec:
                 max_epochs=self.reward_epochs,
                 seed=seeds.reward_model,
                 label_noise=self.label_noise,
+                label_smoothing=self.resolved_label_smoothing(),
                 robust=RobustLabels() if self.robust_labels else None,
                 surf=Surf() if self.surf else None,
             ),
@@ -398,6 +412,11 @@ def _check_values(spec: TrainSpec) -> None:
     if spec.query_schedule not in QUERY_SCHEDULES:
         raise ValueError(f"unknown --query-schedule {spec.query_schedule!r}: choose one of "
                          f"{', '.join(QUERY_SCHEDULES)}")  # fmt: skip
+    if spec.label_smoothing is not None and not 0.0 <= spec.label_smoothing < 1.0:
+        raise ValueError(
+            f"--label-smoothing must be in [0, 1), got {spec.label_smoothing}: it is the share of "
+            "the way each label is pulled to 0.5 (e.g. 0.05; 0 turns it off)"
+        )
     if spec.query_window is not None and spec.query_window < 0:
         raise ValueError(f"--query-window must be 0 (off) or a number of episodes, got "
                          f"{spec.query_window}")  # fmt: skip
@@ -522,7 +541,8 @@ def load_spec(out: str | os.PathLike[str]) -> TrainSpec:
     return TrainSpec(**{**BEFORE_PRESETS, **payload["spec"]})
 
 
-BEFORE_PRESETS: dict[str, Any] = {"preset": "none", "reward_output": "tanh", "query_window": 0}
+BEFORE_PRESETS: dict[str, Any] = {"preset": "none", "reward_output": "tanh", "query_window": 0,
+                                  "label_smoothing": 0.0}
 """What a run.json without these keys ran with (it was written before the field existed): such a
 run resumes as it started, not with today's presets entry for its task."""
 

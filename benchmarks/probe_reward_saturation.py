@@ -1,0 +1,128 @@
+"""Does a reward model fit to a falling task's labels tell running from standing? An offline probe.
+
+On Walker2d and Hopper (tasks that end when the agent falls) the agents of small label budgets
+stand, and their learned reward sits near 1 per step, the tanh output's ceiling (RESULTS.md).
+This probe replays one finished run's labels through the loop's refits (the same comparisons in
+the same order, one refit per round at the run's label counts, each continuing from the last),
+under several training settings, and scores every model on held-out 50-step windows of another
+run's query pool, one whose agent runs:
+
+- ``rho``: Spearman correlation of learned and true window returns, over windows that do not end
+  in a fall (so length cannot carry it: this is running against standing);
+- ``acc``: share of random pairs of such windows (true returns at least 10% apart) ordered rightly;
+- ``top-bottom``: learned per-step reward of the best true tenth minus the worst true tenth;
+- ``sat``: share of steps whose learned reward is within 0.05 of the output's bound.
+
+    python benchmarks/probe_reward_saturation.py \\
+        --labels benchmarks/out/sweeps/walker_rounds/cells/queries-50_seed-22 \\
+        --pool benchmarks/out/sweeps/walker_unsupervised/cells/queries-250_seed-24
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from prefenv.reward_models import RewardEnsemble
+from prefenv.reward_networks import MLPRewardModel
+from prefenv.reward_training import RewardTrainConfig, train_reward_model
+from prefenv.store import ComparisonStore
+
+SETTINGS: dict[str, dict] = {
+    "plain (the run's)": {},
+    "label smoothing 0.05": {"label_smoothing": 0.05},
+    "label smoothing 0.1": {"label_smoothing": 0.1},
+    "label smoothing 0.2": {"label_smoothing": 0.2},
+    "noise-aware 0.1": {"label_noise": 0.1},
+    "weight decay 0.1": {"weight_decay": 0.1},
+}
+
+
+def windows(pool: Path, length: int, count: int, seed: int) -> dict[str, np.ndarray]:
+    """``count`` random ``length``-step windows that do not end in a fall, from a query pool."""
+    z = np.load(pool / "query_pool.npz")
+    lengths, terminated = z["lengths"], z["terminated"]
+    obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    step_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rng = np.random.default_rng(seed)
+    # a window ends at least one step before a falling episode's last step
+    room = lengths - length - terminated.astype(int)
+    episodes = np.flatnonzero(room >= 0)
+    picks = rng.choice(episodes, size=count, p=(room[episodes] + 1) / (room[episodes] + 1).sum())
+    starts = np.array([rng.integers(0, room[e] + 1) for e in picks])
+    obs_idx = obs_start[picks, None] + starts[:, None] + np.arange(length + 1)
+    step_idx = step_start[picks, None] + starts[:, None] + np.arange(length)
+    return {"obs": z["obs"][obs_idx], "acts": z["acts"][step_idx],
+            "true": z["true_rewards"][step_idx]}  # fmt: skip
+
+
+def score(model: RewardEnsemble, data: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+    n, length = data["true"].shape
+    obs, nxt = data["obs"][:, :-1].reshape(n * length, -1), data["obs"][:, 1:].reshape(n * length, -1)
+    acts = data["acts"].reshape(n * length, -1)
+    with torch.no_grad():
+        r = model(*(torch.as_tensor(x) for x in (obs, acts, nxt))).numpy().reshape(n, length)
+    learned, true = r.sum(1), data["true"].sum(1)
+    i, j = rng.integers(0, n, size=(2, 20_000))
+    apart = np.abs(true[i] - true[j]) > 0.1 * np.maximum(np.abs(true[i]), np.abs(true[j]))
+    right = np.sign(learned[i] - learned[j]) == np.sign(true[i] - true[j])
+    order = np.argsort(true)
+    tenth = max(1, n // 10)
+    return {
+        "rho": float(spearmanr(learned, true).statistic),
+        "acc": float(right[apart].mean()),
+        "top-bottom": float(r[order[-tenth:]].mean() - r[order[:tenth]].mean()),
+        "sat": float((np.abs(r) > 0.95).mean()),
+        "mean": float(r.mean()),
+    }
+
+
+def replay(labels: Path, config: RewardTrainConfig, obs_dim: int, act_dim: int) -> RewardEnsemble:
+    spec = json.loads((labels / "run.json").read_text())["spec"]
+    with ComparisonStore(labels / "comparisons.sqlite") as store:
+        comparisons = store.load()
+    counts = [int(r["labels_used"]) for r in csv.DictReader(open(labels / "rounds.csv"))]
+    torch.manual_seed(spec["seed"])
+    hidden = (spec["reward_width"],) * spec["reward_depth"]
+    model = RewardEnsemble(
+        [MLPRewardModel(obs_dim, act_dim, hidden_sizes=hidden) for _ in range(spec["ensemble"])]
+    )
+    done = 0
+    for k, count in enumerate(counts):
+        if count == done:
+            continue
+        done = count
+        train_reward_model(model, comparisons[:count], dataclasses.replace(config, seed=k))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, required=True, help="a finished run's folder")
+    parser.add_argument("--pool", type=Path, required=True, help="a run folder with query_pool.npz")
+    parser.add_argument("--windows", type=int, default=4000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = windows(args.pool, 50, args.windows, args.seed)
+    epochs = json.loads((args.labels / "run.json").read_text())["spec"]["reward_epochs"]
+    print(f"labels: {args.labels}  pool: {args.pool}  windows: {args.windows}")
+    print("| setting | rho | acc | top-bottom | sat | mean per step |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, fields in SETTINGS.items():
+        config = RewardTrainConfig(max_epochs=epochs, **fields)
+        model = replay(args.labels, config, data["obs"].shape[-1], data["acts"].shape[-1])
+        s = score(model, data, np.random.default_rng(args.seed))
+        print(f"| {name} | {s['rho']:.2f} | {s['acc']:.2f} | {s['top-bottom']:.3f} | "
+              f"{s['sat']:.2f} | {s['mean']:.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
