@@ -65,7 +65,10 @@ def windows(pool: Path, length: int, count: int, seed: int) -> dict[str, np.ndar
 
 def score(model: RewardEnsemble, data: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
     n, length = data["true"].shape
-    obs, nxt = data["obs"][:, :-1].reshape(n * length, -1), data["obs"][:, 1:].reshape(n * length, -1)
+    obs, nxt = (
+        data["obs"][:, :-1].reshape(n * length, -1),
+        data["obs"][:, 1:].reshape(n * length, -1),
+    )
     acts = data["acts"].reshape(n * length, -1)
     with torch.no_grad():
         r = model(*(torch.as_tensor(x) for x in (obs, acts, nxt))).numpy().reshape(n, length)

@@ -331,7 +331,12 @@ class _Pairs:
         ]
         returns0, returns1, labels = (torch.cat([p[i] for p in parts]) for i in range(3))
         loss = bradley_terry_loss(
-            returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise,
+            returns0,
+            returns1,
+            labels,
+            config.margin,
+            config.centering_coef,
+            config.label_noise,
             config.label_smoothing,
         )
         return float(loss), _accuracy(returns0, returns1, labels)
@@ -357,7 +362,12 @@ def _training_step(
     """
     returns0, returns1, labels = pairs.returns(model, index, labels, surf)  # type: ignore[arg-type]
     labelled_loss = bradley_terry_loss(
-        returns0, returns1, labels, config.margin, config.centering_coef, config.label_noise,
+        returns0,
+        returns1,
+        labels,
+        config.margin,
+        config.centering_coef,
+        config.label_noise,
         config.label_smoothing,
     )
     loss, n_pseudo = labelled_loss, 0

@@ -541,8 +541,12 @@ def load_spec(out: str | os.PathLike[str]) -> TrainSpec:
     return TrainSpec(**{**BEFORE_PRESETS, **payload["spec"]})
 
 
-BEFORE_PRESETS: dict[str, Any] = {"preset": "none", "reward_output": "tanh", "query_window": 0,
-                                  "label_smoothing": 0.0}
+BEFORE_PRESETS: dict[str, Any] = {
+    "preset": "none",
+    "reward_output": "tanh",
+    "query_window": 0,
+    "label_smoothing": 0.0,
+}
 """What a run.json without these keys ran with (it was written before the field existed): such a
 run resumes as it started, not with today's presets entry for its task."""
 
