@@ -139,8 +139,10 @@ class TrainSpec:
     """Hidden layers per reward network (B-Pref: 3)."""
     reward_output: str = "auto"
     """Reward-network output: tanh (B-Pref: each step's reward in [-1, 1]), linear (unbounded; a
-    confident tanh model saturates, and then rewards a fast run no more than a slow one), or auto:
-    the task's reward-model entry in the presets table (HalfCheetah: linear), else tanh."""
+    confident tanh model saturates, and then rewards a fast run no more than a slow one), sigmoid
+    (in [0, 1]: never negative, so on a task that ends when the agent falls, falling never pays),
+    or auto: the task's reward-model entry in the presets table (HalfCheetah: linear), else
+    tanh."""
     shaping: float = 0.0
     """Uncertainty shaping k: reward = mean + k * std of the ensemble."""
     rune: bool = False
@@ -376,7 +378,7 @@ _AT_LEAST_ONE = ("rounds", "n_envs", "ensemble", "segment_length", "n_steps", "r
 DEFAULT_ROUNDS = 7
 """Feedback rounds when ``--rounds`` is unset and the task's presets entry sets no
 ``steps_per_round``."""
-REWARD_OUTPUTS = {"tanh": "tanh", "linear": None}
+REWARD_OUTPUTS = {"tanh": "tanh", "linear": None, "sigmoid": "sigmoid"}
 """``--reward-output`` choices (besides ``auto``) -> the reward network's ``output_activation``."""
 REWARD_MODEL_PRESET = "reward-model"
 """The presets table's pseudo-agent whose entries set a task's reward-model settings."""

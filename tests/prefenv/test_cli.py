@@ -338,12 +338,18 @@ def test_reward_output_linear_gives_an_unbounded_reward_network(tmp_path):
     tanh = new_reward_model(TrainSpec(env="prefenv/Reacher-v0"), venv)
     assert {m.output_activation for m in linear.members} == {None}
     assert {m.output_activation for m in tanh.members} == {"tanh"}
+    sigmoid = new_reward_model(TrainSpec(env="prefenv/Reacher-v0", reward_output="sigmoid"), venv)
+    assert {m.output_activation for m in sigmoid.members} == {"sigmoid"}
     with torch.no_grad():
         for member in linear.members:  # scale the last layer: only tanh stays within [-1, 1]
             member.layers[-1].weight.mul_(1e3)
         obs = torch.randn(64, venv.single_observation_space.shape[0])
         acts = torch.randn(64, venv.single_action_space.shape[0])
         assert linear(obs, acts, obs).abs().max() > 1.0
+        for member in sigmoid.members:
+            member.layers[-1].weight.mul_(1e3)
+        rewards = sigmoid(obs, acts, obs)
+        assert rewards.min() >= 0.0 and rewards.max() <= 1.0 and rewards.std() > 0.1
     venv.close()
 
 
