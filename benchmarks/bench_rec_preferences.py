@@ -100,6 +100,7 @@ def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> Trai
         query_method=args.query_method,
         query_window=args.query_window,
         surf=args.surf,
+        shaping=args.shaping,
         reference=args.reference if leash else "",
     )
 
@@ -179,6 +180,10 @@ def main() -> None:
     parser.add_argument(
         "--surf", action="store_true",
         help="SURF: pseudo-labels on unlabelled pairs and temporal crops in every refit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shaping", type=float, default=0.0,
+        help="the learned reward is mean + k * std of the ensemble; k < 0 is pessimism",
     )  # fmt: skip
     parser.add_argument("--teacher", default="oracle")
     parser.add_argument("--kl-coef", type=float, default=0.02)
