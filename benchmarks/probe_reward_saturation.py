@@ -16,6 +16,9 @@ run's query pool, one whose agent runs:
     python benchmarks/probe_reward_saturation.py \\
         --labels benchmarks/out/sweeps/walker_rounds/cells/queries-50_seed-22 \\
         --pool benchmarks/out/sweeps/walker_unsupervised/cells/queries-250_seed-24
+
+``--score RUN ...`` scores the reward models finished runs saved (``RUN/reward_model``) on the
+same windows instead, with no replay: what the agent of each run was trained on at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from prefenv.reward_models import RewardEnsemble
+from prefenv.reward_models import RewardEnsemble, load_reward_model
 from prefenv.reward_networks import MLPRewardModel
 from prefenv.reward_training import RewardTrainConfig, train_reward_model
 from prefenv.store import ComparisonStore
@@ -106,15 +109,33 @@ def replay(labels: Path, config: RewardTrainConfig, obs_dim: int, act_dim: int) 
     return model
 
 
+def _row(name: str, s: dict) -> None:
+    print(f"| {name} | {s['rho']:.2f} | {s['acc']:.2f} | {s['top-bottom']:.3f} | {s['sat']:.2f} | "
+          f"{s['mean']:.3f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, required=True, help="a finished run's folder")
+    parser.add_argument("--labels", type=Path, help="a finished run's folder to replay")
+    parser.add_argument("--score", type=Path, nargs="+", help="finished runs whose models to score")
     parser.add_argument("--pool", type=Path, required=True, help="a run folder with query_pool.npz")
     parser.add_argument("--windows", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if (args.labels is None) == (args.score is None):
+        parser.error("give --labels RUN (replay its labels) or --score RUN ... (saved models)")
     data = windows(args.pool, 50, args.windows, args.seed)
+    if args.score:
+        print(f"pool: {args.pool}  windows: {args.windows}")
+        print("| run | rho | acc | top-bottom | sat | mean per step |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for run in args.score:
+            s = score(
+                load_reward_model(run / "reward_model"), data, np.random.default_rng(args.seed)
+            )
+            _row(f"{run.parent.parent.name}/{run.name}", s)
+        return
     epochs = json.loads((args.labels / "run.json").read_text())["spec"]["reward_epochs"]
     print(f"labels: {args.labels}  pool: {args.pool}  windows: {args.windows}")
     print("| setting | rho | acc | top-bottom | sat | mean per step |")
@@ -123,8 +144,7 @@ def main() -> None:
         config = RewardTrainConfig(max_epochs=epochs, **fields)
         model = replay(args.labels, config, data["obs"].shape[-1], data["acts"].shape[-1])
         s = score(model, data, np.random.default_rng(args.seed))
-        print(f"| {name} | {s['rho']:.2f} | {s['acc']:.2f} | {s['top-bottom']:.3f} | "
-              f"{s['sat']:.2f} | {s['mean']:.3f} |", flush=True)  # fmt: skip
+        _row(name, s)
 
 
 if __name__ == "__main__":
