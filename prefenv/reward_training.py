@@ -5,7 +5,8 @@ Every reward model trains through :func:`train_reward_model`, numeric or text. T
 (``segment_returns``; a per-step model sums its step rewards, a text model scores the segment's
 ``(prompt, completion)``), and the probability that segment 1 is preferred is
 ``sigmoid(R1 - R0)`` (Bradley-Terry). The loss is the cross-entropy between that probability and
-the label (1 = segment 1 preferred, 0 = segment 0, 0.5 = equally good). Early stopping, gradient
+the label (1 = segment 1 preferred, 0 = segment 0, 0.5 = equally good; the loss and its options
+are in :mod:`prefenv.bradley_terry`). Early stopping, gradient
 clipping, the NaN check (:class:`~prefenv.predictors.RewardModelError`), the validation split
 and the metrics live here once, which is why the module is over 400 lines: splitting the loss,
 config, metrics and pair-source protocol from the loop that uses them would scatter one
@@ -23,7 +24,6 @@ refit continues from the current weights (a fresh optimiser, the normaliser refi
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -32,9 +32,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prefenv.bradley_terry import bradley_terry_loss, pair_accuracy
 from prefenv.label_noise import LabelNoiseFilter, LabelSplit, RobustLabels, pair_losses
 from prefenv.predictors import RewardModelError
 from prefenv.records import Comparison, Segment
@@ -53,64 +53,6 @@ __all__ = [
     "evaluate_reward_model",
     "split_comparisons",
 ]
-
-
-def bradley_terry_loss(
-    returns0: Tensor,
-    returns1: Tensor,
-    labels: Tensor,
-    margin: float | Tensor = 0.0,
-    centering_coef: float = 0.0,
-    label_noise: float = 0.0,
-    label_smoothing: float = 0.0,
-) -> Tensor:
-    """Mean Bradley-Terry cross-entropy over a batch of pairs.
-
-    ``loss = -p log sigmoid(R1 - R0 - m) - (1 - p) log sigmoid(R0 - R1 - m)
-    + c * mean((R0 + R1)^2)``, with ``p = labels`` the probability that segment 1 is preferred.
-    For a hard label this is ``-log sigmoid(R_w - R_l - m)``; a tie (p = 0.5) pulls R0 and R1
-    together. The centring term (TRL uses c = 1e-2) keeps returns near zero.
-
-    With ``label_noise = e > 0`` the likelihood is that of a teacher who answers at random with
-    probability ``2e`` (so the label is wrong with probability ``e`` whatever the two returns):
-    ``sigmoid(x)`` becomes ``e + (1 - 2e) sigmoid(x)`` on both sides. A label the model is sure is
-    wrong then costs at most ``-log e`` and its gradient vanishes, where the plain loss grows
-    with the model's confidence and keeps pulling. (B-Pref's ``mistake`` teacher is this model.)
-
-    Args:
-        returns0: ``[B]`` predicted returns of the first segments.
-        returns1: ``[B]`` predicted returns of the second segments.
-        labels: ``[B]`` soft labels in [0, 1].
-        margin: the preferred segment must win by this much (scalar or ``[B]``).
-        centering_coef: weight ``c`` of the centring term.
-        label_noise: assumed probability ``e`` in [0, 0.5) that a label is wrong.
-        label_smoothing: ``s`` in [0, 1): labels are pulled ``s`` of the way to 0.5.
-    """
-    logits = returns1 - returns0
-    labels = labels.to(logits.dtype)
-    if label_smoothing:
-        labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    log_p = F.logsigmoid if not label_noise else functools.partial(_noisy_logsigmoid, e=label_noise)
-    loss = -labels * log_p(logits - margin) - (1.0 - labels) * log_p(-logits - margin)
-    loss = loss.mean()
-    if centering_coef:
-        loss = loss + centering_coef * ((returns0 + returns1) ** 2).mean()
-    return loss
-
-
-def _noisy_logsigmoid(x: Tensor, e: float) -> Tensor:
-    """``log(e + (1 - 2e) sigmoid(x))``, stable for any ``x``."""
-    return torch.logaddexp(torch.full_like(x, math.log(e)), math.log1p(-2.0 * e) + F.logsigmoid(x))
-
-
-def _accuracy(returns0: Tensor, returns1: Tensor, labels: Tensor) -> float:
-    """Share of non-tie pairs where sign(R1 - R0) agrees with the label (NaN if none)."""
-    decided = labels != 0.5
-    if not bool(decided.any()):
-        return math.nan
-    agree = (returns1 > returns0) == (labels > 0.5)
-    agree &= returns1 != returns0
-    return float(agree[decided].float().mean())
 
 
 @dataclass(frozen=True)
@@ -339,7 +281,7 @@ class _Pairs:
             config.label_noise,
             config.label_smoothing,
         )
-        return float(loss), _accuracy(returns0, returns1, labels)
+        return float(loss), pair_accuracy(returns0, returns1, labels)
 
 
 def _labelled(comparisons: Sequence[Comparison]) -> list[Comparison]:
