@@ -137,6 +137,11 @@ class RewardTrainConfig:
                 f"RewardTrainConfig: val_fraction must be in [0, 1), got {self.val_fraction}"
             )
 
+    def loss(self, returns0: Tensor, returns1: Tensor, labels: Tensor) -> Tensor:
+        """:func:`~prefenv.bradley_terry.bradley_terry_loss` with this config's options."""
+        return bradley_terry_loss(returns0, returns1, labels, self.margin, self.centering_coef,
+                                  self.label_noise, self.label_smoothing)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class MemberTrainMetrics:
@@ -272,15 +277,7 @@ class _Pairs:
             )
         ]
         returns0, returns1, labels = (torch.cat([p[i] for p in parts]) for i in range(3))
-        loss = bradley_terry_loss(
-            returns0,
-            returns1,
-            labels,
-            config.margin,
-            config.centering_coef,
-            config.label_noise,
-            config.label_smoothing,
-        )
+        loss = config.loss(returns0, returns1, labels)
         return float(loss), pair_accuracy(returns0, returns1, labels)
 
 
@@ -303,15 +300,7 @@ def _training_step(
     pairs and adds the pseudo-label loss of one unlabelled batch.
     """
     returns0, returns1, labels = pairs.returns(model, index, labels, surf)  # type: ignore[arg-type]
-    labelled_loss = bradley_terry_loss(
-        returns0,
-        returns1,
-        labels,
-        config.margin,
-        config.centering_coef,
-        config.label_noise,
-        config.label_smoothing,
-    )
+    labelled_loss = config.loss(returns0, returns1, labels)
     loss, n_pseudo = labelled_loss, 0
     if surf is not None:
         unlabelled_loss, n_pseudo = surf.loss(model.segment_returns)  # type: ignore[operator]

@@ -1,4 +1,4 @@
-"""Shared test fixtures: a tiny env with a hidden reward and an exact reward predictor.
+"""Shared test fixtures: a tiny env with a hidden reward, an exact reward predictor, one thread.
 
 The classes are handed out through fixtures (tests import nothing from conftest).
 """
@@ -95,3 +95,12 @@ def point_env():
 @pytest.fixture
 def exact_model():
     return SumNextObsPredictor()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,15 +24,6 @@ TRUE_WEIGHTS = np.array([1.0, -0.5])
 """The hidden reward of the synthetic task: ``r_t = obs_t @ TRUE_WEIGHTS``."""
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- the rule, by hand
 
 

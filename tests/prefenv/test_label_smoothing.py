@@ -19,14 +19,6 @@ H = 20
 """Segment length of the synthetic falling task."""
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_smoothed_loss_by_hand_and_its_finite_optimum() -> None:
     t = torch.tensor
     logits, labels, s = t([-1.0, 0.0, 2.5]), t([1.0, 0.5, 0.0]), 0.1

@@ -17,15 +17,6 @@ from prefenv.sampling import sample_segment_pairs
 from prefenv.surf import Surf, UnlabelledBatches, crop_length_range, crop_pair, pseudo_labels
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _segment(length: int, offset: float = 0.0, dims: tuple[int, int] = (3, 2)) -> Segment:
     """A segment whose obs[t, 0] = offset + t, so a crop's start can be read back."""
     obs = np.zeros((length + 1, dims[0]))
