@@ -27,7 +27,14 @@ def test_every_table_entry_names_its_source_and_is_accepted_by_its_agent():
         for agent, entry in agents.items():
             assert len(entry.source) > 40, f"{entry.name} says too little about its source"
             if agent == REWARD_MODEL_PRESET:  # the reward model's settings, for every agent
-                assert set(entry) <= {"output", "query_method", "query_window", "steps_per_round"}
+                keys = {
+                    "output",
+                    "query_method",
+                    "query_window",
+                    "steps_per_round",
+                    "label_smoothing",
+                }
+                assert set(entry) <= keys
                 resolved = TrainSpec(env=env_id).with_preset()
                 if "output" in entry:
                     assert entry["output"] in REWARD_OUTPUTS
@@ -39,6 +46,10 @@ def test_every_table_entry_names_its_source_and_is_accepted_by_its_agent():
                 if "query_window" in entry:
                     assert resolved.query_window == entry["query_window"] >= 1
                     assert resolved.loop_config().query_window == entry["query_window"]
+                if "label_smoothing" in entry:
+                    assert resolved.label_smoothing == entry["label_smoothing"]
+                    smoothing = resolved.loop_config().reward_train.label_smoothing
+                    assert smoothing == entry["label_smoothing"]
                 if "steps_per_round" in entry:  # 20 rounds after the initial steps
                     steps = 2_048 + 20 * entry["steps_per_round"]
                     long = TrainSpec(env=env_id, steps=steps, initial_steps=2_048).with_preset()
@@ -142,10 +153,12 @@ def test_a_run_json_from_before_the_preset_fields_resumes_with_what_it_ran(tmp_p
     path = tmp_path / "run" / "run.json"
     payload = json.loads(path.read_text())
     assert payload["spec"]["query_window"] == 10  # today's HalfCheetah run records its window
-    for key in ("preset", "reward_output", "query_window", "hparams"):
+    assert payload["spec"]["label_smoothing"] == 0.0  # resolved, like the window
+    for key in ("preset", "reward_output", "query_window", "label_smoothing", "hparams"):
         payload["spec"].pop(key)  # as a run.json written before these fields existed
     path.write_text(json.dumps(payload))
     old = load_spec(tmp_path / "run")
     assert (old.preset, old.reward_output, old.query_window) == ("none", "tanh", 0)
+    assert old.label_smoothing == 0.0 and old.loop_config().reward_train.label_smoothing == 0.0
     assert old.with_preset() == old  # resolving changes nothing: the run resumes as it started
     assert old.loop_config().query_window is None
