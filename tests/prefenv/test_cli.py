@@ -207,7 +207,7 @@ def test_unknown_teacher_and_agent_are_clear_errors(tmp_path, capsys):
         ["--queries", "0"],
         ["--env", "prefenv/Reachr-v0"],
         ["--steps", "300"],
-        ["--reward-output", "sigmoid"],
+        ["--reward-output", "softplus"],
     ],
     ids=["no-queries", "misspelled-env", "steps-below-initial", "unknown-reward-output"],
 )
