@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from prefenv.app.spec import REWARD_OUTPUTS
 from prefenv.reward_models import RewardEnsemble, load_reward_model
 from prefenv.reward_networks import MLPRewardModel
 from prefenv.reward_training import RewardTrainConfig, train_reward_model
@@ -90,16 +91,27 @@ def score(model: RewardEnsemble, data: dict[str, np.ndarray], rng: np.random.Gen
     }
 
 
-def replay(labels: Path, config: RewardTrainConfig, obs_dim: int, act_dim: int) -> RewardEnsemble:
-    spec = json.loads((labels / "run.json").read_text())["spec"]
-    with ComparisonStore(labels / "comparisons.sqlite") as store:
+def load_run(run: Path) -> tuple[dict, list, list[int]]:
+    """A finished run's spec, its labelled comparisons in append order, and labels per round."""
+    spec = json.loads((run / "run.json").read_text())["spec"]
+    with ComparisonStore(run / "comparisons.sqlite") as store:
         comparisons = store.load()
-    counts = [int(r["labels_used"]) for r in csv.DictReader(open(labels / "rounds.csv"))]
+    with open(run / "rounds.csv") as rounds:
+        counts = [int(r["labels_used"]) for r in csv.DictReader(rounds)]
+    return spec, comparisons, counts
+
+
+def replay(run: tuple[dict, list, list[int]], config: RewardTrainConfig, obs_dim: int,
+           act_dim: int) -> RewardEnsemble:  # fmt: skip
+    """The run's reward model (its architecture and output) refit as the loop refit it."""
+    spec, comparisons, counts = run
     torch.manual_seed(spec["seed"])
     hidden = (spec["reward_width"],) * spec["reward_depth"]
-    model = RewardEnsemble(
-        [MLPRewardModel(obs_dim, act_dim, hidden_sizes=hidden) for _ in range(spec["ensemble"])]
-    )
+    output = REWARD_OUTPUTS[spec["reward_output"]]
+    model = RewardEnsemble([
+        MLPRewardModel(obs_dim, act_dim, hidden_sizes=hidden, output_activation=output)
+        for _ in range(spec["ensemble"])
+    ])  # fmt: skip
     done = 0
     for k, count in enumerate(counts):
         if count == done:
@@ -136,13 +148,14 @@ def main() -> None:
             )
             _row(f"{run.parent.parent.name}/{run.name}", s)
         return
-    epochs = json.loads((args.labels / "run.json").read_text())["spec"]["reward_epochs"]
+    run = load_run(args.labels)
+    epochs = run[0]["reward_epochs"]
     print(f"labels: {args.labels}  pool: {args.pool}  windows: {args.windows}")
     print("| setting | rho | acc | top-bottom | sat | mean per step |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, fields in SETTINGS.items():
         config = RewardTrainConfig(max_epochs=epochs, **fields)
-        model = replay(args.labels, config, data["obs"].shape[-1], data["acts"].shape[-1])
+        model = replay(run, config, data["obs"].shape[-1], data["acts"].shape[-1])
         s = score(model, data, np.random.default_rng(args.seed))
         _row(name, s)
 
