@@ -1,7 +1,9 @@
 """Learning from preferences on the recommendation simulator: long-term true utility per session.
 
 Arms, all with the same seed and evaluated on the same 256 held-out sessions (eval seed 12345,
-deterministic actions, ``prefenv/RecSlate-v0``: 2,000 items, 3 of 10 candidates per step):
+``prefenv/RecSlate-v0``: 2,000 items, 3 of 10 candidates per step); the trained arms are evaluated
+with deterministic actions (the headline) and with sampled ones (under ``"sampled"``), and report
+the KL to their reference per session over the last 10 training iterations:
 
 - ``random``, ``popularity``, ``greedy-click``: the production recommenders (numpy policies).
 - ``ppo-kl (true utility)``: PPO-KL trained on the env's hidden true utility, leashed by a KL
@@ -22,16 +24,19 @@ Usage::
         python benchmarks/bench_rec_preferences.py --arms sb3-clicks,sb3-learned
 
 Results: ``benchmarks/out/rec_preferences/seed<N>/`` (run folders, ``results.json``) and a
-Markdown table on stdout.
+Markdown table on stdout. ``--reevaluate`` loads the arms a finished run saved (``true/agent``,
+``learned/``) and evaluates them again in both modes without training.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -45,12 +50,18 @@ from envs.recommendation.policies import (
     RandomPolicy,
 )
 from prefenv.agent import agent_factory
-from prefenv.app.runs import TrainingRun
-from prefenv.app.spec import REWARD_OUTPUTS, TrainSpec, save_spec
+from prefenv.app.runs import TrainingRun, make_vector_env
+from prefenv.app.spec import REWARD_OUTPUTS, TrainSpec, load_spec, save_spec
+from prefenv.reward_models import load_reward_model
 from prefenv.sampling import QUERY_METHODS
+from prefenv.wrappers import VectorPreferenceReward
 
 EVAL_SEED = 12345
 ENV_ID = "prefenv/RecSlate-v0"
+
+
+Predict = Callable[..., np.ndarray]
+"""``predict(obs, deterministic=True) -> actions``, as ``Agent.predict``."""
 
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], sessions: int = 256) -> dict[str, float]:
@@ -70,11 +81,24 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], sessions: int = 256) -
     return {k: float(v.mean()) for k, v in totals.items()}
 
 
-def _timed(fn: Callable[[], Callable[[np.ndarray], np.ndarray]]) -> tuple[dict[str, float], float]:
-    start = time.process_time()
-    predict = fn()
-    cpu = time.process_time() - start
-    return evaluate(predict), cpu
+def evaluate_modes(predict: Predict, log_dir: Path | None = None) -> dict[str, Any]:
+    """Deterministic metrics, ``"sampled"`` metrics, and the final KL to the reference."""
+    return {
+        **evaluate(predict),
+        "sampled": evaluate(lambda obs: predict(obs, deterministic=False)),
+        "kl_to_ref_episode": final_kl(log_dir) if log_dir else None,
+    }
+
+
+def final_kl(log_dir: Path, iterations: int = 10) -> float | None:
+    """Mean KL to the reference per episode over the agent's last ``iterations`` log rows."""
+    path = log_dir / "progress.csv"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        values = [r.get("kl_to_ref_episode", "") for r in csv.DictReader(f)]
+    values = [float(v) for v in values if v not in ("", "nan")][-iterations:]
+    return float(np.mean(values)) if values else None
 
 
 def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> TrainSpec:
@@ -105,18 +129,35 @@ def spec_for(args: argparse.Namespace, seed: int, agent: str = "ppo-kl") -> Trai
     )
 
 
-def true_utility_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """PPO-KL built exactly as TrainingRun builds it, trained on the true utility (no reward model)."""
+def true_utility_agent(spec: TrainSpec, out: Path) -> Predict:
+    """PPO-KL built exactly as TrainingRun builds it, trained on the true utility (no reward model);
+    saved to ``out/agent`` for ``--reevaluate``."""
     venv = RecommendationVectorEnv(spec.n_envs, slate_size=3)
     seeds = spec.seeds()
     agent = agent_factory("ppo-kl").build(
         spec, venv, seed=seeds.agent, env_seed=seeds.env, log_dir=out / "agent_logs"
     )
     agent.learn(spec.steps)
+    agent.save(out / "agent")
     return agent.predict
 
 
-def preference_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+def saved_true_utility_agent(spec: TrainSpec, out: Path) -> Predict:
+    """The agent :func:`true_utility_agent` saved in ``out/agent``."""
+    venv = RecommendationVectorEnv(spec.n_envs, slate_size=3)
+    return agent_factory("ppo-kl").load(spec, venv, out / "agent", log_dir=None).predict
+
+
+def saved_preference_agent(spec: TrainSpec, out: Path) -> Predict:
+    """The final agent of the finished ``prefenv train`` run in ``out``."""
+    run_spec = load_spec(out)
+    venv = make_vector_env(run_spec)
+    spaces = (venv.single_observation_space, venv.single_action_space)
+    reward = VectorPreferenceReward(venv, load_reward_model(out / "reward_model", *spaces))
+    return agent_factory(run_spec.agent).load(run_spec, reward, out / "agent", log_dir=None).predict
+
+
+def preference_agent(spec: TrainSpec, out: Path) -> Predict:
     """``prefenv train``'s TrainingRun from synthetic comparisons; returns its final policy."""
     for stale in out.glob("comparisons.sqlite*"):
         stale.unlink()
@@ -132,7 +173,7 @@ def preference_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.nd
     return run.agent.predict
 
 
-def sb3_clicks_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+def sb3_clicks_agent(spec: TrainSpec, out: Path) -> Predict:
     """SB3 PPO on the raw click proxy (``reward="clicks"``)."""
     from agents.sb3 import SB3VecEnvBridge, make_sb3_agent
 
@@ -146,7 +187,7 @@ def sb3_clicks_agent(spec: TrainSpec, out: Path) -> Callable[[np.ndarray], np.nd
     bridge.seed(spec.seed)
     model = make_sb3_agent("sb3-ppo", bridge, seed=spec.seed, n_steps=spec.n_steps)
     model.learn(spec.steps)
-    return lambda obs: model.predict(obs, deterministic=True)[0]
+    return lambda obs, deterministic=True: model.predict(obs, deterministic=deterministic)[0]
 
 
 def main() -> None:
@@ -197,6 +238,10 @@ def main() -> None:
         "of true,learned[,sb3-*]; results merge into the seed folder's results.json, so arms can "
         "run as parallel processes",
     )
+    parser.add_argument(
+        "--reevaluate", action="store_true",
+        help="evaluate the arms a finished run saved under --out again, both modes, no training",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/rec_preferences"))
     args = parser.parse_args()
 
@@ -216,9 +261,14 @@ def main() -> None:
         results[name] = {**evaluate(policy), "cpu_s": 0.0}
     spec = spec_for(args, args.seed)
     sb3_spec = spec_for(args, args.seed, agent="sb3-ppo")
-    builders: dict[str, tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]] = {
-        "true": ("ppo-kl (true utility)", lambda: true_utility_agent(spec, out / "true")),
-        "learned": ("ppo-kl (learned reward)", lambda: preference_agent(spec, out / "learned")),
+    train_true, train_learned = (
+        (saved_true_utility_agent, saved_preference_agent)
+        if args.reevaluate
+        else (true_utility_agent, preference_agent)
+    )
+    builders: dict[str, tuple[str, Callable[[], Predict]]] = {
+        "true": ("ppo-kl (true utility)", lambda: train_true(spec, out / "true")),
+        "learned": ("ppo-kl (learned reward)", lambda: train_learned(spec, out / "learned")),
         "sb3-clicks": ("sb3-ppo (true clicks)", lambda: sb3_clicks_agent(sb3_spec, out / "sb3")),
         "sb3-learned": (
             "sb3-ppo (learned reward)",
@@ -233,14 +283,24 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(builders))
     if unknown:
         parser.error(f"unknown arms {unknown}: choose from {', '.join(builders)}")
-    arms = [builders[a] for a in chosen]
-    for name, build in arms:
-        metrics, cpu = _timed(build)
+    if args.reevaluate and not set(chosen) <= {"true", "learned"}:
+        parser.error(
+            "--reevaluate reloads the true and learned arms only: pass --arms true,learned"
+        )
+    results_path = out / "results.json"
+    earlier = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
+    logs = {"true": out / "true" / "agent_logs", "learned": out / "learned" / "agent_logs"}
+    for arm in chosen:
+        name, build = builders[arm]
+        start = time.process_time()
+        predict = build()
+        cpu = time.process_time() - start
+        metrics = evaluate_modes(predict, logs.get(arm))
+        # --reevaluate keeps the training run's CPU time
+        cpu = earlier.get(name, {}).get("cpu_s", cpu) if args.reevaluate else cpu
         results[name] = {**metrics, "cpu_s": cpu}
         print(f"{name}: {metrics} ({cpu:.0f} CPU-s)", flush=True)
-    results_path = out / "results.json"
-    if args.arms and results_path.exists():  # merge with arms run by other processes
-        earlier = json.loads(results_path.read_text())["results"]
+    if (args.arms or args.reevaluate) and earlier:  # merge with arms run by other processes
         results = {**earlier, **results}
     results_path.write_text(
         json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
@@ -251,14 +311,17 @@ def main() -> None:
         f"\n{ENV_ID}, seed {args.seed}, {args.steps:,} steps, {args.queries} queries, "
         f"KL {args.kl_coef} to {args.reference}\n"
     )
-    print("| policy | true utility / session | vs true-utility PPO-KL | clicks | satisfaction | "
-          "session length | train CPU s |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| policy | true utility / session | vs true-utility PPO-KL | sampled | clicks | "
+          "satisfaction | session length | KL to ref. / session | train CPU s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, m in results.items():
         ratio = f"{m['utility'] / true:.0%}" if true else "-"
+        sampled = f"{m['sampled']['utility']:.1f}" if "sampled" in m else "-"
+        kl = m.get("kl_to_ref_episode")
         print(
-            f"| {name} | {m['utility']:.1f} | {ratio} | {m['clicks']:.1f} | "
-            f"{m['satisfaction']:.1f} | {m['length']:.1f} | {m['cpu_s']:.0f} |"
+            f"| {name} | {m['utility']:.1f} | {ratio} | {sampled} | {m['clicks']:.1f} | "
+            f"{m['satisfaction']:.1f} | {m['length']:.1f} | "
+            f"{'-' if kl is None else f'{kl:.0f}'} | {m['cpu_s']:.0f} |"
         )
 
 
