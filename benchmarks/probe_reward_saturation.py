@@ -121,6 +121,24 @@ def replay(run: tuple[dict, list, list[int]], config: RewardTrainConfig, obs_dim
     return model
 
 
+RUN_FILES = ("run.json", "comparisons.sqlite", "rounds.csv")
+"""What ``--labels`` reads of a finished ``prefenv train`` run."""
+
+
+def missing_inputs(pool: Path, labels: Path | None, score: list[Path]) -> str | None:
+    """One line naming the first missing input and what to pass instead, or None."""
+    hint = "a finished `prefenv train` run folder (a sweep cell: <sweep>/cells/<cell>)"
+    if not (pool / "query_pool.npz").is_file():
+        return f"--pool {pool}: no query_pool.npz there; pass {hint} whose agent runs"
+    for name in RUN_FILES if labels is not None else ():
+        if not (labels / name).is_file():
+            return f"--labels {labels}: no {name} there; pass {hint}"
+    for run in score:
+        if not (run / "reward_model" / "config.json").is_file():
+            return f"--score {run}: no reward_model/ there; pass {hint} that saved its model"
+    return None
+
+
 def _row(name: str, s: dict) -> None:
     print(f"| {name} | {s['rho']:.2f} | {s['acc']:.2f} | {s['top-bottom']:.3f} | {s['sat']:.2f} | "
           f"{s['mean']:.3f} |", flush=True)  # fmt: skip
@@ -137,6 +155,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if (args.labels is None) == (args.score is None):
         parser.error("give --labels RUN (replay its labels) or --score RUN ... (saved models)")
+    problem = missing_inputs(args.pool, args.labels, args.score or [])
+    if problem:
+        parser.error(problem)
     data = windows(args.pool, 50, args.windows, args.seed)
     if args.score:
         print(f"pool: {args.pool}  windows: {args.windows}")
