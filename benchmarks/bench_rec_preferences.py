@@ -288,6 +288,7 @@ def main() -> None:
             "--reevaluate reloads the true and learned arms only: pass --arms true,learned"
         )
     results_path = out / "results.json"
+    # --reevaluate keeps each arm's training CPU time from the finished run's results
     earlier = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
     logs = {"true": out / "true" / "agent_logs", "learned": out / "learned" / "agent_logs"}
     for arm in chosen:
@@ -296,12 +297,12 @@ def main() -> None:
         predict = build()
         cpu = time.process_time() - start
         metrics = evaluate_modes(predict, logs.get(arm))
-        # --reevaluate keeps the training run's CPU time
         cpu = earlier.get(name, {}).get("cpu_s", cpu) if args.reevaluate else cpu
         results[name] = {**metrics, "cpu_s": cpu}
         print(f"{name}: {metrics} ({cpu:.0f} CPU-s)", flush=True)
-    if (args.arms or args.reevaluate) and earlier:  # merge with arms run by other processes
-        results = {**earlier, **results}
+    if (args.arms or args.reevaluate) and results_path.exists():
+        # merge with what arms run by other processes wrote meanwhile (read at the end)
+        results = {**json.loads(results_path.read_text())["results"], **results}
     results_path.write_text(
         json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
     )
