@@ -30,6 +30,7 @@ from prefenv.recording import EpisodeStats, TrajectoryRecorder
 from prefenv.records import Comparison, Segment, Trajectory
 from prefenv.reward_training import RewardTrainConfig, RewardTrainMetrics, train_reward_model
 from prefenv.sampling import QUERY_METHODS, SEGMENT_DRAWS, sample_segment_pairs, select_queries
+from prefenv.self_predictive import Transitions, check_model
 from prefenv.store import ComparisonStore
 from prefenv.teachers import Teacher
 from prefenv.wrappers import VectorPreferenceReward
@@ -135,6 +136,7 @@ class PreferenceLoopConfig:
 SURF_MAX_PAIRS = 5_000
 """At most this many unlabelled pairs per refit (50-step segments of 17 features: about 35 MB)."""
 _SURF_STREAM = 7  # a seed-sequence word that keeps SURF's draws apart from the query sampler's
+_REED_STREAM = 8  # and REED's transitions apart from both
 
 
 def query_schedule(config: PreferenceLoopConfig) -> list[int]:
@@ -268,6 +270,8 @@ class PreferenceLoop:
         self._queries = query_schedule(self.config)
         self._round_steps = step_schedule(self.config)
         self._restored: list[Trajectory] = []
+        if self.config.reward_train.self_predictive is not None:
+            check_model(self.reward_model)  # at the start, not at the first refit
 
     @property
     def done(self) -> bool:
@@ -317,6 +321,7 @@ class PreferenceLoop:
         reward_metrics = train_reward_model(
             self.reward_model, labelled, self.config.reward_train,
             unlabelled=self._unlabelled_pairs(len(labelled)),
+            transitions=self._transitions(),
         )  # fmt: skip
         if self.reward_env is not None:
             self.reward_env.set_predictor(self.reward_model.predictor())
@@ -398,6 +403,22 @@ class PreferenceLoop:
             cut_at_termination=self.config.cut_at_termination,
             draw=self.config.segment_draw,
         )
+
+    def _transitions(self) -> Transitions | None:
+        """REED's transitions for this round's refit (None when REED is off), drawn uniformly
+        from the query pool with a generator seeded by the round, so a resumed run draws the
+        same."""
+        reed = self.config.reward_train.self_predictive
+        if reed is None:
+            return None
+        rng = np.random.default_rng([self.config.seed, _REED_STREAM, self.round])
+        transitions = Transitions.sample(self.query_pool(), reed.transitions_per_refit, rng)
+        if transitions is None:
+            raise ValueError(
+                "REED found no episode of two or more steps in the query pool to learn the "
+                "dynamics from: raise initial_timesteps or turn REED off"
+            )
+        return transitions
 
     def _ask(self, n_queries: int) -> list[Comparison]:
         return self.teacher.label(self._select_pairs(n_queries))

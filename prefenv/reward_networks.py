@@ -185,12 +185,17 @@ class MLPRewardModel(RewardNetwork):
         parts = (obs, acts, next_obs) if self.use_next_obs else (obs, acts)
         return torch.cat(parts, dim=-1)
 
-    def _reward(self, obs: Tensor, acts: Tensor, next_obs: Tensor) -> Tensor:
-        h = (self._features(obs, acts, next_obs) - self.input_mean) / self.input_std
-        *hidden, last = self.layers
-        for layer in hidden:
+    def embed(self, obs: Tensor, acts: Tensor, next_obs: Tensor | None = None) -> Tensor:
+        """The last hidden layer's activations ``[..., hidden_sizes[-1]]``: the representation
+        the output layer weighs (REED trains it, :mod:`prefenv.self_predictive`)."""
+        h = (self._features(obs, acts, next_obs) - self.input_mean) / self.input_std  # type: ignore[arg-type]
+        for layer in self.layers[:-1]:
             h = self._act(F.linear(h, layer.weight, layer.bias))
-        h = F.linear(h, last.weight, last.bias).squeeze(-1)
+        return h
+
+    def _reward(self, obs: Tensor, acts: Tensor, next_obs: Tensor) -> Tensor:
+        last = self.layers[-1]
+        h = F.linear(self.embed(obs, acts, next_obs), last.weight, last.bias).squeeze(-1)
         return h if self._out_act is None else self._out_act(h)
 
     def predictor(self) -> RewardPredictor:

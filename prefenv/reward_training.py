@@ -24,6 +24,7 @@ refit continues from the current weights (a fresh optimiser, the normaliser refi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from prefenv.label_noise import LabelNoiseFilter, LabelSplit, RobustLabels, pair
 from prefenv.predictors import RewardModelError
 from prefenv.records import Comparison, Segment
 from prefenv.sampling import MemberReturns
+from prefenv.self_predictive import SelfPredictive, Transitions, train_self_predictive
 from prefenv.surf import Surf, UnlabelledBatches
 
 __all__ = [
@@ -106,6 +108,10 @@ class RewardTrainConfig:
     surf: Surf | None = None
     """SURF (:mod:`prefenv.surf`): temporal crop of every pair, and pseudo-labels on the
     ``unlabelled`` pairs given to :func:`train_reward_model`. None disables both."""
+    self_predictive: SelfPredictive | None = None
+    """REED (:mod:`prefenv.self_predictive`): before the labels, each network's hidden layers
+    learn to predict the next step's representation on the ``transitions`` given to
+    :func:`train_reward_model`. None disables it."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
@@ -160,6 +166,8 @@ class MemberTrainMetrics:
     """The noise filter's trust bound in the last epoch (NaN without ``config.robust``)."""
     pseudo_labelled: int = 0
     """Confident unlabelled pairs trained on in the last epoch (``config.surf``)."""
+    self_predictive_loss: float = math.nan
+    """REED's loss over its last steps, in [-1, 1] (NaN without ``config.self_predictive``)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,8 @@ class RewardTrainMetrics:
     """Pairs dropped by the noise filter in the last epoch, mean over members."""
     pseudo_labelled: float = 0.0
     """Pseudo-labelled pairs trained on in the last epoch, mean over members."""
+    self_predictive_loss: float = math.nan
+    """REED's loss over its last steps, mean over members (NaN without it)."""
 
 
 @runtime_checkable
@@ -457,6 +467,7 @@ def train_reward_model(
     config: RewardTrainConfig = RewardTrainConfig(),  # noqa: B008 (frozen, immutable)
     val_comparisons: Sequence[Comparison] | None = None,
     unlabelled: Sequence[tuple[Segment, Segment]] | None = None,
+    transitions: Transitions | None = None,
 ) -> RewardTrainMetrics:
     """Fit ``model`` in place to labelled comparisons with the Bradley-Terry loss.
 
@@ -472,11 +483,15 @@ def train_reward_model(
 
     With ``config.robust`` each network filters its labels every epoch
     (:mod:`prefenv.label_noise`); with ``config.surf`` every pair is cropped and the
-    ``unlabelled`` segment pairs give pseudo-labels (:mod:`prefenv.surf`).
+    ``unlabelled`` segment pairs give pseudo-labels (:mod:`prefenv.surf`); with
+    ``config.self_predictive`` each network first learns the dynamics of ``transitions``
+    (:mod:`prefenv.self_predictive`, REED).
 
     Raises:
-        ValueError: no labelled comparisons, ``unlabelled`` pairs without ``config.surf``, or
-            (text models) a segment without text.
+        ValueError: no labelled comparisons, ``unlabelled`` pairs without ``config.surf``,
+            ``transitions`` without ``config.self_predictive`` or the other way round, a REED
+            model that is not an MLP reading ``(obs, act)``, or (text models) a segment without
+            text.
         TypeError: ``model`` is not an ``nn.Module`` :class:`PairSource`.
         RewardModelError: the predicted returns or the loss became NaN/inf.
     """
@@ -485,6 +500,12 @@ def train_reward_model(
         raise ValueError(
             f"{len(unlabelled)} unlabelled pairs given but config.surf is None, so nothing "
             "would use them: pass RewardTrainConfig(surf=prefenv.surf.Surf()) or no pairs"
+        )
+    if (transitions is None) != (config.self_predictive is None):
+        raise ValueError(
+            "config.self_predictive (REED) and transitions go together: pass "
+            "RewardTrainConfig(self_predictive=prefenv.self_predictive.SelfPredictive()) with "
+            "transitions=Transitions.sample(trajectories, n, rng), or neither"
         )
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
@@ -508,11 +529,16 @@ def train_reward_model(
         torch_seed = int(member_rng.spawn(1)[0].integers(2**31))  # leaves member_rng's draws alone
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
-            members.append(
-                _train_member(
-                    network, train, sample, val, config, member_rng, progress, unlabelled or []
+            reed_loss = math.nan
+            if config.self_predictive is not None and transitions is not None:
+                reed_rng = member_rng.spawn(1)[0]
+                reed_loss = train_self_predictive(
+                    network, transitions, config.self_predictive, reed_rng
                 )
+            member = _train_member(
+                network, train, sample, val, config, member_rng, progress, unlabelled or []
             )
+            members.append(dataclasses.replace(member, self_predictive_loss=reed_loss))
     if progress is not None:
         progress.close()
     model.eval()
@@ -531,6 +557,7 @@ def train_reward_model(
         flipped=float(np.mean([m.flipped for m in members])),
         dropped=float(np.mean([m.dropped for m in members])),
         pseudo_labelled=float(np.mean([m.pseudo_labelled for m in members])),
+        self_predictive_loss=float(np.mean([m.self_predictive_loss for m in members])),
     )
 
 

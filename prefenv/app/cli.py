@@ -126,7 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     methods = [name for on, name in (
         (spec.unsupervised, "PEBBLE pre-training"), (spec.rune, "RUNE bonus"),
         (spec.query_window, f"QPA window {spec.query_window}"), (spec.surf, "SURF"),
-        (spec.robust_labels, "RIME filter"), (spec.label_noise, f"label noise {spec.label_noise:g}"),
+        (spec.reed, "REED"), (spec.robust_labels, "RIME filter"), (spec.label_noise, f"label noise {spec.label_noise:g}"),
         (spec.label_smoothing, f"label smoothing {spec.label_smoothing or 0:g}"),
         (spec.segment_draw == "step", "segments drawn per step"),
     ) if on]  # fmt: skip

@@ -60,7 +60,7 @@ _EVENT_FIELDS = (
     "true_return learned_return return_correlation labels_used labels_this_round "
     "skipped_this_round episodes hacking_alarm seconds"
 ).split()
-_RM_EVENT_FIELDS = ("val_accuracy", "val_loss", "train_accuracy")
+_RM_EVENT_FIELDS = ("val_accuracy", "val_loss", "train_accuracy", "self_predictive_loss")
 _RETURN_KEYS = ("final_true_return", "final_learned_return", "best_true_return")
 
 

@@ -29,6 +29,7 @@ from prefenv.label_noise import RobustLabels
 from prefenv.loop import QUERY_SCHEDULES, PreferenceLoopConfig, whole_units
 from prefenv.reward_training import RewardTrainConfig
 from prefenv.sampling import QUERY_METHODS, SEGMENT_DRAWS
+from prefenv.self_predictive import SelfPredictive
 from prefenv.surf import Surf
 from prefenv.teachers import make_teacher
 
@@ -168,6 +169,11 @@ class TrainSpec:
     surf: bool = False
     """SURF: confident pseudo-labels on unlabelled segment pairs from the query pool, and
     temporal crops of labelled pairs, in every refit (Park et al. 2022)."""
+    reed: bool = False
+    """REED: before every refit, the reward network's hidden layers learn to predict the next
+    step's representation on transitions from the query pool, so few labels only have to weigh
+    features the dynamics taught (Metcalf et al. 2024). For rewards of (obs, act); refused where
+    the reward reads next_obs (the recommendation ids)."""
     query_window: int | None = None
     """QPA's policy-aligned queries: draw each round's pairs from the newest N finished episodes
     only (QPA: 10); 0 = every episode in the query pool; unset: the task's reward-model entry in
@@ -363,6 +369,7 @@ class TrainSpec:
                 label_smoothing=self.resolved_label_smoothing(),
                 robust=RobustLabels() if self.robust_labels else None,
                 surf=Surf() if self.surf else None,
+                self_predictive=SelfPredictive() if self.reed else None,
             ),
             seed=seeds.queries,
             step_unit=self.step_unit(),

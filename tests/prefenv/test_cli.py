@@ -68,7 +68,7 @@ def _final_state(out: Path) -> dict:
 
 
 METHODS = [
-    "--rune", "--query-window", "3", "--unsupervised", "--robust-labels", "--surf",
+    "--rune", "--query-window", "3", "--unsupervised", "--robust-labels", "--surf", "--reed",
     "--label-noise", "0.1", "--segment-draw", "step", "--initial-query-fraction", "0.3",
     "--query-schedule", "constant",
 ]  # fmt: skip  # issue 14's switchable methods, all on
@@ -85,7 +85,7 @@ def test_a_killed_run_resumed_ends_bit_identical_to_one_never_stopped(
     argv = ["train", *TINY, "--rounds", "4", "--agent", agent, *methods]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     banner = "  feedback    " + (
-        "PEBBLE pre-training, RUNE bonus, QPA window 3, SURF, RIME filter, label noise 0.1, "
+        "PEBBLE pre-training, RUNE bonus, QPA window 3, SURF, REED, RIME filter, label noise 0.1, "
         "segments drawn per step" if methods else "every method off"
     )  # fmt: skip
     assert banner + "\n" in capsys.readouterr().out
@@ -208,8 +208,15 @@ def test_unknown_teacher_and_agent_are_clear_errors(tmp_path, capsys):
         ["--env", "prefenv/Reachr-v0"],
         ["--steps", "300"],
         ["--reward-output", "softplus"],
+        ["--env", "prefenv/RecSlate-v0", "--reed"],
     ],
-    ids=["no-queries", "misspelled-env", "steps-below-initial", "unknown-reward-output"],
+    ids=[
+        "no-queries",
+        "misspelled-env",
+        "steps-below-initial",
+        "unknown-reward-output",
+        "reed-on-a-next-obs-reward",
+    ],  # fmt: skip
 )
 def test_a_rejected_start_leaves_nothing_that_refuses_the_retry(tmp_path, capsys, bad):
     out = tmp_path / "run"
