@@ -3,7 +3,6 @@ folder is refused in one line that names the missing file."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,6 @@ from prefenv.records import Trajectory
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_reward_saturation.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("probe_reward_saturation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _episode(index: int, length: int, fell: bool) -> Trajectory:
     """Observations and actions ``[episode, t]``; the true reward is ``t`` (the step's index)."""
     t = np.arange(length + 1, dtype=np.float32)
@@ -30,14 +22,14 @@ def _episode(index: int, length: int, fell: bool) -> Trajectory:
     return Trajectory(obs, obs[:-1].copy(), t[:-1].copy(), fell)
 
 
-def test_windows_stay_in_one_episode_and_never_reach_a_fall(tmp_path):
+def test_windows_stay_in_one_episode_and_never_reach_a_fall(tmp_path, benchmark_script):
     # (length, fell): episode 2 is a 50-step fall, too short for a window that stops before
     # its last step; episode 3 is a 50-step cut episode, exactly one window long.
     episodes = [(60, True), (120, False), (50, True), (50, False), (53, True)]
     save_trajectories(
         tmp_path / "query_pool.npz", [_episode(i, n, f) for i, (n, f) in enumerate(episodes)]
     )
-    data = _script().windows(tmp_path, 50, 2000, seed=0)
+    data = benchmark_script("probe_reward_saturation").windows(tmp_path, 50, 2000, seed=0)
     obs, acts, true = data["obs"], data["acts"], data["true"]
     assert obs.shape == (2000, 51, 2) and acts.shape == (2000, 50, 2) and true.shape == (2000, 50)
     episode = obs[:, 0, 0].astype(int)

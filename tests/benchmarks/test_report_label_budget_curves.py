@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "report_label_budget_curves.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("report_label_budget_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cells(folder: Path, cells: dict[tuple[int, int], float], twin: float = 100.0) -> None:
@@ -34,8 +26,10 @@ def _cells(folder: Path, cells: dict[tuple[int, int], float], twin: float = 100.
         }))  # fmt: skip
 
 
-def test_a_curve_joins_sweeps_keeps_the_seeds_asked_and_refuses_a_seed_twice(tmp_path):
-    report = _script()
+def test_a_curve_joins_sweeps_keeps_the_seeds_asked_and_refuses_a_seed_twice(
+    tmp_path, benchmark_script
+):
+    report = benchmark_script("report_label_budget_curves")
     _cells(tmp_path / "a", {(50, 23): 0.6, (50, 22): 0.8, (250, 22): 0.9, (50, 30): 0.1})
     _cells(tmp_path / "b", {(50, 24): 0.7, (1000, 24): 1.1})
     where = f"{tmp_path / 'a'}+{tmp_path / 'b'}"
