@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "report_label_budget_curves.py"
-
 
 def _cells(folder: Path, cells: dict[tuple[int, int], float], twin: float = 100.0) -> None:
     """A sweep's results: one train cell per (labels, seed) returning ``share * twin``."""
